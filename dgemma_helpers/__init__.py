@@ -1,0 +1,34 @@
+"""dgemma_helpers: run, watch and measure DiffusionGemma, the block-diffusion text model.
+
+    import dgemma_helpers as dg
+    model = dg.load_model("models/dgemma-tiny")
+    result = dg.generate(model, "Why is the sky blue?", max_new_tokens=512, seed=0)
+    print(result.text, result.tokens_per_forward)
+"""
+
+import logging as _logging
+
+from .cache import KVCache
+from .checkpoint import load_model, save_checkpoint
+from .config import GenerationSettings, ModelConfig
+from .errors import CheckpointError, DeviceError, DGemmaError, InputError
+from .generate import GenerationResult, StepRecord, Timings, denoise_step, generate
+from .model import DiffusionGemma
+
+__version__ = "0.1.0"
+
+# A library logger that prints its one-line notes (e.g. "skipped the vision tower") unless the
+# application configures logging itself.
+_log = _logging.getLogger("dgemma_helpers")
+if not _log.handlers:
+    _handler = _logging.StreamHandler()
+    _handler.setFormatter(_logging.Formatter("dgemma_helpers: %(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(_logging.INFO)
+    _log.propagate = False
+
+__all__ = [
+    "CheckpointError", "DGemmaError", "DeviceError", "DiffusionGemma", "GenerationResult", "GenerationSettings",
+    "InputError", "KVCache", "ModelConfig", "StepRecord", "Timings", "denoise_step", "generate", "load_model",
+    "save_checkpoint",
+]

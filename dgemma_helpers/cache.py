@@ -1,0 +1,135 @@
+"""The KV cache of the committed prefix, in static buffers sized once per generation.
+
+Only the encoder writes it (prompt, then each committed canvas). The denoiser reads it and puts
+its canvas keys/values in a scratch region right after the prefix, so attention runs over one
+contiguous view instead of concatenating the whole prefix on every denoising step.
+
+Sliding-window layers keep a ring of the last `sliding_window - 1` positions (what any later
+query can see), so long prompts cost full-length memory in the few full-attention layers only.
+The model talks to a cache through four calls, which the training context implements too:
+`begin_encode`, `begin_denoise`, `kv` (once per layer) and `end`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SLIDING, ModelConfig
+
+Masks = dict[str, torch.Tensor | None]
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, batch_size: int, capacity: int, *,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        """`capacity`: committed tokens it can hold (prompt + every canvas that gets encoded)."""
+        if config.sliding_window < 2:
+            raise ValueError(f"sliding_window={config.sliding_window} must be >= 2.")
+        self.config = config
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self.scratch = config.canvas_length
+        self.window = config.sliding_window
+        self.ring = min(config.sliding_window - 1, capacity)
+        self.device = torch.device(device)
+        self.length = 0
+        # False where a row was left-padded; pads are never attended to.
+        self.valid = torch.ones(batch_size, capacity, dtype=torch.bool, device=self.device)
+        self.any_padding = False
+        # Absolute position held by each ring slot (-1: empty); the same for every sliding layer.
+        self.ring_pos = torch.full((self.ring,), -1, dtype=torch.long, device=self.device)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for layer in range(config.num_layers):
+            slots = (self.ring if config.is_sliding(layer) else capacity) + self.scratch
+            shape = (batch_size, config.kv_heads(layer), slots, config.head_dim(layer))
+            self.keys.append(torch.zeros(shape, device=self.device, dtype=dtype))
+            self.values.append(torch.zeros(shape, device=self.device, dtype=dtype))
+        self._mode: str | None = None
+        self._n = 0
+
+    # ---- encoder: causal over n new tokens, appended to the prefix ---------------------------
+    def begin_encode(self, n: int, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Masks]:
+        """Positions and attention masks for encoding n new tokens. `valid` [B, n]: False on pads."""
+        p = self.length
+        if p + n > self.capacity:
+            raise ValueError(f"KV cache full: {p} + {n} tokens exceed its capacity of {self.capacity}.")
+        if valid is not None and not bool(valid.all()):
+            self.valid[:, p:p + n] = valid
+            self.any_padding = True
+        self._mode, self._n = "encode", n
+        device = self.device
+        q_pos = torch.arange(p, p + n, device=device)
+
+        full_pos = torch.arange(p + n, device=device)
+        full = full_pos[None, :] <= q_pos[:, None]  # [n, p+n]
+        full = full[None, None] & self.valid[:, None, None, :p + n] if self.any_padding else full[None, None]
+
+        slid_pos = torch.cat([self.ring_pos, q_pos])
+        sliding = (slid_pos[None, :] >= 0) & (slid_pos[None, :] <= q_pos[:, None]) \
+            & (slid_pos[None, :] > q_pos[:, None] - self.window)
+        if self.any_padding:
+            slot_valid = self.valid[:, slid_pos.clamp(min=0)]  # [B, ring+n]
+            sliding = sliding[None, None] & slot_valid[:, None, None, :]
+        else:
+            sliding = sliding[None, None]
+        return q_pos, {"full_attention": full, SLIDING: sliding}
+
+    # ---- denoiser: bidirectional over the canvas, reads the prefix ---------------------------
+    def begin_denoise(self) -> tuple[torch.Tensor, Masks]:
+        p, c = self.length, self.scratch
+        self._mode, self._n = "denoise", c
+        q_pos = torch.arange(p, p + c, device=self.device)
+        canvas = torch.ones(self.batch_size, c, dtype=torch.bool, device=self.device)
+        full = None
+        if self.any_padding:
+            full = torch.cat([self.valid[:, :p], canvas], dim=1)[:, None, None, :]
+        sliding = None
+        if self.any_padding or p < self.ring:
+            filled = self.ring_pos >= 0
+            slot_valid = filled[None, :] & self.valid[:, self.ring_pos.clamp(min=0)]
+            sliding = torch.cat([slot_valid, canvas], dim=1)[:, None, None, :]
+        return q_pos, {"full_attention": full, SLIDING: sliding}
+
+    def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys/values [B, H, n, D]; return the keys/values to attend over."""
+        K, V = self.keys[layer], self.values[layer]
+        p, n = self.length, self._n
+        sliding = self.config.is_sliding(layer)
+        if self._mode == "denoise":
+            start = self.ring if sliding else p
+            K[:, :, start:start + n] = k
+            V[:, :, start:start + n] = v
+            return K[:, :, :start + n], V[:, :, :start + n]
+        if not sliding:
+            K[:, :, p:p + n] = k
+            V[:, :, p:p + n] = v
+            return K[:, :, :p + n], V[:, :, :p + n]
+        keys = torch.cat([K[:, :, :self.ring], k], dim=2)
+        values = torch.cat([V[:, :, :self.ring], v], dim=2)
+        kept = min(n, self.ring)  # only the last ring-many positions stay visible later
+        slots = torch.arange(p + n - kept, p + n, device=self.device) % self.ring
+        K.index_copy_(2, slots, k[:, :, n - kept:])
+        V.index_copy_(2, slots, v[:, :, n - kept:])
+        return keys, values
+
+    def end(self) -> None:
+        if self._mode == "encode":
+            p, n = self.length, self._n
+            kept = min(n, self.ring)
+            positions = torch.arange(p + n - kept, p + n, device=self.device)
+            self.ring_pos[positions % self.ring] = positions
+            self.length += n
+        self._mode = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    @staticmethod
+    def bytes_needed(config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype) -> int:
+        ring = min(config.sliding_window - 1, capacity)
+        per_slot = 0
+        for layer in range(config.num_layers):
+            slots = (ring if config.is_sliding(layer) else capacity) + config.canvas_length
+            per_slot += 2 * slots * config.kv_heads(layer) * config.head_dim(layer)
+        return per_slot * batch_size * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,102 @@
+"""Command line: `python -m dgemma_helpers generate|info|make-random ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import DGemmaError
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_model
+    from .generate import generate
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if (model.path / "dgemma_random.json").exists():
+        print("note: this checkpoint is UNTRAINED (random weights): its text is noise.", file=sys.stderr)
+    bars: dict[int, tqdm] = {}
+
+    def progress(record) -> None:
+        bar = bars.get(record.canvas_index)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[record.canvas_index] = tqdm(total=record.remaining, desc=f"canvas {record.canvas_index + 1}",
+                                                   unit="step", leave=True, file=sys.stderr, mininterval=0.5)
+        bar.update(1)
+        bar.set_postfix(accepted=int(record.accepted[0].sum()))
+
+    kwargs = dict(max_new_tokens=args.max_new_tokens, max_denoising_steps=args.steps, entropy_bound=args.entropy_bound,
+                  t_min=args.t_min, t_max=args.t_max, seed=args.seed, on_step=progress,
+                  confidence_threshold=0.0 if args.no_early_stop else None)
+    if args.chat:
+        result = generate(model, messages=[{"role": "user", "content": args.chat}], thinking=args.thinking, **kwargs)
+    else:
+        result = generate(model, args.prompt, **kwargs)
+    for bar in bars.values():
+        bar.close()
+    print(result.text)
+    print(f"\ntokens per forward: {result.tokens_per_forward:.2f} ({result.num_forwards} denoiser passes, "
+          f"steps per canvas {[row[0] for row in result.steps_per_canvas]}, {result.timings.total_s:.2f} s)",
+          file=sys.stderr)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .checkpoint import read_config
+
+    _, config = read_config(args.model)
+    print(json.dumps(config.to_dict(), indent=2))
+
+
+def _make_random(args: argparse.Namespace) -> None:
+    from .random_checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint(args.path, preset=args.preset, seed=args.seed, canvas_length=args.canvas_length)
+    print(f"wrote an UNTRAINED random checkpoint to {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgemma_helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text block by block")
+    g.add_argument("--model", required=True, help="checkpoint directory (official or models/dgemma-tiny)")
+    what = g.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="plain text to continue")
+    what.add_argument("--chat", help="a user message, sent through the checkpoint's chat template")
+    g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help="thinking on/off, where the chat template supports it")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--steps", type=int, help="max denoising steps per canvas")
+    g.add_argument("--entropy-bound", type=float)
+    g.add_argument("--t-min", type=float)
+    g.add_argument("--t-max", type=float)
+    g.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device")
+    g.add_argument("--dtype")
+    g.set_defaults(func=_generate)
+
+    i = sub.add_parser("info", help="print a checkpoint's text config")
+    i.add_argument("--model", required=True)
+    i.set_defaults(func=_info)
+
+    r = sub.add_parser("make-random", help="write an untrained random checkpoint (for tests and demos)")
+    r.add_argument("path")
+    r.add_argument("--preset", default="test", choices=["test", "toy"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--canvas-length", type=int, default=16)
+    r.set_defaults(func=_make_random)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DGemmaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,79 @@
+"""Device and dtype resolution, with errors that say what exists here instead."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import DeviceError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The default is the first GPU when there is one, else the CPU; a device that does not exist is refused."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{device!r} is not a device name ({e}); use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            raise DeviceError(f"device {str(device)!r} requested, but CUDA is not available here (torch {torch.__version__}, "
+                              f"{build}); use device='cpu'.")
+        count = torch.cuda.device_count()
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        if index >= count:
+            raise DeviceError(f"device {str(device)!r} does not exist: this machine has {count} GPU(s), "
+                              f"cuda:0..cuda:{count - 1}.")
+        return torch.device("cuda", index)
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"device {str(device)!r} requested, but Apple MPS is not available here; use device='cpu'.")
+        return dev
+    raise DeviceError(f"device type {dev.type!r} is not supported by this kit; use 'cpu' or 'cuda'.")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The default is bfloat16 on a GPU and float32 on the CPU."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise DeviceError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16.")
+        return dtype
+    key = str(dtype).replace("torch.", "")
+    if key not in DTYPES:
+        raise DeviceError(f"dtype {dtype!r} is not supported; use 'float32', 'bfloat16' or 'float16'.")
+    return DTYPES[key]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device, or None where it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,17 @@
+"""The kit's exceptions. Every message names the problem and the fix."""
+
+
+class DGemmaError(Exception):
+    """Base class for the kit's errors."""
+
+
+class CheckpointError(DGemmaError, ValueError):
+    """A checkpoint directory is missing, incomplete, corrupt, or does not match its config."""
+
+
+class InputError(DGemmaError, ValueError):
+    """A generation input or setting is invalid."""
+
+
+class DeviceError(DGemmaError, RuntimeError):
+    """The requested device does not exist here or lacks the memory the model needs."""

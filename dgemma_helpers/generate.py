@@ -1,0 +1,259 @@
+"""Block-autoregressive diffusion generation: a plain function with a per-round callback.
+
+    encode the prompt (causal, fills the KV cache)
+    for each canvas:
+        start from noise (or the user's initial canvas)
+        for remaining = N..1:                               # one denoise_step per round
+            logits = denoiser(canvas, cache, self-conditioning)
+            accept the low-entropy positions (entropy bound), renoise the rest
+            stop early once the argmax canvas is stable and confident
+        commit the argmax canvas; pad after EOS; encode it into the cache
+
+Random numbers come from a private torch.Generator, drawn in the same order and shapes as
+transformers' `generate`, so the same seed gives the same tokens as the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .cache import KVCache
+from .config import GenerationSettings
+from .devices import synchronize
+from .errors import InputError
+from .inputs import canvas_inputs, prompt_batch
+from .model import DiffusionGemma
+from .sampler import StableAndConfident, entropy_bound_accept, finalize_canvas
+from .tokenizer import decode
+
+PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
+
+
+@dataclass
+class StepRecord:
+    """What one denoising round did, for every row of the batch (tensors on the CPU)."""
+
+    canvas_index: int
+    step: int  # 1-based round within this canvas
+    remaining: int  # transformers' cur_step: N on the first round, counting down
+    temperature: float
+    canvas_ids: torch.Tensor  # [B, L] the canvas after this round: accepted tokens + fresh noise
+    argmax_ids: torch.Tensor  # [B, L] the model's best guess this round (what would be committed)
+    accepted: torch.Tensor  # [B, L] bool, positions accepted this round
+    entropy: torch.Tensor  # [B, L] entropy of the tempered distribution
+    active: torch.Tensor  # [B] bool, rows still denoising (finished rows are frozen)
+    pinned: torch.Tensor | None = None  # [B, L] bool, positions held fixed (infilling)
+    top_ids: torch.Tensor | None = None  # [B, L, k] most likely tokens, when record_topk > 0
+    top_probs: torch.Tensor | None = None
+
+
+@dataclass
+class Timings:
+    prefill_s: float = 0.0  # encoding the prompt
+    denoise_s: float = 0.0  # all denoising rounds
+    commit_s: float = 0.0  # encoding committed canvases
+    first_canvas_s: float = 0.0  # from the call to the first committed canvas
+    total_s: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    token_ids: torch.Tensor  # [B, n] new tokens (pad after EOS), at most max_new_tokens
+    texts: list[str | None]
+    prompt_ids: list[list[int]]
+    tokens_per_forward: float  # mean over rows of row_tokens_per_forward
+    row_tokens_per_forward: list[float]  # transformers' definition: non-pad canvas tokens / denoiser passes
+    steps_per_canvas: list[list[int]]  # [canvas][row] denoising rounds each row ran
+    settings: GenerationSettings
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def text(self) -> str | None:
+        return self.texts[0]
+
+    @property
+    def num_forwards(self) -> int:
+        """Denoiser passes the batch ran (each pass covers every row)."""
+        return sum(max(steps) for steps in self.steps_per_canvas)
+
+
+def resolve_settings(model: DiffusionGemma, overrides: dict[str, Any]) -> GenerationSettings:
+    base = model.generation_settings or GenerationSettings(eos_token_ids=model.config.eos_token_ids,
+                                                           pad_token_id=model.config.pad_token_id)
+    if overrides.get("eos_token_ids") is not None:
+        overrides["eos_token_ids"] = tuple(overrides["eos_token_ids"])
+    return base.replace(**overrides)
+
+
+@torch.inference_mode()
+def generate(
+    model: DiffusionGemma,
+    prompt: str | Sequence[str] | None = None,
+    *,
+    messages: Sequence[dict] | Sequence[Sequence[dict]] | None = None,
+    input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
+    max_new_tokens: int | None = None,
+    max_denoising_steps: int | None = None,
+    entropy_bound: float | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    stability_threshold: int | None = None,
+    confidence_threshold: float | None = None,
+    eos_token_ids: Sequence[int] | None = None,
+    seed: int | None = None,
+    initial_canvas: Sequence[int] | torch.Tensor | None = None,
+    pinned: Sequence[int] | torch.Tensor | None = None,
+    thinking: bool | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    record_topk: int = 0,
+) -> GenerationResult:
+    """Generate text block by block. Give one of `prompt` (str or list of str), `messages` (a chat,
+    or a list of chats, through the checkpoint's chat template) or `input_ids`.
+
+    Sampler settings default to the checkpoint's generation_config.json (else the published ones);
+    `confidence_threshold=0` switches adaptive stopping off. `initial_canvas` [L] or [B, L] is the
+    first canvas to start from; `pinned` (positions, or a bool mask) are never renoised: infilling.
+    `on_step` receives a StepRecord after every denoising round.
+    """
+    t_start = time.perf_counter()
+    settings = resolve_settings(model, dict(
+        max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
+        t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
+        confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
+    config, device = model.config, model.device
+    V, L, N = config.vocab_size, config.canvas_length, settings.max_denoising_steps
+    ids, valid, prompt_ids = prompt_batch(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
+    B, P = ids.shape
+    n_canvases = math.ceil(settings.max_new_tokens / L)
+    if P + n_canvases * L > config.max_position_embeddings:
+        raise InputError(f"the prompt ({P} tokens) plus {n_canvases} canvas(es) of {L} tokens exceeds the model's "
+                         f"context of {config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
+    first_canvas, pin_mask = canvas_inputs(initial_canvas, pinned, B, L, V, device)
+    if record_topk < 0 or record_topk > V:
+        raise InputError(f"record_topk must be in 0..{V} (got {record_topk}).")
+    if seed is not None and not isinstance(seed, int):
+        raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+
+    cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
+    timings = Timings()
+    t0 = time.perf_counter()
+    for start in range(0, P, PREFILL_CHUNK):
+        model.encode(ids[:, start:start + PREFILL_CHUNK], cache, valid[:, start:start + PREFILL_CHUNK])
+    synchronize(device)
+    timings.prefill_s = time.perf_counter() - t0
+
+    eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
+    stop = StableAndConfident(settings.stability_threshold, settings.confidence_threshold)
+    finished_seq = torch.zeros(B, dtype=torch.bool, device=device)
+    forwards = torch.zeros(B, dtype=torch.long, device=device)
+    committed: list[torch.Tensor] = []
+    steps_per_canvas: list[list[int]] = []
+    for c in range(n_canvases):
+        t0 = time.perf_counter()
+        # Draw the noise even when the caller gives a canvas: seeds then line up with transformers.
+        canvas = torch.randint(0, V, (B, L), device=device, generator=gen)
+        pins = None
+        if c == 0 and first_canvas is not None:
+            canvas, pins = first_canvas, pin_mask
+        argmax = canvas
+        soft = None
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        steps = torch.zeros(B, dtype=torch.long, device=device)
+        stop.reset()
+        for remaining in range(N, 0, -1):
+            active = ~done
+            forwards += active & ~finished_seq
+            steps += active
+            canvas, argmax, soft, done, record = denoise_step(
+                model, cache, canvas, argmax, soft, done, settings.temperature(remaining), settings, stop, gen,
+                pins, first_canvas if pins is not None else None, record=on_step is not None, topk=record_topk)
+            if on_step is not None:
+                on_step(StepRecord(canvas_index=c, step=N - remaining + 1, remaining=remaining,
+                                   temperature=settings.temperature(remaining), active=active.cpu(), **record))
+            if bool(done.all()):
+                break
+        synchronize(device)
+        timings.denoise_s += time.perf_counter() - t0
+        steps_per_canvas.append(steps.tolist())
+
+        out_of_length = (c + 1) * L >= settings.max_new_tokens
+        final, finished_seq = finalize_canvas(argmax, finished_seq, eos, settings.pad_token_id, out_of_length)
+        committed.append(final)
+        if c == 0:
+            timings.first_canvas_s = time.perf_counter() - t_start
+        if bool(finished_seq.all()):
+            break
+        t0 = time.perf_counter()
+        model.encode(final, cache)
+        synchronize(device)
+        timings.commit_s += time.perf_counter() - t0
+
+    tokens = torch.cat(committed, dim=1)
+    valid_tokens = (tokens != settings.pad_token_id).sum(dim=1)
+    row_tpf = (valid_tokens.float() / forwards.clamp(min=1).float()).tolist()
+    tokens = tokens[:, :settings.max_new_tokens].cpu()
+    texts = [decode(model.tokenizer, _until_eos(row, settings)) for row in tokens.tolist()]
+    timings.total_s = time.perf_counter() - t_start
+    return GenerationResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids,
+                            tokens_per_forward=sum(row_tpf) / B, row_tokens_per_forward=row_tpf,
+                            steps_per_canvas=steps_per_canvas,
+                            settings=settings, timings=timings)
+
+
+def denoise_step(model: DiffusionGemma, cache: KVCache, canvas: torch.Tensor, argmax: torch.Tensor,
+                 soft: torch.Tensor | None, done: torch.Tensor, temperature: float, settings: GenerationSettings,
+                 stop: StableAndConfident, gen: torch.Generator, pins: torch.Tensor | None,
+                 pinned_ids: torch.Tensor | None, record: bool = False, topk: int = 0):
+    """One denoising round over the whole batch; rows in `done` keep their state."""
+    B, L = canvas.shape
+    V = model.config.vocab_size
+    processed = model.logits(model.denoise(canvas, cache, soft)) / temperature
+    probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
+    entropy = -(probs * torch.log_softmax(processed, dim=-1)).sum(-1)
+    sampled = torch.multinomial(probs.view(-1, V), num_samples=1, generator=gen).view(B, L)
+    new_argmax = processed.argmax(dim=-1)
+    if pins is not None:
+        entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound
+    accepted = entropy_bound_accept(entropy, settings.entropy_bound)
+    noise = torch.randint(0, V, (B, L), device=canvas.device, generator=gen)
+    new_canvas = torch.where(accepted, sampled, noise)
+    if pins is not None:
+        new_canvas = torch.where(pins, pinned_ids, new_canvas)
+        new_argmax = torch.where(pins, pinned_ids, new_argmax)
+        accepted = accepted & ~pins
+        free = (~pins).sum(-1).clamp(min=1)
+        mean_entropy = entropy.sum(-1) / free
+    else:
+        mean_entropy = entropy.mean(-1)
+    # Round the self-conditioning input to the model dtype, as transformers does.
+    new_soft = model.soft_embedding(processed.to(model.dtype))
+    if bool(done.any()):
+        keep = done[:, None]
+        new_argmax = torch.where(keep, argmax, new_argmax)
+        new_canvas = torch.where(keep, canvas, new_canvas)
+        new_soft = torch.where(keep[..., None], soft, new_soft)
+    done = done | stop(new_argmax, mean_entropy)
+
+    rec = {}
+    if record:
+        rec = dict(canvas_ids=new_canvas.cpu(), argmax_ids=new_argmax.cpu(), accepted=accepted.cpu(),
+                   entropy=entropy.float().cpu(), pinned=None if pins is None else pins.cpu())
+        if topk:
+            top = torch.topk(probs, topk, dim=-1)
+            rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())
+    return new_canvas, new_argmax, new_soft, done, rec
+
+
+def _until_eos(row: list[int], settings: GenerationSettings) -> list[int]:
+    for i, t in enumerate(row):
+        if t in settings.eos_token_ids:
+            return row[:i]
+    return [t for t in row if t != settings.pad_token_id]

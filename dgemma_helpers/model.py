@@ -1,0 +1,308 @@
+"""DiffusionGemma's text network in one file.
+
+One transformer, two modes that share every weight:
+  encode()  causal over new tokens (the prompt, then each committed canvas); writes the KV cache.
+  denoise() bidirectional over a canvas; reads the cache; adds the self-conditioning signal.
+`logits()` is the tied LM head with the final softcap. Module and parameter names equal the
+checkpoint's (`model.decoder.` stripped), so loading is a rename, not a conversion.
+
+Numerics follow transformers' DiffusionGemmaForBlockDiffusion: norms in float32, softmax router
+in float32, embeddings scaled by sqrt(hidden) rounded to the weight dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FULL, SLIDING, ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, with_scale: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.type_as(x)
+
+
+# ---- rotary position embeddings ---------------------------------------------------------------
+def rope_inv_freq(config: ModelConfig, layer_type: str) -> torch.Tensor:
+    if layer_type == SLIDING:
+        dim = config.sliding_head_dim
+        return 1.0 / config.sliding_rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    # "Proportional" RoPE: only the first fraction of each half-head rotates; the rest keeps
+    # frequency 0 (cos 1, sin 0), so the tables still span the whole head.
+    dim = config.full_head_dim
+    angles = int(config.full_rope_fraction * dim // 2)
+    rotated = 1.0 / config.full_rope_theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.float) / dim)
+    return torch.cat([rotated, torch.zeros(dim // 2 - angles)])
+
+
+def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [..., S, 1, D] for positions [S] or [B, S], broadcastable over heads."""
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)[..., None, :]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+# ---- attention --------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head_dim = config.head_dim(layer)
+        hidden, heads, kv_heads = config.hidden_size, config.num_heads, config.kv_heads(layer)
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        # Full-attention layers have no v_proj: the values are the (un-normed, un-rotated) keys.
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False) if config.is_sliding(layer) else None
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.v_norm = RMSNorm(self.head_dim, config.rms_norm_eps, with_scale=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                cache) -> torch.Tensor:
+        B, S, _ = x.shape
+        cos, sin = rope
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, S, -1, self.head_dim)), cos, sin)
+        k_raw = self.k_proj(x).view(B, S, -1, self.head_dim)
+        v = self.v_norm(self.v_proj(x).view(B, S, -1, self.head_dim) if self.v_proj is not None else k_raw)
+        k = apply_rope(self.k_norm(k_raw), cos, sin)
+        keys, values = cache.kv(self.layer, k.transpose(1, 2), v.transpose(1, 2))
+        # q and k are RMS-normed, so the attention scale is 1, not 1/sqrt(d).
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, scale=1.0,
+                                             enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+# ---- feed-forward: dense MLP and mixture of experts, side by side -----------------------------
+class MLP(nn.Module):
+    """Gated GELU-tanh MLP (also the self-conditioning block's MLP)."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Router(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.top_k = config.top_k_experts
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, with_scale=False)
+        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
+        self.input_scale = config.hidden_size**-0.5
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert weights and indices, [T, k] each."""
+        scores = self.proj(self.norm(x) * self.scale * self.input_scale)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.per_expert_scale[experts], experts
+
+
+def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of x (sorted by group, group g ending at offsets[g]) times w[g] [E, in, out]."""
+    if _grouped_mm is not None and _grouped_mm_ok(x, w):
+        return _grouped_mm(x, w, offs=offsets)
+    # Portable fallback: pad each group to the largest one and run one batched matmul.
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).long()
+    group = torch.repeat_interleave(torch.arange(w.shape[0], device=x.device), counts, output_size=x.shape[0])
+    row = torch.arange(x.shape[0], device=x.device) - (offsets.long() - counts)[group]
+    padded = x.new_zeros(w.shape[0], int(counts.max()) if x.shape[0] else 0, x.shape[1])
+    padded[group, row] = x
+    return torch.bmm(padded, w)[group, row]
+
+
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    if x.device.type == "cuda":
+        # CUDA grouped GEMMs need sm80+ and bf16 operands.
+        return w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
+
+
+class Experts(nn.Module):
+    """All experts' weights as 3-D tensors; tokens are sorted by expert and run as one grouped GEMM."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H))
+        self.down_proj = nn.Parameter(torch.empty(E, H, I))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        top_k = experts.shape[1]
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
+        token = order // top_k
+        offsets = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).cumsum(0).to(torch.int32)
+        gate, up = grouped_matmul(x[token], self.gate_up_proj.transpose(1, 2), offsets).chunk(2, dim=-1)
+        out = grouped_matmul(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offsets)
+        out = out * weights.reshape(-1)[order, None]
+        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+
+
+# ---- one transformer layer ---------------------------------------------------------------------
+class Layer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        H, eps = config.hidden_size, config.rms_norm_eps
+        self.layer_type = config.layer_types[layer]
+        self.self_attn = Attention(config, layer)
+        self.mlp = MLP(H, config.intermediate_size)
+        self.router = Router(config)
+        self.experts = Experts(config)
+        for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                     "post_feedforward_layernorm", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2",
+                     "pre_feedforward_layernorm_2"):
+            setattr(self, name, RMSNorm(H, eps))
+        # The checkpoint stores this scalar separately for the encoder and the denoiser.
+        self.register_buffer("layer_scalar", torch.ones(1))
+        self.register_buffer("encoder_layer_scalar", torch.ones(1))
+
+    def forward(self, x: torch.Tensor, rope, mask, cache, encoder: bool) -> torch.Tensor:
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(x)))
+        flat = x.reshape(-1, x.shape[-1])
+        weights, experts = self.router(flat)  # routes on the residual stream itself, not a normed copy
+        moe = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts).view_as(x)
+        x = x + self.post_feedforward_layernorm(dense + self.post_feedforward_layernorm_2(moe))
+        return x * (self.encoder_layer_scalar if encoder else self.layer_scalar)
+
+
+class SelfConditioning(nn.Module):
+    """Turns the previous step's soft prediction into a signal added to the canvas embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, with_scale=False)
+        mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, canvas_embeds: torch.Tensor, soft_embeds: torch.Tensor | None) -> torch.Tensor:
+        if soft_embeds is None:  # no previous step: the MLP of a zero signal is exactly zero
+            return self.post_norm(canvas_embeds)
+        s = self.pre_norm(soft_embeds)
+        s = self.down_proj(F.gelu(self.gate_proj(s), approximate="tanh") * self.up_proj(s))
+        return self.post_norm(canvas_embeds + s)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+class DiffusionGemma(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_conditioning = SelfConditioning(config)
+        # Kept out of the module's buffers so that casting the model never rounds them.
+        self._inv_freq: dict[tuple[str, torch.device], torch.Tensor] = {}
+        # Filled by load_model: sampler defaults and the tokenizer, when the checkpoint has them.
+        self.generation_settings = None
+        self.tokenizer = None
+        self.path = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight
+        return F.embedding(ids, w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
+
+    def soft_embedding(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits) @ E * sqrt(hidden): the self-conditioning input for the next step."""
+        w = self.embed_tokens.weight
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(w.dtype)
+        return (probs @ w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
+
+    def inv_freq(self, layer_type: str, device: torch.device) -> torch.Tensor:
+        key = (layer_type, device)
+        if key not in self._inv_freq:
+            self._inv_freq[key] = rope_inv_freq(self.config, layer_type).to(device)
+        return self._inv_freq[key]
+
+    def _run_layers(self, x: torch.Tensor, positions: torch.Tensor, masks, cache, encoder: bool) -> torch.Tensor:
+        rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
+        for layer in self.layers:
+            x = layer(x, rope[layer.layer_type], masks[layer.layer_type], cache, encoder)
+        cache.end()
+        return self.norm(x)
+
+    def encode(self, ids: torch.Tensor, cache, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal pass over new tokens [B, n]; appends them to `cache`. Returns final hidden states."""
+        positions, masks = cache.begin_encode(ids.shape[1], valid)
+        return self._run_layers(self.embed(ids), positions, masks, cache, encoder=True)
+
+    def denoise(self, canvas: torch.Tensor, cache, soft_embeds: torch.Tensor | None = None,
+                soft_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional pass over a canvas [B, L] that reads `cache`. Returns final hidden states.
+
+        `soft_embeds` [B, L, hidden] is the previous step's `soft_embedding`; `soft_mask` [B] turns it
+        off per example (training's self-conditioning dropout).
+        """
+        if soft_embeds is not None and soft_mask is not None:
+            soft_embeds = soft_embeds * soft_mask.to(soft_embeds.dtype)[:, None, None]
+        x = self.self_conditioning(self.embed(canvas), soft_embeds)
+        positions, masks = cache.begin_denoise()
+        return self._run_layers(x, positions, masks, cache, encoder=False)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied LM head + softcap, in float32."""
+        cap = self.config.final_logit_softcapping
+        return torch.tanh((hidden @ self.embed_tokens.weight.T).float() / cap) * cap
+
+    def num_parameters(self, active: bool = False) -> int:
+        """All weights, or those one token touches (top-k of the experts)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not active:
+            return total
+        c = self.config
+        expert = sum(layer.experts.gate_up_proj[0].numel() + layer.experts.down_proj[0].numel() for layer in self.layers)
+        return total - expert * (c.num_experts - c.top_k_experts)
+
+
+def init_weights(model: DiffusionGemma, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+    """Random initialisation as transformers does it (normal(0, std) matrices, unit norms/scales)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, std, generator=generator)
+            else:
+                p.fill_(1.0)
+        for layer in model.layers:
+            layer.layer_scalar.fill_(1.0)
+            layer.encoder_layer_scalar.fill_(1.0)
+

@@ -1,0 +1,60 @@
+"""Tokenizer loading and prompt encoding (plain text, or chat messages through the checkpoint's template)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, InputError
+
+log = logging.getLogger("dgemma_helpers")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer (a transformers fast tokenizer), or None when it ships none."""
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - surfaced with the file that failed
+        raise CheckpointError(f"the tokenizer files in {path} could not be loaded ({type(e).__name__}: {e}); "
+                              "re-download them or remove them to work with token ids only.") from e
+
+
+def supports_thinking(tokenizer) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "enable_thinking" in template
+
+
+def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[list[dict[str, Any]]] | None,
+                   thinking: bool | None) -> list[list[int]]:
+    """Token ids of each prompt; chat conversations go through the checkpoint's chat template."""
+    if tokenizer is None:
+        raise InputError("this checkpoint ships no tokenizer, so it cannot read text: pass token ids with "
+                         "input_ids=..., or add tokenizer.json to the checkpoint directory.")
+    if conversations is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError("this checkpoint's tokenizer has no chat template: pass a plain prompt instead of messages.")
+        kwargs: dict[str, Any] = {}
+        if thinking is not None:
+            if not supports_thinking(tokenizer):
+                raise InputError("this checkpoint's chat template has no thinking switch: leave thinking=None.")
+            kwargs["enable_thinking"] = thinking
+        out = []
+        for messages in conversations:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            out.append(list(ids))
+        return out
+    return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+
+
+def decode(tokenizer, ids: list[int]) -> str | None:
+    if tokenizer is None:
+        return None
+    return tokenizer.decode(ids, skip_special_tokens=True)

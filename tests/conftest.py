@@ -1,0 +1,75 @@
+"""Shared fixtures: small random checkpoints written by transformers, and the reference model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgemma_helpers.random_checkpoint import make_random_checkpoint
+
+# Checkpoint shapes the reference tests run on. All have sliding and full layers (full layers with
+# keys as values) and a MoE block.
+SHAPES = {
+    # Confident random model (wide embeddings => large logit gaps): near-greedy decisions are robust.
+    "confident": dict(preset="test", embed_std=1.0),
+    # Small window (the sliding ring wraps), two full layers, odd vocabulary, more experts.
+    "ring": dict(preset="test", vocab_size=997, sliding_window=8, num_hidden_layers=7, num_experts=12,
+                 top_k_experts=3, layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                               "sliding_attention", "sliding_attention", "sliding_attention",
+                                               "full_attention"], embed_std=1.0, seed=3),
+    # Plain transformers initialisation: an uncertain model, many low-confidence decisions.
+    "plain": dict(preset="test", seed=7),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / name, **SHAPES[name])
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers' DiffusionGemmaForBlockDiffusion for a checkpoint path (cached)."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    loaded = {}
+
+    def get(path: Path):
+        if path not in loaded:
+            loaded[path] = DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=torch.float32).eval()
+        return loaded[path]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def ours():
+    import dgemma_helpers as dg
+
+    loaded = {}
+
+    def get(path: Path):
+        if path not in loaded:
+            loaded[path] = dg.load_model(path, device="cpu", dtype="float32")
+        return loaded[path]
+
+    return get
+
+
+def left_padded(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
