@@ -7,6 +7,7 @@
 """
 
 import logging as _logging
+import sys as _sys
 
 from .cache import KVCache
 from .checkpoint import load_model, save_checkpoint
@@ -19,9 +20,21 @@ __version__ = "0.1.0"
 
 # A library logger that prints its one-line notes (e.g. "skipped the vision tower") unless the
 # application configures logging itself.
+class _StderrHandler(_logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (notebooks and test runners replace it)."""
+
+    @property
+    def stream(self):
+        return _sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 _log = _logging.getLogger("dgemma_helpers")
 if not _log.handlers:
-    _handler = _logging.StreamHandler()
+    _handler = _StderrHandler()
     _handler.setFormatter(_logging.Formatter("dgemma_helpers: %(message)s"))
     _log.addHandler(_handler)
     _log.setLevel(_logging.INFO)

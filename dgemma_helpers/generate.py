@@ -9,8 +9,9 @@
             stop early once the argmax canvas is stable and confident
         commit the argmax canvas; pad after EOS; encode it into the cache
 
-Random numbers come from a private torch.Generator, drawn in the same order and shapes as
-transformers' `generate`, so the same seed gives the same tokens as the reference.
+Random numbers come from the seed alone (see rng.py): by default a counter-based hash that
+samples only the accepted positions; with rng="transformers", a private torch.Generator drawn in
+the same order and shapes as transformers' `generate`, so a seed gives the reference's tokens.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from .devices import synchronize
 from .errors import InputError
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
+from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, entropy_bound_accept, finalize_canvas
 from .tokenizer import decode
 
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
+LOG_PROB_FLOOR = -80.0
 
 
 @dataclass
@@ -107,6 +110,7 @@ def generate(
     confidence_threshold: float | None = None,
     eos_token_ids: Sequence[int] | None = None,
     seed: int | None = None,
+    rng: str = "counter",
     initial_canvas: Sequence[int] | torch.Tensor | None = None,
     pinned: Sequence[int] | torch.Tensor | None = None,
     thinking: bool | None = None,
@@ -119,7 +123,8 @@ def generate(
     Sampler settings default to the checkpoint's generation_config.json (else the published ones);
     `confidence_threshold=0` switches adaptive stopping off. `initial_canvas` [L] or [B, L] is the
     first canvas to start from; `pinned` (positions, or a bool mask) are never renoised: infilling.
-    `on_step` receives a StepRecord after every denoising round.
+    `on_step` receives a StepRecord after every denoising round. `rng="transformers"` replays the
+    reference's random draws (same seed, same tokens as transformers' generate; slower).
     """
     t_start = time.perf_counter()
     settings = resolve_settings(model, dict(
@@ -139,8 +144,7 @@ def generate(
         raise InputError(f"record_topk must be in 0..{V} (got {record_topk}).")
     if seed is not None and not isinstance(seed, int):
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
+    source = make_rng(rng, seed, device)
 
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()
@@ -159,33 +163,31 @@ def generate(
     for c in range(n_canvases):
         t0 = time.perf_counter()
         # Draw the noise even when the caller gives a canvas: seeds then line up with transformers.
-        canvas = torch.randint(0, V, (B, L), device=device, generator=gen)
-        pins = None
+        noise = source.canvas(c, B, L, V, device)
+        state = CanvasState(canvas=noise, argmax=noise, soft=None, done=torch.zeros(B, dtype=torch.bool, device=device))
         if c == 0 and first_canvas is not None:
-            canvas, pins = first_canvas, pin_mask
-        argmax = canvas
-        soft = None
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+            state.canvas = state.argmax = first_canvas
+            state.pins, state.pinned_ids = pin_mask, first_canvas if pin_mask is not None else None
         steps = torch.zeros(B, dtype=torch.long, device=device)
         stop.reset()
         for remaining in range(N, 0, -1):
-            active = ~done
+            active = ~state.done
             forwards += active & ~finished_seq
             steps += active
-            canvas, argmax, soft, done, record = denoise_step(
-                model, cache, canvas, argmax, soft, done, settings.temperature(remaining), settings, stop, gen,
-                pins, first_canvas if pins is not None else None, record=on_step is not None, topk=record_topk)
+            temperature = settings.temperature(remaining)
+            record = denoise_step(model, cache, state, temperature, settings, stop, source, c, N - remaining,
+                                  record=on_step is not None, topk=record_topk)
             if on_step is not None:
                 on_step(StepRecord(canvas_index=c, step=N - remaining + 1, remaining=remaining,
-                                   temperature=settings.temperature(remaining), active=active.cpu(), **record))
-            if bool(done.all()):
+                                   temperature=temperature, active=active.cpu(), **record))
+            if bool(state.done.all()):
                 break
         synchronize(device)
         timings.denoise_s += time.perf_counter() - t0
         steps_per_canvas.append(steps.tolist())
 
         out_of_length = (c + 1) * L >= settings.max_new_tokens
-        final, finished_seq = finalize_canvas(argmax, finished_seq, eos, settings.pad_token_id, out_of_length)
+        final, finished_seq = finalize_canvas(state.argmax, finished_seq, eos, settings.pad_token_id, out_of_length)
         committed.append(final)
         if c == 0:
             timings.first_canvas_s = time.perf_counter() - t_start
@@ -208,48 +210,66 @@ def generate(
                             settings=settings, timings=timings)
 
 
-def denoise_step(model: DiffusionGemma, cache: KVCache, canvas: torch.Tensor, argmax: torch.Tensor,
-                 soft: torch.Tensor | None, done: torch.Tensor, temperature: float, settings: GenerationSettings,
-                 stop: StableAndConfident, gen: torch.Generator, pins: torch.Tensor | None,
-                 pinned_ids: torch.Tensor | None, record: bool = False, topk: int = 0):
-    """One denoising round over the whole batch; rows in `done` keep their state."""
-    B, L = canvas.shape
+@dataclass
+class CanvasState:
+    """The live canvas of a batch, between denoising rounds."""
+
+    canvas: torch.Tensor  # [B, L] what the denoiser reads next: accepted tokens + noise
+    argmax: torch.Tensor  # [B, L] the latest argmax prediction: what gets committed
+    soft: torch.Tensor | None  # [B, L, hidden] self-conditioning input (None on the first round)
+    done: torch.Tensor  # [B] rows whose adaptive stop fired: frozen from then on
+    pins: torch.Tensor | None = None  # [B, L] positions held fixed (infilling)
+    pinned_ids: torch.Tensor | None = None
+
+
+def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temperature: float,
+                 settings: GenerationSettings, stop: StableAndConfident, source: CounterRNG | TransformersRNG,
+                 canvas_index: int, step: int, record: bool = False, topk: int = 0) -> dict[str, Any]:
+    """One denoising round over the whole batch, updating `state` in place (rows in `state.done`
+    keep theirs). Returns the round's record fields when `record` is set."""
+    B, L = state.canvas.shape
     V = model.config.vocab_size
-    processed = model.logits(model.denoise(canvas, cache, soft)) / temperature
-    probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
-    entropy = -(probs * torch.log_softmax(processed, dim=-1)).sum(-1)
-    sampled = torch.multinomial(probs.view(-1, V), num_samples=1, generator=gen).view(B, L)
-    new_argmax = processed.argmax(dim=-1)
+    processed = model.logits(model.denoise(state.canvas, cache, state.soft)).div_(temperature)
+    log_probs = torch.log_softmax(processed, dim=-1)
+    # Probabilities under e^-80 are set to exactly 0: below e^-87 they are float32 denormals, and
+    # products of slightly larger ones with embedding weights are too, which x86 CPUs compute
+    # ~25x slower (the soft-embedding matmul included). Each such term is far below half an ulp of
+    # any entropy or embedding sum it would join, so no result changes.
+    probs = log_probs.masked_fill(log_probs < LOG_PROB_FLOOR, -math.inf).exp_()
+    entropy = -(probs * log_probs).sum(-1)
+    argmax = processed.argmax(dim=-1)
+    pins = state.pins
     if pins is not None:
         entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound
     accepted = entropy_bound_accept(entropy, settings.entropy_bound)
-    noise = torch.randint(0, V, (B, L), device=canvas.device, generator=gen)
-    new_canvas = torch.where(accepted, sampled, noise)
+    sampled = source.sample(processed, probs, accepted, canvas_index, step)
+    noise = source.renoise(canvas_index, step + 1, B, L, V, processed.device)
+    canvas = torch.where(accepted, sampled, noise)
     if pins is not None:
-        new_canvas = torch.where(pins, pinned_ids, new_canvas)
-        new_argmax = torch.where(pins, pinned_ids, new_argmax)
+        canvas = torch.where(pins, state.pinned_ids, canvas)
+        argmax = torch.where(pins, state.pinned_ids, argmax)
         accepted = accepted & ~pins
-        free = (~pins).sum(-1).clamp(min=1)
-        mean_entropy = entropy.sum(-1) / free
+        mean_entropy = entropy.sum(-1) / (~pins).sum(-1).clamp(min=1)
     else:
         mean_entropy = entropy.mean(-1)
-    # Round the self-conditioning input to the model dtype, as transformers does.
-    new_soft = model.soft_embedding(processed.to(model.dtype))
-    if bool(done.any()):
-        keep = done[:, None]
-        new_argmax = torch.where(keep, argmax, new_argmax)
-        new_canvas = torch.where(keep, canvas, new_canvas)
-        new_soft = torch.where(keep[..., None], soft, new_soft)
-    done = done | stop(new_argmax, mean_entropy)
+    # transformers rounds the next step's self-conditioning logits to the model dtype.
+    soft = model.soft_embedding(processed.to(model.dtype), probs if model.dtype == torch.float32 else None)
+    if bool(state.done.any()):
+        keep = state.done[:, None]
+        argmax = torch.where(keep, state.argmax, argmax)
+        canvas = torch.where(keep, state.canvas, canvas)
+        soft = torch.where(keep[..., None], state.soft, soft)
+    state.done = state.done | stop(argmax, mean_entropy)
+    state.canvas, state.argmax, state.soft = canvas, argmax, soft
 
-    rec = {}
-    if record:
-        rec = dict(canvas_ids=new_canvas.cpu(), argmax_ids=new_argmax.cpu(), accepted=accepted.cpu(),
-                   entropy=entropy.float().cpu(), pinned=None if pins is None else pins.cpu())
-        if topk:
-            top = torch.topk(probs, topk, dim=-1)
-            rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())
-    return new_canvas, new_argmax, new_soft, done, rec
+    if not record:
+        return {}
+    rec = dict(canvas_ids=canvas.cpu(), argmax_ids=argmax.cpu(), accepted=accepted.cpu(),
+               entropy=entropy.float().cpu(), pinned=None if pins is None else pins.cpu())
+    if topk:
+        top = torch.topk(probs, topk, dim=-1)
+        rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())
+    return rec
 
 
 def _until_eos(row: list[int], settings: GenerationSettings) -> list[int]:

@@ -59,10 +59,11 @@ def canvas_inputs(initial_canvas, pinned, batch: int, length: int, vocab: int,
     canvas = torch.as_tensor(initial_canvas)
     if canvas.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
         raise InputError(f"initial_canvas must hold integer token ids (got dtype {canvas.dtype}).")
+    shape = list(canvas.shape)
     if canvas.ndim == 1:
         canvas = canvas[None].expand(batch, -1)
     if canvas.ndim != 2 or tuple(canvas.shape) != (batch, length):
-        raise InputError(f"initial_canvas has shape {list(canvas.shape)}; expected [{length}] or [{batch}, {length}] "
+        raise InputError(f"initial_canvas has shape {shape}; expected [{length}] or [{batch}, {length}] "
                          f"(the canvas length is {length}).")
     if bool(((canvas < 0) | (canvas >= vocab)).any()):
         raise InputError(f"initial_canvas holds ids outside the vocabulary 0..{vocab - 1}.")
@@ -75,10 +76,11 @@ def canvas_inputs(initial_canvas, pinned, batch: int, length: int, vocab: int,
 def _pin_mask(pinned, batch: int, length: int) -> torch.Tensor:
     p = torch.as_tensor(pinned) if not isinstance(pinned, torch.Tensor) else pinned
     if p.dtype == torch.bool:
+        shape = list(p.shape)
         if p.ndim == 1:
             p = p[None].expand(batch, -1)
         if tuple(p.shape) != (batch, length):
-            raise InputError(f"pinned mask has shape {list(p.shape)}; expected [{length}] or [{batch}, {length}].")
+            raise InputError(f"pinned mask has shape {shape}; expected [{length}] or [{batch}, {length}].")
         return p.clone()
     if p.ndim != 1 or p.is_floating_point():
         raise InputError("pinned must be a list of canvas positions or a boolean mask over the canvas.")

@@ -26,6 +26,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # the fused op; bit-identical to the lines below in float32
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
         if self.weight is not None:
@@ -54,9 +56,11 @@ def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dt
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, computed on the two halves (the same roundings, fewer passes)."""
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[..., :half], sin[..., :half]  # both halves of the tables are equal
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
 # ---- attention --------------------------------------------------------------------------------
@@ -123,32 +127,10 @@ class Router(nn.Module):
         return weights * self.per_expert_scale[experts], experts
 
 
-def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Rows of x (sorted by group, group g ending at offsets[g]) times w[g] [E, in, out]."""
-    if _grouped_mm is not None and _grouped_mm_ok(x, w):
-        return _grouped_mm(x, w, offs=offsets)
-    # Portable fallback: pad each group to the largest one and run one batched matmul.
-    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).long()
-    group = torch.repeat_interleave(torch.arange(w.shape[0], device=x.device), counts, output_size=x.shape[0])
-    row = torch.arange(x.shape[0], device=x.device) - (offsets.long() - counts)[group]
-    padded = x.new_zeros(w.shape[0], int(counts.max()) if x.shape[0] else 0, x.shape[1])
-    padded[group, row] = x
-    return torch.bmm(padded, w)[group, row]
-
-
-_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
-
-
-def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    if x.device.type == "cuda":
-        # CUDA grouped GEMMs need sm80+ and bf16 operands.
-        return w.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0)
-
-
 class Experts(nn.Module):
-    """All experts' weights as 3-D tensors; tokens are sorted by expert and run as one grouped GEMM."""
+    """All experts' weights as 3-D tensors. The (token, expert) pairs are sorted by expert, then each
+    projection is one grouped GEMM (CUDA, bf16) or one batched GEMM over groups padded to the
+    largest (elsewhere: one big call beats the CPU grouped GEMM's per-expert loop)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -157,15 +139,33 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, H, I))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        top_k = experts.shape[1]
+        num_experts, top_k = self.gate_up_proj.shape[0], experts.shape[1]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
         token = order // top_k
-        offsets = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).cumsum(0).to(torch.int32)
-        gate, up = grouped_matmul(x[token], self.gate_up_proj.transpose(1, 2), offsets).chunk(2, dim=-1)
-        out = grouped_matmul(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offsets)
+        counts = torch.bincount(flat, minlength=num_experts)
+        if _use_grouped_mm(x, self.gate_up_proj):
+            offsets = counts.cumsum(0).to(torch.int32)
+            gate, up = _grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+            out = _grouped_mm(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offs=offsets)
+        else:
+            group = flat[order]
+            row = torch.arange(order.numel(), device=x.device) - (counts.cumsum(0) - counts)[group]
+            padded = x.new_zeros(num_experts, int(counts.max()), x.shape[1])
+            padded[group, row] = x[token]
+            gate, up = torch.bmm(padded, self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)
+            out = torch.bmm(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2))[group, row]
         out = out * weights.reshape(-1)[order, None]
         return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+
+
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def _use_grouped_mm(x: torch.Tensor, w: torch.Tensor) -> bool:
+    # CUDA grouped GEMMs need sm80+ and bf16 operands (and autograd through them is only relied on there).
+    return (_grouped_mm is not None and x.device.type == "cuda" and w.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device) >= (8, 0))
 
 
 # ---- one transformer layer ---------------------------------------------------------------------
@@ -242,10 +242,13 @@ class DiffusionGemma(nn.Module):
         w = self.embed_tokens.weight
         return F.embedding(ids, w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
 
-    def soft_embedding(self, logits: torch.Tensor) -> torch.Tensor:
-        """softmax(logits) @ E * sqrt(hidden): the self-conditioning input for the next step."""
+    def soft_embedding(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(logits) @ E * sqrt(hidden): the self-conditioning input for the next step.
+        Pass `probs` when the caller already holds softmax(logits) in float32."""
         w = self.embed_tokens.weight
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(w.dtype)
+        if probs is None:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        probs = probs.to(w.dtype)
         return (probs @ w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
 
     def inv_freq(self, layer_type: str, device: torch.device) -> torch.Tensor:
@@ -282,7 +285,10 @@ class DiffusionGemma(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied LM head + softcap, in float32."""
         cap = self.config.final_logit_softcapping
-        return torch.tanh((hidden @ self.embed_tokens.weight.T).float() / cap) * cap
+        logits = (hidden @ self.embed_tokens.weight.T).float()
+        if torch.is_grad_enabled():
+            return torch.tanh(logits / cap) * cap
+        return logits.div_(cap).tanh_().mul_(cap)  # in place: the [B, L, vocab] tensor is the big one
 
     def num_parameters(self, active: bool = False) -> int:
         """All weights, or those one token touches (top-k of the experts)."""

@@ -102,7 +102,8 @@ def test_near_greedy_generation_matches_token_for_token(checkpoint, reference, o
     start = torch.randint(0, V, (batch, L), generator=torch.Generator().manual_seed(9))
     settings = dict(max_new_tokens=max_new_tokens, max_denoising_steps=6, t_min=1e-3, t_max=2e-3, eos_token_ids=[])
     expected, expected_tpf = reference_generate(ref, ids, mask, seed=4, decoder_input_ids=start, **settings)
-    result = dg.generate(model, input_ids=prompts(batch, V, seed=2), initial_canvas=start, seed=4, **settings)
+    result = dg.generate(model, input_ids=prompts(batch, V, seed=2), initial_canvas=start, seed=4, rng="transformers",
+                         **settings)
     assert torch.equal(result.token_ids, expected[:, :max_new_tokens])
     assert result.row_tokens_per_forward == pytest.approx(expected_tpf)
 
@@ -110,30 +111,46 @@ def test_near_greedy_generation_matches_token_for_token(checkpoint, reference, o
 @pytest.mark.parametrize("shape", ["plain", "ring"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_sampling_matches_reference_for_the_same_seed(checkpoint, reference, ours, shape, batch):
-    """Default temperatures: our generator draws what transformers draws from the global RNG, in
-    the same order, so a seed gives the same tokens, EOS padding and tokens per forward."""
+    """Default temperatures, rng="transformers": our generator draws what transformers draws from
+    the global RNG, in the same order, so a seed gives the same tokens, EOS padding and tokens per
+    forward."""
     path = checkpoint(shape)
     ref, model = reference(path), ours(path)
     V = model.config.vocab_size
     ids, mask = left_padded(prompts(batch, V, seed=5))
     settings = dict(max_new_tokens=40, max_denoising_steps=10, entropy_bound=0.5, eos_token_ids=[1, 5, 7, 11])
     expected, expected_tpf = reference_generate(ref, ids, mask, seed=11, **settings)
-    result = dg.generate(model, input_ids=prompts(batch, V, seed=5), seed=11, **settings)
+    result = dg.generate(model, input_ids=prompts(batch, V, seed=5), seed=11, rng="transformers", **settings)
     n = min(expected.shape[1], 40)
     assert torch.equal(result.token_ids[:, :n], expected[:, :n])
     assert result.row_tokens_per_forward == pytest.approx(expected_tpf)
 
 
-def test_seed_is_private_and_reproducible(checkpoint, ours):
+def test_counter_rng_agrees_with_reference_on_a_greedy_canvas(checkpoint, reference, ours):
+    """The default (counter) RNG draws other numbers, but where sampling is greedy and every position
+    is accepted, the first canvas cannot depend on them."""
+    path = checkpoint("confident")
+    ref, model = reference(path), ours(path)
+    V, L = model.config.vocab_size, model.config.canvas_length
+    ids, mask = left_padded(prompts(3, V, seed=2))
+    start = torch.randint(0, V, (3, L), generator=torch.Generator().manual_seed(9))
+    settings = dict(max_new_tokens=L, max_denoising_steps=6, t_min=1e-5, t_max=2e-5, eos_token_ids=[])
+    expected, _ = reference_generate(ref, ids, mask, seed=4, decoder_input_ids=start, **settings)
+    result = dg.generate(model, input_ids=prompts(3, V, seed=2), initial_canvas=start, seed=123, **settings)
+    assert torch.equal(result.token_ids, expected)
+
+
+@pytest.mark.parametrize("rng", ["counter", "transformers"])
+def test_seed_is_private_and_reproducible(checkpoint, ours, rng):
     model = ours(checkpoint("plain"))
     torch.manual_seed(0)
     before = torch.rand(3)
-    a = dg.generate(model, input_ids=[5, 6, 7], seed=3, max_new_tokens=16, max_denoising_steps=4)
+    a = dg.generate(model, input_ids=[5, 6, 7], seed=3, rng=rng, max_new_tokens=32, max_denoising_steps=4)
     torch.manual_seed(0)
-    dg.generate(model, input_ids=[5, 6, 7], seed=99, max_new_tokens=16, max_denoising_steps=4)
+    c = dg.generate(model, input_ids=[5, 6, 7], seed=99, rng=rng, max_new_tokens=32, max_denoising_steps=4)
     assert torch.equal(torch.rand(3), before)  # the global RNG was never touched
-    b = dg.generate(model, input_ids=[5, 6, 7], seed=3, max_new_tokens=16, max_denoising_steps=4)
-    assert torch.equal(a.token_ids, b.token_ids)
+    b = dg.generate(model, input_ids=[5, 6, 7], seed=3, rng=rng, max_new_tokens=32, max_denoising_steps=4)
+    assert torch.equal(a.token_ids, b.token_ids) and not torch.equal(a.token_ids, c.token_ids)
 
 
 def test_batch_rows_equal_single_runs_under_near_greedy(checkpoint, ours):
