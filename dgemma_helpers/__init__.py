@@ -13,7 +13,7 @@ from .cache import KVCache
 from .checkpoint import load_model, save_checkpoint
 from .config import GenerationSettings, ModelConfig
 from .errors import CheckpointError, DeviceError, DGemmaError, InputError
-from .generate import GenerationResult, StepRecord, Timings, denoise_step, generate
+from .generation import GenerationResult, StepRecord, Timings, denoise_step, generate
 from .model import DiffusionGemma
 
 __version__ = "0.1.0"

@@ -47,6 +47,7 @@ class KVCache:
             self.values.append(torch.zeros(shape, device=self.device, dtype=dtype))
         self._mode: str | None = None
         self._n = 0
+        self._denoise_memo: tuple | None = None
 
     # ---- encoder: causal over n new tokens, appended to the prefix ---------------------------
     def begin_encode(self, n: int, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Masks]:
@@ -79,6 +80,8 @@ class KVCache:
     def begin_denoise(self) -> tuple[torch.Tensor, Masks]:
         p, c = self.length, self.scratch
         self._mode, self._n = "denoise", c
+        if self._denoise_memo is not None and self._denoise_memo[0] == p:  # same canvas, next round
+            return self._denoise_memo[1]
         q_pos = torch.arange(p, p + c, device=self.device)
         canvas = torch.ones(self.batch_size, c, dtype=torch.bool, device=self.device)
         full = None
@@ -89,7 +92,8 @@ class KVCache:
             filled = self.ring_pos >= 0
             slot_valid = filled[None, :] & self.valid[:, self.ring_pos.clamp(min=0)]
             sliding = torch.cat([slot_valid, canvas], dim=1)[:, None, None, :]
-        return q_pos, {"full_attention": full, SLIDING: sliding}
+        self._denoise_memo = (p, (q_pos, {"full_attention": full, SLIDING: sliding}))
+        return self._denoise_memo[1]
 
     def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values [B, H, n, D]; return the keys/values to attend over."""

@@ -14,7 +14,7 @@ def _generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from .checkpoint import load_model
-    from .generate import generate
+    from .generation import generate
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if (model.path / "dgemma_random.json").exists():

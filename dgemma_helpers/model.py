@@ -26,13 +26,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # the fused op; bit-identical to the lines below in float32
+        if x.dtype == torch.float32:  # one fused op
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        xf = x.float()
-        y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.type_as(x)
+        return self.scale(rms_normalize(x, self.eps), like=x)
+
+    def scale(self, normed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Apply this norm's weight to an already normalised float32 tensor; round like `like`."""
+        if like.dtype == torch.float32:
+            return normed if self.weight is None else normed * self.weight
+        y = normed * self.weight.float() if self.weight is not None else normed
+        return y.type_as(like)
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) in float32, as transformers computes every norm: x * pow(mean(x^2) + eps, -0.5)
+    (F.rms_norm gives bit-identical results)."""
+    return F.rms_norm(x if x.dtype == torch.float32 else x.float(), (x.shape[-1],), None, eps)
 
 
 # ---- rotary position embeddings ---------------------------------------------------------------
@@ -56,11 +65,23 @@ def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dt
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, computed on the two halves (the same roundings, fewer passes)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[..., :half], sin[..., :half]  # both halves of the tables are equal
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    """x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1) is done as one matmul
+    with a signed permutation matrix: exact (one +-1 term per output), and fewer ops than slicing."""
+    return x * cos + (x @ _rotate_half_matrix(x.shape[-1], x.dtype, x.device)) * sin
+
+
+_ROTATIONS: dict[tuple, torch.Tensor] = {}
+
+
+def _rotate_half_matrix(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (dim, dtype, device)
+    if key not in _ROTATIONS:
+        half = dim // 2
+        m = torch.zeros(dim, dim, dtype=dtype, device=device)
+        m[torch.arange(half, dim), torch.arange(half)] = -1  # first half of the output: -x2
+        m[torch.arange(half), torch.arange(half, dim)] = 1  # second half: x1
+        _ROTATIONS[key] = m
+    return _ROTATIONS[key]
 
 
 # ---- attention --------------------------------------------------------------------------------
@@ -85,8 +106,12 @@ class Attention(nn.Module):
         cos, sin = rope
         q = apply_rope(self.q_norm(self.q_proj(x).view(B, S, -1, self.head_dim)), cos, sin)
         k_raw = self.k_proj(x).view(B, S, -1, self.head_dim)
-        v = self.v_norm(self.v_proj(x).view(B, S, -1, self.head_dim) if self.v_proj is not None else k_raw)
-        k = apply_rope(self.k_norm(k_raw), cos, sin)
+        k_normed = rms_normalize(k_raw, self.k_norm.eps)
+        if self.v_proj is not None:
+            v = self.v_norm(self.v_proj(x).view(B, S, -1, self.head_dim))
+        else:  # full layers: the values are the keys, normalised without a scale
+            v = self.v_norm.scale(k_normed, like=k_raw)
+        k = apply_rope(self.k_norm.scale(k_normed, like=k_raw), cos, sin)
         keys, values = cache.kv(self.layer, k.transpose(1, 2), v.transpose(1, 2))
         # q and k are RMS-normed, so the attention scale is 1, not 1/sqrt(d).
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, scale=1.0,
@@ -118,9 +143,10 @@ class Router(nn.Module):
         self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
         self.input_scale = config.hidden_size**-0.5
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k expert weights and indices, [T, k] each."""
-        scores = self.proj(self.norm(x) * self.scale * self.input_scale)
+    def forward(self, x: torch.Tensor, normed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert weights and indices, [T, k] each. `normed`: rms_normalize(x), if at hand."""
+        normed = rms_normalize(x, self.norm.eps) if normed is None else normed
+        scores = self.proj(self.norm.scale(normed, like=x) * self.scale * self.input_scale)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         weights, experts = torch.topk(probs, self.top_k, dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -139,7 +165,8 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, H, I))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        num_experts, top_k = self.gate_up_proj.shape[0], experts.shape[1]
+        T, top_k = experts.shape
+        num_experts = self.gate_up_proj.shape[0]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)  # (token, slot) pairs grouped by expert
         token = order // top_k
@@ -148,15 +175,21 @@ class Experts(nn.Module):
             offsets = counts.cumsum(0).to(torch.int32)
             gate, up = _grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
             out = _grouped_mm(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offs=offsets)
-        else:
-            group = flat[order]
-            row = torch.arange(order.numel(), device=x.device) - (counts.cumsum(0) - counts)[group]
-            padded = x.new_zeros(num_experts, int(counts.max()), x.shape[1])
-            padded[group, row] = x[token]
-            gate, up = torch.bmm(padded, self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)
-            out = torch.bmm(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2))[group, row]
-        out = out * weights.reshape(-1)[order, None]
-        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+            out = out * weights.reshape(-1)[order, None]
+            return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+        # Each expert's tokens in a slot row of [experts, capacity]; empty slots read a zero row (T)
+        # and carry weight 0, so one batched GEMM per projection does all experts.
+        capacity = int(counts.max())
+        group = flat.index_select(0, order)
+        first = (counts.cumsum(0) - counts).index_select(0, group)  # where each pair's expert starts
+        slot = group * capacity + torch.arange(flat.numel(), device=x.device) - first
+        source = torch.full((num_experts * capacity,), T, dtype=torch.long, device=x.device).scatter_(0, slot, token)
+        slot_weight = weights.new_zeros(num_experts * capacity).scatter_(0, slot, weights.reshape(-1)[order])
+        padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, source).view(num_experts, capacity, -1)
+        gate, up = torch.bmm(padded, self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)
+        out = torch.bmm(F.gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2))
+        out = out.view(num_experts * capacity, -1) * slot_weight[:, None]
+        return x.new_zeros(T + 1, x.shape[1]).index_add_(0, source, out.to(x.dtype))[:T]
 
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -188,10 +221,13 @@ class Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, rope, mask, cache, encoder: bool) -> torch.Tensor:
         x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, cache))
-        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(x)))
-        flat = x.reshape(-1, x.shape[-1])
-        weights, experts = self.router(flat)  # routes on the residual stream itself, not a normed copy
-        moe = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts).view_as(x)
+        # The dense MLP, the router and the experts each RMS-normalise the residual stream with their
+        # own scale: normalise once, scale three times.
+        normed = rms_normalize(x, self.pre_feedforward_layernorm.eps)
+        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm.scale(normed, like=x)))
+        flat, flat_normed = x.reshape(-1, x.shape[-1]), normed.reshape(-1, x.shape[-1])
+        weights, experts = self.router(flat, flat_normed)
+        moe = self.experts(self.pre_feedforward_layernorm_2.scale(flat_normed, like=flat), weights, experts).view_as(x)
         x = x + self.post_feedforward_layernorm(dense + self.post_feedforward_layernorm_2(moe))
         return x * (self.encoder_layer_scalar if encoder else self.layer_scalar)
 
@@ -225,6 +261,7 @@ class DiffusionGemma(nn.Module):
         self.self_conditioning = SelfConditioning(config)
         # Kept out of the module's buffers so that casting the model never rounds them.
         self._inv_freq: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._rope_memo: tuple | None = None
         # Filled by load_model: sampler defaults and the tokenizer, when the checkpoint has them.
         self.generation_settings = None
         self.tokenizer = None
@@ -258,7 +295,13 @@ class DiffusionGemma(nn.Module):
         return self._inv_freq[key]
 
     def _run_layers(self, x: torch.Tensor, positions: torch.Tensor, masks, cache, encoder: bool) -> torch.Tensor:
-        rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
+        # Every denoising round of a canvas gets the same positions tensor: build its tables once.
+        memo = self._rope_memo
+        if memo is not None and memo[0] is positions and memo[1] == x.dtype:
+            rope = memo[2]
+        else:
+            rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
+            self._rope_memo = (positions, x.dtype, rope)
         for layer in self.layers:
             x = layer(x, rope[layer.layer_type], masks[layer.layer_type], cache, encoder)
         cache.end()

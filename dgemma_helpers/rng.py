@@ -44,8 +44,9 @@ def stream_key(seed: int, tag: int, canvas: int, step: int) -> int:
 
 
 def uniform_from_hash(h: torch.Tensor) -> torch.Tensor:
-    """(0, 1) floats from 24 high bits of a hash: never exactly 0 or 1."""
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    """(0, 1) floats from the 23 high bits of a hash. Never 0 or 1: the largest, 1 - 2^-24, is a
+    float32 (with 24 bits, 1 - 2^-25 would round to 1.0 and give an infinite Gumbel draw)."""
+    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def gumbel(key: int, positions: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -64,6 +65,7 @@ def noise_ids(key: int, batch: int, length: int, vocab: int, device: torch.devic
 
 class CounterRNG:
     name = "counter"
+    needs_probs = False
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -71,14 +73,14 @@ class CounterRNG:
     def canvas(self, canvas: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
         return noise_ids(stream_key(self.seed, _NOISE, canvas, 0), batch, length, vocab, device)
 
-    def sample(self, processed: torch.Tensor, probs: torch.Tensor, accepted: torch.Tensor,
-               canvas: int, step: int) -> torch.Tensor:
-        """Token ids [B, L], drawn from softmax(processed) where `accepted` (elsewhere: 0)."""
-        B, L, V = processed.shape
+    def sample(self, model, head, accepted: torch.Tensor, canvas: int, step: int) -> torch.Tensor:
+        """Token ids [B, L] drawn from the head's tempered distribution where `accepted` (else 0)."""
+        B, L = accepted.shape
         flat = accepted.reshape(-1).nonzero().squeeze(1)
-        out = torch.zeros(B * L, dtype=torch.long, device=processed.device)
-        rows = processed.reshape(-1, V)[flat]
-        out[flat] = torch.argmax(rows + gumbel(stream_key(self.seed, _SAMPLE, canvas, step), flat, V), dim=-1)
+        out = torch.zeros(B * L, dtype=torch.long, device=accepted.device)
+        rows = head.processed_rows(model, flat)
+        out[flat] = torch.argmax(rows + gumbel(stream_key(self.seed, _SAMPLE, canvas, step), flat, rows.shape[-1]),
+                                 dim=-1)
         return out.view(B, L)
 
     def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
@@ -87,6 +89,7 @@ class CounterRNG:
 
 class TransformersRNG:
     name = "transformers"
+    needs_probs = True
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self.generator = torch.Generator(device=device)
@@ -95,10 +98,10 @@ class TransformersRNG:
     def canvas(self, canvas: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
         return torch.randint(0, vocab, (batch, length), device=device, generator=self.generator)
 
-    def sample(self, processed: torch.Tensor, probs: torch.Tensor, accepted: torch.Tensor,
-               canvas: int, step: int) -> torch.Tensor:
-        B, L, V = probs.shape
-        return torch.multinomial(probs.view(-1, V), num_samples=1, generator=self.generator).view(B, L)
+    def sample(self, model, head, accepted: torch.Tensor, canvas: int, step: int) -> torch.Tensor:
+        """Draws at every position, as transformers does (it needs the materialized head)."""
+        B, L, V = head.probs.shape
+        return torch.multinomial(head.probs.view(-1, V), num_samples=1, generator=self.generator).view(B, L)
 
     def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
         return torch.randint(0, vocab, (batch, length), device=device, generator=self.generator)

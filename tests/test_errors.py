@@ -205,7 +205,7 @@ def test_text_needs_a_tokenizer(tmp_path, checkpoint):
 
 
 def test_unknown_setting_names_the_valid_ones(model):
-    from dgemma_helpers.generate import resolve_settings
+    from dgemma_helpers.generation import resolve_settings
 
     with pytest.raises(InputError, match="unknown generation setting.*temperature.*valid"):
         resolve_settings(model, {"temperature": 0.5})

@@ -28,6 +28,7 @@ from .cache import KVCache
 from .config import GenerationSettings
 from .devices import synchronize
 from .errors import InputError
+from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
 from .rng import CounterRNG, TransformersRNG, make_rng
@@ -35,7 +36,6 @@ from .sampler import StableAndConfident, entropy_bound_accept, finalize_canvas
 from .tokenizer import decode
 
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
-LOG_PROB_FLOOR = -80.0
 
 
 @dataclass
@@ -229,21 +229,20 @@ def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temp
     keep theirs). Returns the round's record fields when `record` is set."""
     B, L = state.canvas.shape
     V = model.config.vocab_size
-    processed = model.logits(model.denoise(state.canvas, cache, state.soft)).div_(temperature)
-    log_probs = torch.log_softmax(processed, dim=-1)
-    # Probabilities under e^-80 are set to exactly 0: below e^-87 they are float32 denormals, and
-    # products of slightly larger ones with embedding weights are too, which x86 CPUs compute
-    # ~25x slower (the soft-embedding matmul included). Each such term is far below half an ulp of
-    # any entropy or embedding sum it would join, so no result changes.
-    probs = log_probs.masked_fill(log_probs < LOG_PROB_FLOOR, -math.inf).exp_()
-    entropy = -(probs * log_probs).sum(-1)
-    argmax = processed.argmax(dim=-1)
+    hidden = model.denoise(state.canvas, cache, state.soft)
+    # The tiled head keeps the [B, L, vocab] logits out of memory (fast on CPUs); full
+    # probabilities are needed to replay transformers' multinomial draws or to record top-k.
+    if source.needs_probs or topk or model.device.type != "cpu":
+        head = materialized_head(model, hidden, temperature)
+    else:
+        head = tiled_head(model, hidden, temperature)
+    entropy, argmax, soft = head.entropy, head.argmax, head.soft
     pins = state.pins
     if pins is not None:
         entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound
     accepted = entropy_bound_accept(entropy, settings.entropy_bound)
-    sampled = source.sample(processed, probs, accepted, canvas_index, step)
-    noise = source.renoise(canvas_index, step + 1, B, L, V, processed.device)
+    sampled = source.sample(model, head, accepted, canvas_index, step)
+    noise = source.renoise(canvas_index, step + 1, B, L, V, hidden.device)
     canvas = torch.where(accepted, sampled, noise)
     if pins is not None:
         canvas = torch.where(pins, state.pinned_ids, canvas)
@@ -252,8 +251,6 @@ def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temp
         mean_entropy = entropy.sum(-1) / (~pins).sum(-1).clamp(min=1)
     else:
         mean_entropy = entropy.mean(-1)
-    # transformers rounds the next step's self-conditioning logits to the model dtype.
-    soft = model.soft_embedding(processed.to(model.dtype), probs if model.dtype == torch.float32 else None)
     if bool(state.done.any()):
         keep = state.done[:, None]
         argmax = torch.where(keep, state.argmax, argmax)
@@ -267,7 +264,7 @@ def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temp
     rec = dict(canvas_ids=canvas.cpu(), argmax_ids=argmax.cpu(), accepted=accepted.cpu(),
                entropy=entropy.float().cpu(), pinned=None if pins is None else pins.cpu())
     if topk:
-        top = torch.topk(probs, topk, dim=-1)
+        top = torch.topk(head.probs, topk, dim=-1)
         rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())
     return rec
 
