@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import generation_json
 from .config import TINY_VISION_CONFIG, GenerationSettings
+from .tokenizer import train_tokenizer
 
 # Shapes of the real model in miniature: sliding + full layers (keys as values), MoE, odd vocab.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -28,39 +29,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 num_global_key_value_heads=1, num_experts=16, top_k_experts=4, moe_intermediate_size=64,
                 sliding_window=1024, max_position_embeddings=131072),
 }
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<think>", "</think>"]
-# Gemma-style turns; `enable_thinking=False` closes an empty thought so the model answers directly.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}{% endif %}"
-)
 _SAMPLE_TEXT = (
     "Block diffusion writes a whole canvas of tokens at once. It starts from noise and, round after round, "
     "keeps the tokens it is sure of and redraws the rest. When the canvas is stable it is committed, and the "
     "next canvas begins. The sky is blue because air scatters short wavelengths of sunlight more than long ones."
 )
-
-
-def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096):
-    """A byte-level BPE tokenizer with the kit's special tokens, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer)
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=model_max_length)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, seed: int = 0, canvas_length: int = 16,

@@ -1,0 +1,41 @@
+"""Text-quality measures for small models: word validity against a training vocabulary.
+
+Word validity is the share of generated words that occur in the training corpus. An untrained
+model strings random sub-word pieces together and scores near zero; a model that has learned to
+spell scores near one. Coarse, but honest and cheap: no judge model, no download.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import InputError
+
+VOCABULARY_FILE = "train_words.txt"
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words: runs of letters with inner apostrophes ("o'er", "mak'st")."""
+    return _WORD.findall(text.lower())
+
+
+def word_validity(texts: Iterable[str], vocabulary: set[str]) -> float:
+    """Share of the words in `texts` found in `vocabulary` (nan when there are no words)."""
+    found = total = 0
+    for text in texts:
+        for word in words(text or ""):
+            total += 1
+            found += word in vocabulary
+    return found / total if total else float("nan")
+
+
+def load_vocabulary(model_dir: str | Path) -> set[str]:
+    """The training vocabulary shipped with a model (one word per line in train_words.txt)."""
+    path = Path(model_dir) / VOCABULARY_FILE
+    if not path.exists():
+        raise InputError(f"{path} not found: word validity needs the training vocabulary that models/dgemma-tiny "
+                         "ships; for other models use held-out likelihood instead.")
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
