@@ -1,0 +1,122 @@
+"""Shared by bench/gpu_check.py and bench/gpu_step.py: configs, random models built on the device,
+output poisoning, timing. `--cpu` modes run the same code under the Triton interpreter."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dgemma_helpers.config import ModelConfig  # noqa: E402
+from dgemma_helpers.model import DiffusionGemma, init_weights  # noqa: E402
+
+# The real text config (REFERENCE.md; /work/shared/tools/gpu_baseline.py) in transformers' terms.
+REAL_HF = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
+               num_attention_heads=16, num_key_value_heads=8, head_dim=256, global_head_dim=512,
+               num_global_key_value_heads=2, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
+               sliding_window=1024, max_position_embeddings=262144, final_logit_softcapping=30.0,
+               attention_k_eq_v=True, enable_moe_block=True)
+TINY_HF = dict(REAL_HF, vocab_size=4096, hidden_size=256, intermediate_size=256, num_hidden_layers=6,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=64, global_head_dim=128,
+               num_global_key_value_heads=1, num_experts=16, top_k_experts=4, moe_intermediate_size=64)
+# Smaller than tiny, for the interpreter (it runs a kernel's program instances one by one in numpy).
+CPU_HF = dict(TINY_HF, vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+              head_dim=16, global_head_dim=32, num_experts=8, top_k_experts=2, moe_intermediate_size=32)
+
+
+def setup_cpu_interpreter() -> None:
+    """Must run before any kernels.* import: triton.jit reads TRITON_INTERPRET at decoration."""
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def model_config(hf: dict, canvas: int, layers: int | None = None) -> ModelConfig:
+    n = layers or hf["num_hidden_layers"]
+    text = dict(hf, num_hidden_layers=n)
+    return ModelConfig.from_hf({"model_type": "diffusion_gemma", "canvas_length": canvas,
+                                "text_config": text})  # canvas_length lives at the top level
+
+
+def random_model(config: ModelConfig, device: str, dtype: torch.dtype, seed: int = 0) -> DiffusionGemma:
+    """Random weights created directly on the device in `dtype` (no CPU copy, no fp32 detour)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = DiffusionGemma(config)
+    finally:
+        torch.set_default_dtype(prev)
+    init_weights(model, generator=torch.Generator(device).manual_seed(seed))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Every torch.empty / empty_like inside the block returns NaN (floats) or -1 (ints): an element
+    a kernel forgot to write shows up in the comparison."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-1)
+
+    torch.empty = lambda *a, **k: poison(empty(*a, **k))
+    torch.empty_like = lambda *a, **k: poison(empty_like(*a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn, device, warm: int = 1, reps: int = 5) -> float:
+    """Median seconds of fn() over reps, after warm-up runs."""
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    info = dict(torch=torch.__version__, transformers=transformers.__version__, device=device)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), capability=".".join(map(str, torch.cuda.get_device_capability())),
+                    cuda=torch.version.cuda)
+    return info
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.rename(path)

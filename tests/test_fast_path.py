@@ -1,0 +1,157 @@
+"""The fast path's selection logic and its step logic, on a CPU (no Triton needed): FastStepper
+with the kernels' PyTorch references must reproduce the PyTorch path token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dgemma_helpers as dg
+from dgemma_helpers.errors import DeviceError, InputError
+from dgemma_helpers.fast import select as sel
+from dgemma_helpers.fast.step import StaticStop
+from dgemma_helpers.sampler import StableAndConfident
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def reference_kernels(monkeypatch):
+    """No interpreter here: the fast path uses the kernels' PyTorch references (tests/test_kernels.py
+    runs the Triton kernels themselves)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def test_auto_never_picks_fast_on_cpu():
+    assert sel.select_path(None, CPU, "counter", 0) == "torch"
+    assert sel.select_path("auto", CPU, "counter", 0) == "torch"
+
+
+def test_auto_picks_fast_on_a_capable_gpu(monkeypatch):
+    monkeypatch.setattr(sel, "triton_status", lambda device: (True, "test"))
+    monkeypatch.setattr(sel, "_has_fp8", lambda device: False)
+    assert sel.select_path(None, CUDA, "counter", 0) == "fast"
+    assert sel.select_path(None, CUDA, "transformers", 0) == "torch"  # needs full probabilities
+    assert sel.select_path(None, CUDA, "counter", 5) == "torch"  # top-k recording likewise
+    assert sel.select_path(None, CUDA, "counter", 0, fp8=True) == "torch"  # no fp8 conversions on this GPU
+    assert sel.select_path("torch", CUDA, "counter", 0) == "torch"
+    monkeypatch.setattr(sel, "triton_status", lambda device: (False, "triton is not installed"))
+    assert sel.select_path(None, CUDA, "counter", 0) == "torch"
+
+
+def test_forced_fast_path_errors_name_the_fix(monkeypatch):
+    with pytest.raises(InputError, match="rng='counter' or path='torch'"):
+        sel.select_path("fast", CPU, "transformers", 0)
+    with pytest.raises(InputError, match="record_topk=0"):
+        sel.select_path("fast", CPU, "counter", 3)
+    with pytest.raises(InputError, match="'auto', 'torch', 'fast'"):
+        sel.select_path("cuda-graph", CPU, "counter", 0)
+    monkeypatch.setattr(sel, "triton_status", lambda device: (False, "triton is not installed (pip install triton"))
+    with pytest.raises(DeviceError, match="pip install triton"):
+        sel.select_path("fast", CUDA, "counter", 0)
+    assert sel.select_path("fast", CPU, "counter", 0) == "fast"  # CPUs run it eagerly, for tests
+
+
+def test_triton_status_on_cpu(monkeypatch):
+    ok, why = sel.triton_status(CPU)
+    assert not ok and why
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ok, why = sel.triton_status(CPU)
+    assert ok == (sel.importlib.util.find_spec("triton") is not None)
+
+
+def test_generate_rejects_bad_path(checkpoint, ours):
+    model = ours(checkpoint("plain"))
+    with pytest.raises(InputError, match="path must be one of"):
+        dg.generate(model, input_ids=[5, 6, 7], path="graph", max_new_tokens=4)
+
+
+def test_static_stop_matches_stable_and_confident():
+    g = torch.Generator().manual_seed(0)
+    for threshold in (0, 1, 2):
+        plain, static = StableAndConfident(threshold, 0.5), StaticStop(threshold, 0.5, (3, 4), CPU)
+        seq = [torch.randint(0, 2, (3, 4), generator=g) for _ in range(6)]
+        for a in seq + seq[-1:] * 3:
+            m = torch.rand(3, generator=g)
+            assert torch.equal(plain(a, m), static(a, m))
+        static.reset()
+        plain.reset()
+        assert torch.equal(plain(seq[0], torch.zeros(3)), static(seq[0], torch.zeros(3)))
+
+
+def _both(model, **kw):
+    records = {"torch": [], "fast": []}
+    results = {p: dg.generate(model, path=p, on_step=records[p].append, **kw) for p in records}
+    return results, records
+
+
+@pytest.mark.parametrize("shape", ["confident", "ring"])
+def test_fast_step_reproduces_the_torch_path(checkpoint, ours, shape):
+    """Several canvases (the static cache view is refreshed between them), a left-padded batch, and
+    adaptive stopping on: the same tokens, rounds and per-round records."""
+    model = ours(checkpoint(shape))
+    L = model.config.canvas_length
+    results, records = _both(model, input_ids=[[5, 6, 7, 8, 9, 10, 11], [3, 4, 5]], seed=3, max_new_tokens=3 * L,
+                             max_denoising_steps=6, eos_token_ids=[], confidence_threshold=0.5)
+    a, b = results["torch"], results["fast"]
+    assert torch.equal(a.token_ids, b.token_ids)
+    assert a.steps_per_canvas == b.steps_per_canvas and len(a.steps_per_canvas) == 3
+    assert len(records["torch"]) == len(records["fast"])
+    for r, f in zip(records["torch"], records["fast"]):
+        assert torch.equal(r.canvas_ids, f.canvas_ids) and torch.equal(r.argmax_ids, f.argmax_ids)
+        assert torch.equal(r.accepted, f.accepted) and torch.equal(r.active, f.active)
+        assert torch.allclose(r.entropy, f.entropy, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_step_with_pins_and_early_stop(checkpoint, ours):
+    model = ours(checkpoint("confident"))
+    L = model.config.canvas_length
+    canvas = torch.randint(0, model.config.vocab_size, (L,), generator=torch.Generator().manual_seed(2))
+    results, _ = _both(model, input_ids=[5, 6, 7], seed=1, max_new_tokens=2 * L, initial_canvas=canvas,
+                       pinned=[0, 3, 4], max_denoising_steps=12, eos_token_ids=[])
+    a, b = results["torch"], results["fast"]
+    assert torch.equal(a.token_ids, b.token_ids)
+    assert a.steps_per_canvas == b.steps_per_canvas
+    assert torch.equal(b.token_ids[0, [0, 3, 4]], canvas[[0, 3, 4]])
+
+
+def test_fast_step_rows_stopping_at_different_rounds(checkpoint, ours):
+    """Adaptive stop firing (stability 0: the entropy test alone), rows finishing at different
+    rounds: the fast step freezes finished rows without a host branch, with the same outcome."""
+    model = ours(checkpoint("plain"))
+    fired = False
+    for threshold in (6.88, 100.0):  # near log(vocab) the rows of this uncertain model may part ways
+        results, _ = _both(model, input_ids=[[5, 6, 7, 8], [9, 10, 11, 12], [13, 14]], seed=4,
+                           max_new_tokens=model.config.canvas_length, max_denoising_steps=8, eos_token_ids=[],
+                           stability_threshold=0, confidence_threshold=threshold)
+        a, b = results["torch"], results["fast"]
+        assert torch.equal(a.token_ids, b.token_ids)
+        assert a.steps_per_canvas == b.steps_per_canvas
+        fired |= min(a.steps_per_canvas[0]) < 8
+    assert fired
+
+
+def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint, ours, capfd, monkeypatch):
+    import dgemma_helpers.generation as generation
+    from dgemma_helpers.fast import FallbackStepper
+    from dgemma_helpers.generation import denoise_step
+
+    class Broken:
+        replays = 0
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("kernel does not compile here")
+
+    model = ours(checkpoint("plain"))
+    monkeypatch.setattr(generation, "stepper", lambda *a, **k: FallbackStepper(Broken(), denoise_step))
+    result = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4)
+    monkeypatch.undo()
+    expected = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4, path="torch")
+    assert torch.equal(result.token_ids, expected.token_ids)
+    assert "fast path failed on its first round" in capfd.readouterr().err
+
+    class BrokenLater(Broken):
+        replays = 3
+
+    with pytest.raises(RuntimeError, match="does not compile"):
+        FallbackStepper(BrokenLater(), denoise_step)()
