@@ -1,0 +1,476 @@
+"""DenoisingTrace: every denoising round of one generation, kept for replay, plots and export.
+
+    trace = dg.DenoisingTrace.from_model(model, prompt=prompt)
+    result = dg.generate(model, prompt, on_step=trace.record, record_topk=5)
+    trace.finish(result)            # optional: the run's exact prompt ids and settings, checked
+    trace.save("trace.json.gz")     # compact and versioned; DenoisingTrace.load refuses bad files
+
+A trace follows ONE batch row (row 0 unless `row=` says otherwise). A round in which that row was
+frozen (its adaptive stop had fired while other rows went on) is not recorded, so every round in a
+trace is a denoiser pass that changed, or could have changed, that row.
+
+File format (version 1): JSON, gzip-compressed unless the name ends in ".json":
+    {"format": "dgemma-denoising-trace", "version": 1, "meta": {...}, "vocab": {"id": "text"},
+     "rounds": {"canvas_index": [R], "step": [R], "remaining": [R], "temperature": [R],
+                "canvas_ids": ARRAY [R, L], "argmax_ids", "accepted", "entropy", "pinned",
+                "top_ids": ARRAY [R, L, k] | null, "top_probs"}}
+where ARRAY is {"dtype", "shape", "data": base64 of the little-endian bytes} (exact, compact). The
+vocabulary holds only the ids that occur, decoded one by one, so a file never carries the
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import gzip
+import json
+import os
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError, TraceError
+from .sampler import finalize_canvas
+
+FORMAT = "dgemma-denoising-trace"
+VERSION = 1
+# The settings a trace keeps from a run: enough to explain it and to derive the committed canvases.
+SETTING_KEYS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                "confidence_threshold", "eos_token_ids", "pad_token_id")
+ARRAY_DTYPES = {"canvas_ids": "int32", "argmax_ids": "int32", "accepted": "bool", "entropy": "float32",
+                "pinned": "bool", "top_ids": "int32", "top_probs": "float32"}
+SCALAR_FIELDS = ("canvas_index", "step", "remaining", "temperature")
+
+
+@dataclass
+class TraceRound:
+    """One recorded round of one row (numpy arrays over the L canvas positions)."""
+
+    canvas_index: int
+    step: int  # 1-based round within its canvas
+    remaining: int
+    temperature: float
+    canvas_ids: np.ndarray  # [L] int32: accepted tokens + fresh noise (what the denoiser reads next)
+    argmax_ids: np.ndarray  # [L] int32: the model's best guess (what would be committed)
+    accepted: np.ndarray  # [L] bool: accepted this round
+    entropy: np.ndarray  # [L] float32
+    pinned: np.ndarray  # [L] bool: held fixed (infilling); all False without pins
+    top_ids: np.ndarray | None = None  # [L, k] int32, when generate ran with record_topk=k
+    top_probs: np.ndarray | None = None  # [L, k] float32
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); it replaces `path` only if the block succeeds,
+    so a failed or interrupted write never leaves a half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not created here (mkstemp would make it owner-only): the writer creates it with the usual permissions.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{''.join(path.suffixes[-2:])}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class DenoisingTrace:
+    """The rounds of one generation (one batch row), with the decoded text of every token id in them."""
+
+    def __init__(self, canvas_length: int | None = None, *, tokenizer: Any = None, vocab_size: int | None = None,
+                 prompt: str | None = None, prompt_ids: list[int] | None = None,
+                 settings: dict[str, Any] | Any = None, row: int = 0, title: str | None = None) -> None:
+        if not isinstance(row, int) or row < 0:
+            raise InputError(f"row must be a batch row index >= 0 (got {row!r}).")
+        self.canvas_length = canvas_length  # None: taken from the first recorded round
+        self.tokenizer = tokenizer  # not saved: the file keeps only `vocab`
+        self.vocab_size = vocab_size
+        self.prompt = prompt
+        self.prompt_ids = list(prompt_ids) if prompt_ids is not None else None
+        self.settings = _settings_dict(settings)
+        self.row = row
+        self.title = title
+        self.complete = False  # set by finish(): no more rounds will come
+        self.rounds: list[TraceRound] = []
+        self.vocab: dict[int, str | None] = {}
+        self.trace_id = uuid.uuid4().hex
+
+    @classmethod
+    def from_model(cls, model: Any, *, prompt: str | None = None, row: int = 0,
+                   title: str | None = None) -> DenoisingTrace:
+        """An empty trace for `model` (its canvas length, tokenizer and default settings)."""
+        tokenizer = model.tokenizer
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=True) if (prompt and tokenizer is not None) else None
+        return cls(model.config.canvas_length, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
+                   prompt=prompt, prompt_ids=prompt_ids, settings=model.generation_settings, row=row,
+                   title=title or (model.path.name if getattr(model, "path", None) else None))
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+    def __repr__(self) -> str:
+        return (f"DenoisingTrace({len(self.rounds)} rounds over {self.num_canvases} canvas(es) of "
+                f"{self.canvas_length} tokens, row {self.row}{', complete' if self.complete else ''})")
+
+    # ---- recording ------------------------------------------------------------------------------
+    def record(self, record: Any) -> bool:
+        """Add one StepRecord (pass `on_step=trace.record` to generate). Returns False when the round
+        is skipped because this trace's row was frozen in it."""
+        if self.complete:
+            raise InputError("this trace is finished (finish() was called): record a new generation into a new "
+                             "DenoisingTrace.")
+        canvas = record.canvas_ids
+        if canvas.ndim != 2:
+            raise InputError(f"expected a StepRecord with canvas_ids of shape [batch, canvas] (got "
+                             f"{list(canvas.shape)}): pass on_step=trace.record to generate().")
+        B, L = canvas.shape
+        if self.row >= B:
+            raise InputError(f"this trace follows batch row {self.row}, but the batch has {B} row(s): "
+                             f"make the trace with row= in 0..{B - 1}.")
+        if self.canvas_length is None:
+            self.canvas_length = L
+        if L != self.canvas_length:
+            raise InputError(f"the record's canvas has {L} tokens but this trace's has {self.canvas_length}: "
+                             "make the trace from the model that generates (DenoisingTrace.from_model(model)).")
+        if self.rounds and record.canvas_index < self.rounds[-1].canvas_index:
+            raise InputError("this record starts a new generation but the trace already holds one: "
+                             "record each generation into a new DenoisingTrace.")
+        if not bool(record.active[self.row]):
+            return False
+        r = self.row
+        pinned = record.pinned[r].numpy().astype(bool) if record.pinned is not None else np.zeros(L, dtype=bool)
+        self.rounds.append(TraceRound(
+            canvas_index=int(record.canvas_index), step=int(record.step), remaining=int(record.remaining),
+            temperature=float(record.temperature),
+            canvas_ids=_np(record.canvas_ids[r], "int32"), argmax_ids=_np(record.argmax_ids[r], "int32"),
+            accepted=_np(record.accepted[r], "bool"), entropy=_np(record.entropy[r], "float32"), pinned=pinned,
+            top_ids=None if record.top_ids is None else _np(record.top_ids[r], "int32"),
+            top_probs=None if record.top_probs is None else _np(record.top_probs[r], "float32")))
+        return True
+
+    def finish(self, result: Any = None) -> DenoisingTrace:
+        """Mark the trace complete. With the GenerationResult of the run, also take its exact prompt ids
+        and settings, and check that the committed canvases are the result's tokens."""
+        if result is not None:
+            if self.row >= len(result.prompt_ids):
+                raise InputError(f"this trace follows row {self.row} but the result has {len(result.prompt_ids)} "
+                                 "row(s): pass the result of the generate call that fed this trace.")
+            self.prompt_ids = list(result.prompt_ids[self.row])
+            if self.prompt is None and self.tokenizer is not None:
+                self.prompt = self.tokenizer.decode(self.prompt_ids, skip_special_tokens=True)
+            self.settings = _settings_dict(result.settings)
+            ours = self.tokens()
+            theirs = result.token_ids[self.row].tolist()
+            if ours != theirs:
+                raise InputError(f"the result's tokens differ from the canvases this trace recorded (first "
+                                 f"{min(len(ours), len(theirs))} tokens compared): pass the result of the generate "
+                                 "call whose on_step fed this trace.")
+        self.complete = True
+        return self
+
+    # ---- what the rounds show ---------------------------------------------------------------------
+    @property
+    def num_canvases(self) -> int:
+        return len(self.canvas_ranges())
+
+    def canvas_ranges(self) -> list[tuple[int, int, int]]:
+        """(canvas_index, first round, end round) for each canvas, in order."""
+        out: list[tuple[int, int, int]] = []
+        for i, rd in enumerate(self.rounds):
+            if out and out[-1][0] == rd.canvas_index:
+                out[-1] = (rd.canvas_index, out[-1][1], i + 1)
+            else:
+                out.append((rd.canvas_index, i, i + 1))
+        return out
+
+    def stack(self, name: str) -> np.ndarray | None:
+        """One field over all rounds: e.g. stack("entropy") -> [R, L]; scalars give [R]; None for top-k
+        fields that were not recorded."""
+        if name in SCALAR_FIELDS:
+            return np.array([getattr(rd, name) for rd in self.rounds], dtype=np.float64 if name == "temperature"
+                            else np.int32)
+        if name not in ARRAY_DTYPES:
+            raise InputError(f"unknown trace field {name!r}; fields: {list(SCALAR_FIELDS) + list(ARRAY_DTYPES)}")
+        if not self.rounds:
+            return None if name.startswith("top_") else np.zeros((0, self.canvas_length or 0), ARRAY_DTYPES[name])
+        values = [getattr(rd, name) for rd in self.rounds]
+        return None if values[0] is None else np.stack(values)
+
+    def committed(self) -> list[np.ndarray]:
+        """The canvas each recorded canvas commits: its last round's argmax, with the end-of-sequence rules
+        of generate (pad after the first EOS, all pad after a finished canvas)."""
+        eos_ids = self.settings.get("eos_token_ids") or []
+        eos = torch.tensor(eos_ids, dtype=torch.long) if eos_ids else None
+        pad = int(self.settings.get("pad_token_id", 0))
+        finished = torch.zeros(1, dtype=torch.bool)
+        out = []
+        for _, _, end in self.canvas_ranges():
+            canvas = torch.from_numpy(self.rounds[end - 1].argmax_ids.astype(np.int64))[None]
+            final, finished = finalize_canvas(canvas, finished, eos, pad, out_of_length=False)
+            out.append(final[0].numpy().astype(np.int32))
+        return out
+
+    def tokens(self) -> list[int]:
+        """The generated token ids, as generate returns them (at most max_new_tokens)."""
+        ids = [int(t) for canvas in self.committed() for t in canvas]
+        limit = self.settings.get("max_new_tokens")
+        return ids[:limit] if limit else ids
+
+    def accepted_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per round: tokens accepted this round [R], and of those the ones not accepted in the round before
+        (newly accepted) [R]."""
+        accepted = self.stack("accepted")
+        before = self.previous_accepted()
+        return accepted.sum(-1), (accepted & ~before).sum(-1)
+
+    def previous_accepted(self) -> np.ndarray:
+        """[R, L]: each round's view of the round before it in the same canvas (False on a canvas's first)."""
+        accepted = self.stack("accepted")
+        before = np.zeros_like(accepted)
+        for _, start, end in self.canvas_ranges():
+            before[start + 1:end] = accepted[start:end - 1]
+        return before
+
+    def lock_in_steps(self) -> np.ndarray:
+        """[C, L] int: the round (1-based, within its canvas) from which each position stayed accepted to the
+        canvas's last round; 0 where the last round did not accept it (committed from the argmax), -1 where
+        it is pinned."""
+        out = np.zeros((self.num_canvases, self.canvas_length or 0), dtype=np.int32)
+        for c, (_, start, end) in enumerate(self.canvas_ranges()):
+            since = out[c]
+            for rd in self.rounds[start:end]:
+                # a run of acceptance starts at this round unless the position was accepted in the one before
+                since[:] = np.where(rd.accepted, np.where(since > 0, since, rd.step), 0)
+            since[self.rounds[end - 1].pinned] = -1
+        return out
+
+    def tokens_per_forward(self) -> list[float]:
+        """Per canvas: committed non-pad tokens / denoising rounds (generate's definition, per canvas)."""
+        pad = int(self.settings.get("pad_token_id", 0))
+        return [float((canvas != pad).sum()) / (end - start)
+                for canvas, (_, start, end) in zip(self.committed(), self.canvas_ranges())]
+
+    # ---- token text -------------------------------------------------------------------------------
+    def token_text(self, ids: np.ndarray | list[int]) -> dict[int, str | None]:
+        """Text of each id (decoded one by one, cached in `vocab`); None when no tokenizer knows it."""
+        wanted = {int(i) for i in np.asarray(ids).ravel()}
+        missing = sorted(wanted - self.vocab.keys())
+        if missing:
+            if self.tokenizer is not None:
+                texts = self.tokenizer.batch_decode([[i] for i in missing], skip_special_tokens=False,
+                                                    clean_up_tokenization_spaces=False)
+            else:
+                texts = [None] * len(missing)
+            self.vocab.update(zip(missing, texts))
+        return {i: self.vocab[i] for i in wanted}
+
+    def _round_ids(self, rd: TraceRound) -> list[np.ndarray]:
+        return [a for a in (rd.canvas_ids, rd.argmax_ids, rd.top_ids) if a is not None]
+
+    def used_ids(self) -> np.ndarray:
+        parts = [a.ravel() for rd in self.rounds for a in self._round_ids(rd)]
+        parts += [c for c in self.committed()] + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
+
+    # ---- the player's data --------------------------------------------------------------------------
+    def round_payload(self, i: int) -> dict[str, Any]:
+        """Round i as the player's JSON (entropies and probabilities rounded for size)."""
+        rd = self.rounds[i]
+        return {"c": rd.canvas_index, "s": rd.step, "n": rd.remaining, "t": round(rd.temperature, 4),
+                "ids": rd.canvas_ids.tolist(), "am": rd.argmax_ids.tolist(), "acc": rd.accepted.astype(int).tolist(),
+                "h": np.round(rd.entropy.astype(np.float64), 4).tolist(),
+                "pin": rd.pinned.astype(int).tolist() if rd.pinned.any() else None,
+                "top": None if rd.top_ids is None else rd.top_ids.tolist(),
+                "tp": None if rd.top_probs is None else np.round(rd.top_probs.astype(np.float64), 4).tolist()}
+
+    def rounds_message(self, start: int) -> dict[str, Any]:
+        """Rounds from `start` on, with the text of their ids and the canvases committed so far."""
+        rounds = [self.round_payload(i) for i in range(start, len(self.rounds))]
+        ids = [a for rd in self.rounds[start:] for a in self._round_ids(rd)]
+        vocab = self.token_text(np.concatenate([a.ravel() for a in ids])) if ids else {}
+        committed = self.committed()
+        vocab.update(self.token_text(np.concatenate(committed)) if committed else {})
+        return {"type": "rounds", "trace_id": self.trace_id, "start": start, "rounds": rounds,
+                "vocab": {str(k): v for k, v in vocab.items()},
+                "committed": {str(c): canvas.tolist() for c, canvas in enumerate(committed)}}
+
+    def to_payload(self) -> dict[str, Any]:
+        """Everything the player shows, as JSON-ready data (also what save_html embeds)."""
+        entropy = self.stack("entropy")
+        meta = {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
+                "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings, "title": self.title,
+                "complete": self.complete, "pad_token_id": int(self.settings.get("pad_token_id", 0)),
+                "entropy_max": float(entropy.max()) if entropy.size else 0.0}
+        message = self.rounds_message(0)
+        message["vocab"].update({str(k): v for k, v in self.token_text(self.prompt_ids or []).items()})
+        return {"format": FORMAT, "version": VERSION, "trace_id": self.trace_id, "meta": meta,
+                "vocab": message["vocab"], "rounds": message["rounds"], "committed": message["committed"]}
+
+    # ---- files --------------------------------------------------------------------------------------
+    def to_document(self) -> dict[str, Any]:
+        self.token_text(self.used_ids())
+        rounds: dict[str, Any] = {name: self.stack(name).tolist() for name in SCALAR_FIELDS}
+        for name, dtype in ARRAY_DTYPES.items():
+            arr = self.stack(name)
+            rounds[name] = None if arr is None else _encode_array(arr, dtype)
+        meta = {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
+                "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings,
+                "title": self.title, "complete": self.complete}
+        used = {int(i) for i in self.used_ids()}
+        vocab = {str(k): v for k, v in sorted(self.vocab.items()) if k in used}
+        return {"format": FORMAT, "version": VERSION, "meta": meta, "vocab": vocab, "rounds": rounds}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace (gzip JSON, or plain JSON for a name ending in .json), atomically."""
+        path = Path(path)
+        data = json.dumps(self.to_document(), ensure_ascii=False, separators=(",", ":")).encode()
+        with atomic_output(path) as tmp:
+            if path.name.endswith(".json"):
+                tmp.write_bytes(data)
+            else:
+                with gzip.open(tmp, "wb", compresslevel=6) as f:
+                    f.write(data)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DenoisingTrace:
+        """Read a trace saved by `save`; refuses a corrupt, truncated, other-version or inconsistent file."""
+        path = Path(path)
+        fix = "record and save the trace again with this version of dgemma_helpers"
+        if not path.is_file():
+            raise TraceError(f"no trace file at {str(path)!r}: save one with trace.save(path) first, or check the "
+                             "path.")
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            try:
+                raw = gzip.decompress(raw)
+            except (EOFError, OSError, zlib.error) as e:
+                raise TraceError(f"{path} is a truncated or corrupt gzip file ({e}): {fix}.") from e
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TraceError(f"{path} is not valid JSON ({e}): the file is corrupt or truncated; {fix}.") from e
+        return cls.from_document(doc, source=str(path))
+
+    @classmethod
+    def from_document(cls, doc: Any, source: str = "the trace") -> DenoisingTrace:
+        fix = "record and save the trace again with this version of dgemma_helpers"
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise TraceError(f"{source} is not a dgemma denoising trace (no \"format\": \"{FORMAT}\"): "
+                             "load a file written by DenoisingTrace.save.")
+        if doc.get("version") != VERSION:
+            raise TraceError(f"{source} is trace format version {doc.get('version')!r}, but this dgemma_helpers reads "
+                             f"version {VERSION}: {fix}, or use the dgemma_helpers version that wrote it.")
+        try:
+            meta, vocab, rounds = doc["meta"], doc["vocab"], doc["rounds"]
+            L, R = int(meta["canvas_length"]), len(rounds["canvas_index"])
+            trace = cls(L, vocab_size=meta.get("vocab_size"), prompt=meta.get("prompt"),
+                        prompt_ids=meta.get("prompt_ids"), settings=meta.get("settings") or {},
+                        row=int(meta.get("row", 0)), title=meta.get("title"))
+            trace.complete = bool(meta.get("complete", False))
+            trace.vocab = {int(k): (None if v is None else str(v)) for k, v in vocab.items()}
+            scalars = {name: list(rounds[name]) for name in SCALAR_FIELDS}
+            arrays = {name: _decode_array(rounds[name], ARRAY_DTYPES[name], name) if rounds.get(name) is not None
+                      else None for name in ARRAY_DTYPES}
+        except TraceError as e:
+            raise TraceError(f"{source}: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TraceError(f"{source} is missing or has malformed fields ({type(e).__name__}: {e}): {fix}.") from e
+        problems = _check_shapes(scalars, arrays, R, L, trace.vocab_size)
+        if problems:
+            raise TraceError(f"{source} is inconsistent: {problems}. The file was edited or damaged: {fix}.")
+        for i in range(R):
+            trace.rounds.append(TraceRound(
+                canvas_index=int(scalars["canvas_index"][i]), step=int(scalars["step"][i]),
+                remaining=int(scalars["remaining"][i]), temperature=float(scalars["temperature"][i]),
+                **{name: None if arrays[name] is None else arrays[name][i] for name in ARRAY_DTYPES}))
+        return trace
+
+    # ---- exports (the drawing lives in plots.py and player_html.py) ---------------------------------
+    def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
+        """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
+        from .player_html import write_player_html
+
+        return write_player_html(self.to_payload(), path, speed=speed)
+
+    def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
+        """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
+        from .plots import animate
+
+        return animate(self, path, fps=fps, canvases=canvases, writer="pillow")
+
+    def save_mp4(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
+        """An MP4 of the rounds (matplotlib + ffmpeg; a clear error says how to install ffmpeg if missing)."""
+        from .plots import animate
+
+        return animate(self, path, fps=fps, canvases=canvases, writer="ffmpeg")
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype)
+
+
+def _settings_dict(settings: Any) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    if isinstance(settings, dict):
+        source = settings
+    else:
+        source = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
+    out = {key: source[key] for key in SETTING_KEYS if key in source}
+    if "eos_token_ids" in out:
+        out["eos_token_ids"] = [int(t) for t in out["eos_token_ids"]]
+    return out
+
+
+def _encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
+    arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def _decode_array(spec: Any, dtype: str, name: str) -> np.ndarray:
+    if not isinstance(spec, dict) or spec.get("dtype") != dtype or not isinstance(spec.get("shape"), list):
+        raise TraceError(f"field {name!r} is not a {dtype} array record")
+    try:
+        data = base64.b64decode(spec["data"], validate=True)
+    except (binascii.Error, TypeError, ValueError) as e:
+        raise TraceError(f"field {name!r} has corrupt base64 data ({e})") from e
+    shape = tuple(int(s) for s in spec["shape"])
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(data) != expected:
+        raise TraceError(f"field {name!r} holds {len(data)} bytes but its shape {list(shape)} needs {expected} "
+                         "(truncated or mismatched)")
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
+
+
+def _check_shapes(scalars: dict[str, list], arrays: dict[str, np.ndarray | None], R: int, L: int,
+                  vocab_size: int | None) -> str:
+    for name, values in scalars.items():
+        if len(values) != R:
+            return f"{name} has {len(values)} entries but canvas_index has {R}"
+    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
+        if arrays[name] is None or arrays[name].shape != (R, L):
+            got = None if arrays[name] is None else list(arrays[name].shape)
+            return f"{name} has shape {got}, expected [{R}, {L}] (rounds x canvas_length)"
+    top_ids, top_probs = arrays["top_ids"], arrays["top_probs"]
+    if (top_ids is None) != (top_probs is None):
+        return "top_ids and top_probs must both be present or both be null"
+    if top_ids is not None and (top_ids.ndim != 3 or top_ids.shape[:2] != (R, L) or top_ids.shape != top_probs.shape):
+        return f"top_ids {list(top_ids.shape)} / top_probs {list(top_probs.shape)} must both be [{R}, {L}, k]"
+    ids = [a for a in (arrays["canvas_ids"], arrays["argmax_ids"], top_ids) if a is not None and a.size]
+    if ids:
+        low, high = min(int(a.min()) for a in ids), max(int(a.max()) for a in ids)
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            return f"token ids span {low}..{high}, outside the vocabulary 0..{(vocab_size or 0) - 1}"
+    if any(b < a for a, b in zip(scalars["canvas_index"], scalars["canvas_index"][1:])):
+        return "canvas_index goes backwards"
+    return ""

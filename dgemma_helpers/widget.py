@@ -1,0 +1,107 @@
+"""DenoisingPlayer: a notebook widget (anywidget) that animates every denoising round.
+
+    player = DenoisingPlayer.from_model(model, prompt=prompt)   # live: shows rounds as they come
+    display(player)
+    result = dg.generate(model, prompt, on_step=player.update, record_topk=5)
+    player.finish(result)
+    DenoisingPlayer.from_file("trace.json.gz")                  # replay a saved trace
+    player.save_html("denoising.html")                          # one file that plays offline
+
+The front end is static/player.js + player.css; the animation runs there, on a timer, so the
+kernel never sleeps and generation runs at full speed. Sending the whole trace on every round
+would cost O(rounds^2), so the player sends each new round as a message and refreshes the `_data`
+snapshot only when the trace has doubled since the last one (about twice the final size in all);
+a view that missed messages (opened late, or while the kernel was busy) asks for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+try:
+    import anywidget
+    import traitlets
+except ImportError as e:  # pragma: no cover - exercised only where the extra is missing
+    raise ImportError("DenoisingPlayer needs anywidget and ipywidgets: `pip install anywidget ipywidgets` "
+                      "(or `pip install -e '.[dev]'` in the kit's checkout).") from e
+
+from .errors import InputError
+from .player_html import STATIC, write_player_html
+from .trace import DenoisingTrace
+
+
+class DenoisingPlayer(anywidget.AnyWidget):
+    """Plays a DenoisingTrace: the live canvas as a grid of tokens coloured by state and shaded by
+    entropy, committed canvases above it, play/pause, step, round slider, speed and canvas selector;
+    hover or click a token for its text, id, entropy, round accepted and top alternatives."""
+
+    _esm = STATIC / "player.js"
+    _css = STATIC / "player.css"
+    _data = traitlets.Dict().tag(sync=True)
+    speed = traitlets.Float(4.0).tag(sync=True)  # rounds per second of the animation
+    autoplay = traitlets.Bool(False).tag(sync=True)  # start playing when shown (live mode)
+
+    def __init__(self, trace: DenoisingTrace | None = None, *, speed: float = 4.0, autoplay: bool | None = None,
+                 **kwargs: Any) -> None:
+        if trace is not None and not isinstance(trace, DenoisingTrace):
+            raise InputError(f"DenoisingPlayer plays a DenoisingTrace (got {type(trace).__name__}): use "
+                             "DenoisingPlayer.from_file(path) for a saved trace, or from_model(model) for live mode.")
+        trace = trace if trace is not None else DenoisingTrace()
+        live = not trace.complete and len(trace) == 0
+        super().__init__(speed=float(speed), autoplay=live if autoplay is None else bool(autoplay), **kwargs)
+        self.trace = trace
+        self._synced = 0  # rounds in the last `_data` snapshot
+        self.on_msg(self._on_front_end_message)
+        self._snapshot()
+
+    @classmethod
+    def from_model(cls, model: Any, *, prompt: str | None = None, row: int = 0, **kwargs: Any) -> DenoisingPlayer:
+        """An empty live player for `model`: pass `on_step=player.update` to generate."""
+        return cls(DenoisingTrace.from_model(model, prompt=prompt, row=row), **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> DenoisingPlayer:
+        """Replay a trace saved with DenoisingTrace.save."""
+        return cls(DenoisingTrace.load(path), **kwargs)
+
+    def update(self, record: Any) -> None:
+        """on_step callback: record one round and send it to the views (never waits for them)."""
+        if self.trace.complete or (len(self.trace) and record.canvas_index == 0 and record.step == 1):
+            raise InputError("this player already holds a generation: show each run in a new player "
+                             "(DenoisingPlayer.from_model(model, prompt=...)), or call "
+                             "player.load(DenoisingTrace.from_model(model, prompt=...)) before generating again.")
+        if not self.trace.record(record):
+            return
+        n = len(self.trace)
+        if n >= 2 * self._synced:
+            self._snapshot()
+        else:
+            self.send(self.trace.rounds_message(n - 1))
+
+    def finish(self, result: Any = None) -> DenoisingPlayer:
+        """The generation is over: mark the trace complete (checked against `result` when given)."""
+        self.trace.finish(result)
+        self._snapshot()
+        return self
+
+    def load(self, trace: DenoisingTrace) -> None:
+        """Show another trace in this player."""
+        self.trace = trace
+        self._synced = 0
+        self._snapshot()
+
+    def save_html(self, path: str | os.PathLike) -> Path:
+        """Write one self-contained HTML file (inline JS, CSS and data; no network) that plays the trace."""
+        return write_player_html(self.trace.to_payload(), path, speed=self.speed)
+
+    def _snapshot(self) -> None:
+        self._data = self.trace.to_payload()
+        self._synced = len(self.trace)
+
+    def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "sync":
+            have = content.get("have")
+            if isinstance(have, int) and 0 <= have < len(self.trace):
+                self.send(self.trace.rounds_message(have))
