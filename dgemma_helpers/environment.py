@@ -1,0 +1,333 @@
+"""What this machine has and what it can run, with the fix for every gap.
+
+`environment_report()` gathers the facts (torch and its CUDA build, GPUs and their memory, RAM,
+package versions, the models found locally and whether each fits here) and a list of `Check`s;
+`format_report()` prints them. Nothing is downloaded and no weights are read: models are judged
+by their config.json and file headers.
+
+`find_model()` resolves a model path the way the notebooks need it: a relative path such as
+"models/dgemma-tiny" is looked up from the working directory and its parents (a notebook runs in
+notebooks/) and from the repository root, and a missing model is refused with how to get one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import GET_MODEL_HINT, index_checkpoint, read_config, runtime_bytes, weights_bytes
+from .config import ModelConfig
+from .devices import available_memory
+from .errors import CheckpointError, DGemmaError
+from .introspection import parameter_counts
+
+OFFICIAL_REPO = "google/diffusiongemma-26B-A4B-it"
+DOWNLOAD_COMMAND = f"hf download {OFFICIAL_REPO} --local-dir ~/models/diffusiongemma"
+TINY_MODEL = "models/dgemma-tiny"
+MAKE_RANDOM_COMMAND = "python -m dgemma_helpers make-random /tmp/rand --canvas-length 32"
+INSTALL_COMMAND = "pip install -e '.[dev]'  (or `make setup` from the repository root)"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where people usually keep the official checkpoint: the README's --local-dir, then the hub cache.
+OFFICIAL_CANDIDATES = ("~/models/diffusiongemma",)
+# Distribution name -> what it is for. Core ones are dependencies; the others are the notebooks'.
+PACKAGES = {
+    "torch": "the engine", "transformers": "tokenizers, chat templates, the reference model",
+    "safetensors": "checkpoint files", "tokenizers": "fast tokenizers", "numpy": "arrays",
+    "matplotlib": "plots in the notebooks", "ipykernel": "running the notebooks",
+    "anywidget": "the DenoisingPlayer widget (notebook 04)", "papermill": "running notebooks with parameters",
+    "nbval": "testing the notebooks", "triton": "GPU kernels (CUDA only)",
+}
+NOTEBOOK_PACKAGES = ("matplotlib", "ipykernel", "anywidget", "papermill", "nbval")
+GiB = 2**30
+
+
+# ---- model paths ------------------------------------------------------------------------------------
+def model_candidates(path: str | os.PathLike) -> list[Path]:
+    """Where a model path may be: as given, from the working directory's parents, from the repo root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    cwd = Path.cwd()
+    out = [cwd / p] + [parent / p for parent in list(cwd.parents)[:3]] + [REPO_ROOT / p]
+    return list(dict.fromkeys(out))
+
+
+def find_model(path: str | os.PathLike = TINY_MODEL) -> Path:
+    """The directory of a model path (see model_candidates); a missing one is refused with how to get it."""
+    candidates = model_candidates(path)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise CheckpointError(missing_model_message(path, candidates))
+
+
+def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) -> str:
+    where = ", ".join(str(c) for c in looked_in)
+    if Path(path).name == Path(TINY_MODEL).name:
+        return (f"model {str(path)!r} not found (looked in {where}). models/dgemma-tiny is the kit's small trained "
+                "model and is part of the repository: run from a clone of it, set model_path to where it is, or "
+                "train it again with `make train-tiny` (about 1.5 hours on 2 CPU cores). "
+                f"Other choices: the official checkpoint (`{DOWNLOAD_COMMAND}`, about 50 GB, for a GPU), or an "
+                f"untrained stand-in that shows the mechanics only (`{MAKE_RANDOM_COMMAND}`, then "
+                "model_path='/tmp/rand').")
+    return f"model {str(path)!r} not found (looked in {where}). {GET_MODEL_HINT}"
+
+
+def hub_cache_snapshots(repo: str = OFFICIAL_REPO) -> list[Path]:
+    """Snapshots of `repo` already in the local Hugging Face cache (nothing is fetched)."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    snapshots = Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return sorted(snapshots.iterdir()) if snapshots.is_dir() else []
+
+
+# ---- the facts -----------------------------------------------------------------------------------------
+@dataclass
+class GPU:
+    index: int
+    name: str
+    capability: tuple[int, int]
+    total_bytes: int
+    free_bytes: int
+
+    @property
+    def bf16(self) -> bool:  # bfloat16 matmuls (and the grouped expert GEMMs) need sm80+
+        return self.capability >= (8, 0)
+
+
+@dataclass
+class ModelEntry:
+    label: str  # "tiny", "official" or "given"
+    path: Path
+    found: bool
+    problem: str | None = None  # why it cannot be loaded, with the fix
+    untrained: bool = False
+    config: ModelConfig | None = None
+    parameters: int | None = None
+    active_parameters: int | None = None
+    disk_bytes: int | None = None
+    runs_on: str | None = None  # "cuda:0 (bfloat16)" / "cpu (float32)"; None: fits nowhere here
+    need_bytes: int | None = None  # on the best device here, weights + working memory
+
+
+@dataclass
+class Check:
+    topic: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class EnvironmentReport:
+    python: str
+    system: str
+    versions: dict[str, str | None]  # distribution -> version, None when not installed
+    torch_cuda: str | None  # the CUDA version torch was built with; None for a CPU build
+    cpu_cores: int
+    ram_total_bytes: int | None
+    ram_free_bytes: int | None
+    gpus: list[GPU]
+    models: list[ModelEntry]
+    checks: list[Check] = field(default_factory=list)
+
+    def model(self, label: str) -> ModelEntry:
+        for m in self.models:
+            if m.label == label:
+                return m
+        raise KeyError(f"no model labelled {label!r}; labels: {[m.label for m in self.models]}")
+
+    def gaps(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def package_versions(names: Sequence[str] = tuple(PACKAGES)) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def list_gpus() -> list[GPU]:
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        gpus.append(GPU(index=i, name=props.name, capability=(props.major, props.minor), total_bytes=total,
+                        free_bytes=free))
+    return gpus
+
+
+def ram_total() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def describe_model(label: str, path: str | os.PathLike, gpus: Sequence[GPU], ram_free: int | None,
+                   looked_in: Sequence[Path] = ()) -> ModelEntry:
+    """What a model directory holds and where it would run, from its config and headers only."""
+    p = Path(path).expanduser()
+    entry = ModelEntry(label=label, path=p, found=p.exists())
+    if not entry.found:
+        entry.problem = missing_model_message(path, looked_in or [p])
+        return entry
+    try:
+        _, config = read_config(p)
+        files = {e.file for e in index_checkpoint(p).values()}
+    except DGemmaError as e:
+        entry.problem = str(e)
+        return entry
+    counts = parameter_counts(config)
+    entry.config, entry.parameters, entry.active_parameters = config, counts.total, counts.active
+    entry.disk_bytes = sum(f.stat().st_size for f in files)
+    entry.untrained = (p / "dgemma_random.json").exists()
+    # load_model's own estimate, on the best device here: the GPU with the most free memory, else the CPU.
+    best = max(gpus, key=lambda g: g.free_bytes, default=None)
+    device, dtype, free = ((f"cuda:{best.index}", torch.bfloat16 if best.bf16 else torch.float16, best.free_bytes)
+                           if best else ("cpu", torch.float32, ram_free))
+    entry.need_bytes = weights_bytes(config, dtype) + runtime_bytes(config, dtype)
+    if free is None or entry.need_bytes <= free:
+        entry.runs_on = f"{device} ({str(dtype).replace('torch.', '')})"
+    else:
+        entry.problem = (f"needs about {entry.need_bytes / GiB:.1f} GiB on {device} but {free / GiB:.1f} GiB is free: "
+                         + ("free GPU memory or use a larger GPU." if best else
+                            "it needs a GPU (an 80 GB H100 holds the official checkpoint in bfloat16), or try "
+                            "load_model(..., dtype='bfloat16') to halve its weights."))
+    return entry
+
+
+def official_locations(official_path: str | os.PathLike | None) -> list[Path]:
+    if official_path is not None:
+        return [Path(official_path).expanduser()]
+    return [Path(c).expanduser() for c in OFFICIAL_CANDIDATES] + hub_cache_snapshots()
+
+
+def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_path: str | os.PathLike = TINY_MODEL,
+                       official_path: str | os.PathLike | None = None) -> EnvironmentReport:
+    """Gather the facts and the checks. `model_paths`: more model directories to look at;
+    `official_path`: where the official checkpoint is (default: ~/models/diffusiongemma, then the
+    local Hugging Face cache)."""
+    gpus = list_gpus()
+    ram_free = available_memory(torch.device("cpu"))
+    tiny_candidates = model_candidates(tiny_path)
+    tiny_dir = next((c for c in tiny_candidates if c.exists()), tiny_path)
+    models = [describe_model("tiny", tiny_dir, gpus, ram_free, looked_in=tiny_candidates)]
+    official_dirs = official_locations(official_path)
+    found = next((d for d in official_dirs if d.exists()), official_dirs[0])
+    models.append(describe_model("official", found, gpus, ram_free))
+    for p in model_paths:  # more directories, unless one is the tiny or official model already listed
+        where = find_or_keep(p)
+        if all(where.resolve() != m.path.resolve() for m in models):
+            models.append(describe_model("given", where, gpus, ram_free))
+    report = EnvironmentReport(
+        python=platform.python_version(), system=f"{platform.system()} {platform.machine()}",
+        versions=package_versions(), torch_cuda=torch.version.cuda, cpu_cores=os.cpu_count() or 1,
+        ram_total_bytes=ram_total(), ram_free_bytes=ram_free, gpus=gpus, models=models)
+    report.checks = run_checks(report)
+    return report
+
+
+def find_or_keep(path: str | os.PathLike) -> Path:
+    try:
+        return find_model(path)
+    except CheckpointError:
+        return Path(path).expanduser()
+
+
+# ---- the checks ---------------------------------------------------------------------------------------
+def run_checks(r: EnvironmentReport) -> list[Check]:
+    checks = [Check("torch", True, f"torch {r.versions['torch']} "
+                    + (f"(CUDA {r.torch_cuda} build)" if r.torch_cuda else "(CPU-only build)"))]
+    checks.append(gpu_check(r))
+    for gpu in r.gpus:
+        if not gpu.bf16:
+            checks.append(Check(f"bfloat16 on cuda:{gpu.index}", False,
+                                f"{gpu.name} is sm{gpu.capability[0]}{gpu.capability[1]}: no bfloat16 matmuls",
+                                "load with dtype='float16' (or 'float32' for small models)."))
+    checks += [model_check(m) for m in r.models]
+    missing = [n for n in NOTEBOOK_PACKAGES if r.versions.get(n) is None]
+    checks.append(Check("notebook packages", not missing,
+                        "all installed" if not missing else f"missing: {', '.join(missing)}",
+                        f"install them: {INSTALL_COMMAND}" if missing else ""))
+    if r.gpus:
+        checks.append(Check("triton", r.versions.get("triton") is not None,
+                            f"triton {r.versions.get('triton')}" if r.versions.get("triton") else "not installed",
+                            "" if r.versions.get("triton") else "pip install triton (the fused GPU kernels need it)."))
+    return checks
+
+
+def gpu_check(r: EnvironmentReport) -> Check:
+    if r.gpus:
+        names = "; ".join(f"cuda:{g.index} {g.name}, {g.free_bytes / GiB:.1f} of {g.total_bytes / GiB:.1f} GiB free"
+                          for g in r.gpus)
+        return Check("GPU", True, names)
+    cpu_fix = f"the CPU runs {TINY_MODEL} (every notebook); the official checkpoint needs a GPU with about 50 GB free"
+    if r.torch_cuda is None and shutil.which("nvidia-smi"):
+        return Check("GPU", False, "nvidia-smi exists but torch is a CPU-only build",
+                     "install a CUDA build of torch (or use the vLLM image, whose torch `make setup` keeps); "
+                     f"meanwhile {cpu_fix}.")
+    if r.torch_cuda is not None:
+        return Check("GPU", False, f"torch is built for CUDA {r.torch_cuda} but sees no GPU",
+                     "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES; meanwhile " + cpu_fix + ".")
+    return Check("GPU", False, "no GPU: CPU only", cpu_fix[0].upper() + cpu_fix[1:] + ".")
+
+
+def model_check(m: ModelEntry) -> Check:
+    topic = {"tiny": "tiny model", "official": "official checkpoint"}.get(m.label, f"model {m.path}")
+    if not m.found:
+        fix = (f"download it: `{DOWNLOAD_COMMAND}` (about 50 GB), then pass official_path / model_path"
+               if m.label == "official" else m.problem)
+        return Check(topic, False, f"not found at {m.path}", fix or "")
+    if m.parameters is None:
+        return Check(topic, False, f"{m.path} cannot be loaded", m.problem or "")
+    size = (f"{m.parameters / 1e6:,.1f}M parameters ({m.active_parameters / 1e6:,.1f}M active), "
+            f"{m.disk_bytes / 2**20:.1f} MiB on disk" if m.parameters < 1e9 else
+            f"{m.parameters / 1e9:.1f}B parameters ({m.active_parameters / 1e9:.1f}B active), "
+            f"{m.disk_bytes / GiB:.1f} GiB on disk")
+    note = ", UNTRAINED (random weights: its text is noise)" if m.untrained else ""
+    if m.runs_on is None:
+        return Check(topic, False, f"{m.path}: {size}{note}", m.problem or "")
+    return Check(topic, True, f"{m.path}: {size}{note}; runs here on {m.runs_on}")
+
+
+# ---- the printer -----------------------------------------------------------------------------------------
+def format_report(r: EnvironmentReport) -> str:
+    def gib(n: int | None) -> str:
+        return "?" if n is None else f"{n / GiB:.1f} GiB"
+
+    versions = ", ".join(f"{k} {v}" for k, v in r.versions.items() if v is not None)
+    absent = ", ".join(k for k, v in r.versions.items() if v is None)
+    lines = [
+        "DiffusionGemma kit: this machine",
+        f"  Python {r.python} on {r.system}, {r.cpu_cores} CPU cores, {gib(r.ram_total_bytes)} RAM "
+        f"({gib(r.ram_free_bytes)} free)",
+        f"  installed: {versions}",
+    ]
+    if absent:
+        lines.append(f"  not installed: {absent}")
+    lines.append("  GPUs: " + ("none" if not r.gpus else "; ".join(
+        f"cuda:{g.index} {g.name} (sm{g.capability[0]}{g.capability[1]}, {gib(g.total_bytes)})" for g in r.gpus)))
+    lines.append("")
+    lines.append("What runs here:")
+    for c in r.checks:
+        lines.append(f"  {'✓' if c.ok else '✗'} {c.topic}: {c.detail}")
+        if c.fix:
+            lines.append(f"      fix: {c.fix}")
+    return "\n".join(lines)
