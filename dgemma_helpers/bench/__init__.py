@@ -1,0 +1,24 @@
+"""Benchmarks: engines side by side on one machine, in one run; diffusion vs autoregressive.
+
+    from dgemma_helpers import bench
+    sweep = bench.make_sweep("models/dgemma-tiny", engines="kit,transformers,ar", max_new_tokens="64,128")
+    results = bench.run_benchmark(sweep)
+    bench.write_results(results, "out/"); bench.save_plots(results, "out/")
+
+From a shell: `python -m dgemma_helpers bench ...` or `make report` (notebook 05 through papermill).
+"""
+
+from .command import make_sweep
+from .engines import ENGINES, Engine, Measurement, ModelPool, Prompts, register_engine
+from .harness import ROW_FIELDS, machine_info, run_benchmark
+from .notebook import default_report_dir, make_report
+from .plots import PLOTS, save_plots
+from .report import engines_table, load_results, machine_summary, markdown_table, results_table, write_results
+from .sweep import Config, Sweep, parse_list
+
+__all__ = [
+    "Config", "ENGINES", "Engine", "Measurement", "ModelPool", "PLOTS", "Prompts", "ROW_FIELDS", "Sweep",
+    "default_report_dir", "engines_table", "load_results", "machine_info", "machine_summary", "make_report",
+    "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots",
+    "write_results",
+]

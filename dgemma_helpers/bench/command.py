@@ -1,0 +1,122 @@
+"""`python -m dgemma_helpers bench ...` and `... report ...`: the sweep's flags, parsed and checked.
+
+    bench   runs the sweep in this process; prints the table; with --out, writes results + plots
+    report  executes notebooks/05_throughput_benchmark.ipynb through papermill into a report
+            directory (default reports/<timestamp>/), then renders it as HTML without code
+
+Both parse and validate every flag before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .engines import ENGINES
+from .sweep import Sweep, parse_list
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the kit's checkout (editable install)
+TINY = "models/dgemma-tiny"
+_DEFAULTS = Sweep()
+
+
+def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".join(_DEFAULTS.engines),
+               max_new_tokens: str | Sequence[int] = _DEFAULTS.max_new_tokens,
+               steps: str | Sequence[int] = _DEFAULTS.steps, batch: str | Sequence[int] = _DEFAULTS.batch,
+               entropy_bounds: str | Sequence[float] = _DEFAULTS.entropy_bounds, **options: Any) -> Sweep:
+    """A validated Sweep from flag-style values ("64,128" or [64, 128]). Relative model paths are
+    looked up here, then in the kit's checkout (so a notebook run from notebooks/ finds models/)."""
+    known = {f.name for f in dataclasses.fields(Sweep)}
+    unknown = set(options) - known
+    if unknown:
+        raise InputError(f"unknown benchmark option(s) {sorted(unknown)}; valid: {sorted(known)}.")
+    names = [e.strip() for e in engines.split(",") if e.strip()] if isinstance(engines, str) else list(engines)
+    sweep = Sweep(model=_locate(model, TINY), engines=names,
+                  max_new_tokens=parse_list(max_new_tokens, int, "max-new-tokens"),
+                  steps=parse_list(steps, int, "steps"), batch=parse_list(batch, int, "batch"),
+                  entropy_bounds=parse_list(entropy_bounds, float, "entropy-bounds"), **options)
+    if sweep.ar_model:
+        sweep.ar_model = _locate(sweep.ar_model)
+    return sweep.validate(list(ENGINES))
+
+
+def _locate(path: str, tiny: str | None = None) -> str:
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    if tiny and not p.exists() and Path(path) == Path(tiny):
+        raise InputError(f"{path} is not here yet: `make train-tiny` reproduces it (about 1.5 hours on 2 CPU cores), "
+                         "or benchmark another checkpoint with --model PATH (make report MODEL=PATH); "
+                         "`python -m dgemma_helpers make-random PATH` writes an untrained stand-in.")
+    return str(p)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    p.add_argument("--model", default=d.model, help=f"diffusion checkpoint directory (default {d.model})")
+    p.add_argument("--engines", default=",".join(d.engines),
+                   help=f"comma-separated, from {', '.join(ENGINES)} (default: all; unavailable ones are skipped)")
+    p.add_argument("--max-new-tokens", default=_csv(d.max_new_tokens), help="output lengths, e.g. 256,1024 (default %(default)s)")
+    p.add_argument("--steps", default=_csv(d.steps), help="max denoising steps per canvas, e.g. 16,48 (default %(default)s)")
+    p.add_argument("--batch", default=_csv(d.batch), help="batch sizes, e.g. 1,4 (default %(default)s)")
+    p.add_argument("--entropy-bounds", default=_csv(d.entropy_bounds), help="entropy bounds, e.g. 0.1,1 (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per engine and setting (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first (default %(default)s)")
+    p.add_argument("--reference", default=d.reference, help="engine the speed-ups are measured against")
+    p.add_argument("--baseline", default=d.baseline, help="autoregressive engine diffusion is compared with")
+    p.add_argument("--ar-model", help="an autoregressive checkpoint (e.g. Gemma 4) for the ar-hf engine")
+    p.add_argument("--respect-eos", action="store_true", help="stop rows at EOS (default: always write max-new-tokens)")
+    p.add_argument("--no-early-stop", action="store_true", help="run every denoising step (adaptive stopping off)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="alternate engines per repeat (default: when all their weights fit in memory)")
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _csv(values: Sequence) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    return make_sweep(args.model, args.engines, args.max_new_tokens, args.steps, args.batch, args.entropy_bounds,
+                      repeats=args.repeats, warmup=args.warmup, reference=args.reference, baseline=args.baseline,
+                      ar_model=args.ar_model, ignore_eos=not args.respect_eos, early_stop=not args.no_early_stop,
+                      interleave=args.interleave, device=args.device, dtype=args.dtype, threads=args.threads,
+                      seed=args.seed)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from .harness import run_benchmark
+    from .report import engines_table, machine_summary, results_table, write_results
+
+    sweep = sweep_from_args(args)
+    results = run_benchmark(sweep)
+    print(machine_summary(results))
+    print()
+    print(engines_table(results))
+    print()
+    print(results_table(results))
+    if args.out:
+        from .plots import save_plots
+
+        json_path, csv_path = write_results(results, args.out)
+        save_plots(results, args.out)
+        print(f"\nwrote {json_path}, {csv_path} and the plots in {args.out}", file=sys.stderr)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from .notebook import make_report
+
+    sweep = sweep_from_args(args)
+    paths = make_report(sweep, args.out, notebook=args.notebook)
+    print(f"report written to {paths['dir']}:")
+    for name, path in paths.items():
+        if name != "dir":
+            print(f"  {path}")

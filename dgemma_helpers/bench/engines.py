@@ -1,0 +1,388 @@
+"""Benchmark engines: one interface, one object per way of generating text.
+
+    engine.available(sweep) -> (ok, reason)   cheap: nothing is loaded
+    engine.prepare(sweep, pool)               load weights (once per benchmark)
+    engine.run(prompts, config, seed) -> Measurement
+    engine.release()                          drop the weights
+
+Engines: "kit" (this kit's engine, PyTorch path), "kit-cuda" (the same generate() on its fused
+CUDA path: a KitEngine with path="fast", skipped where it cannot run), "transformers"
+(DiffusionGemmaForBlockDiffusion on the same checkpoint), "ar" (the checkpoint's own encoder
+writing one token per forward pass) and "ar-hf" (an autoregressive checkpoint through
+transformers, when --ar-model is given). More join with `register_engine(name, factory)`.
+
+The harness times each run() from outside (synchronised); an engine reports what only it can
+see: tokens, forward passes and the time inside them, and when its first output appeared.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..devices import resolve_device, resolve_dtype, synchronize
+from ..tokenizer import decode, load_tokenizer
+from .sweep import Config, Sweep
+
+DIFFUSION, AUTOREGRESSIVE = "diffusion", "autoregressive"
+
+
+@dataclass
+class Prompts:
+    """One batch of prompts: the texts, and their ids in the diffusion checkpoint's vocabulary
+    (every row cut to the same length, so no engine pays for padding)."""
+
+    texts: list[str]
+    ids: list[list[int]]
+
+
+@dataclass
+class Measurement:
+    """What one run() saw from inside. Times in seconds from the start of run()."""
+
+    tokens: int  # generated tokens, all rows, pads (after EOS) excluded
+    forwards: int  # forward passes that write tokens: denoising steps, or one-token decode steps
+    step_s: float  # time inside those passes (prefill and canvas commits excluded)
+    first_canvas_s: float  # first committed canvas (autoregressive: first canvas_length tokens)
+    first_token_s: float  # first token the user could see (diffusion: with the first canvas)
+    tokens_per_forward: float  # mean over rows of that row's tokens / its forward passes
+    steps_per_canvas: float | None  # mean denoising steps per canvas (None: autoregressive)
+    texts: list[str | None] = field(default_factory=list)
+    token_ids: list[list[int]] | None = None  # in the diffusion checkpoint's vocabulary, when they are
+    # Filled by the harness:
+    total_s: float = 0.0  # the whole run(), timed from outside between device synchronisations
+    prompt_ids: list[list[int]] | None = None
+    peak_memory_bytes: int | None = None
+
+
+class ModelPool:
+    """Loaded weights shared by engines in one benchmark: "kit" and "ar" run the same model."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self._kit = None
+
+    def kit_model(self):
+        if self._kit is None:
+            from ..checkpoint import load_model
+
+            self._kit = load_model(self.sweep.model, device=self.sweep.device, dtype=self.sweep.dtype)
+        return self._kit
+
+    def clear(self) -> None:
+        self._kit = None
+
+
+class Engine:
+    name = "engine"
+    kind = DIFFUSION
+    description = ""
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        return True, ""
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        raise NotImplementedError
+
+    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        pass
+
+    def weights_bytes(self, sweep: Sweep) -> int:
+        """Memory its weights take (for deciding whether every engine fits at once); 0 if shared or unknown."""
+        return 0
+
+
+# ---- the kit ----------------------------------------------------------------------------------
+class KitEngine(Engine):
+    """dgemma_helpers.generate on one code path: "torch" (PyTorch, any device) or "fast" (fused
+    kernels + a CUDA graph, the "kit-cuda" engine); passed as generate(path=...)."""
+
+    kind = DIFFUSION
+    PATH_NAMES = {"torch": "PyTorch path", "fast": "fused-kernel CUDA path"}
+
+    def __init__(self, name: str = "kit", path: str = "torch") -> None:
+        self.name, self.path = name, path
+        self.description = f"this kit's engine, {self.PATH_NAMES.get(path, path)}"
+        self.model = None
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        self.sweep, self.model = sweep, pool.kit_model()
+
+    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+        from ..generation import generate
+
+        s = self.sweep
+        chosen = dict(path=self.path) if _generate_takes_path() else {}  # a kit without the switch has one path
+        r = generate(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
+                     max_denoising_steps=config.steps, entropy_bound=config.entropy_bound, seed=seed,
+                     eos_token_ids=() if s.ignore_eos else None, confidence_threshold=None if s.early_stop else 0.0,
+                     **chosen)
+        pad = r.settings.pad_token_id
+        steps = [n for canvas in r.steps_per_canvas for n in canvas]
+        return Measurement(tokens=int((r.token_ids != pad).sum()), forwards=r.num_forwards, step_s=r.timings.denoise_s,
+                           first_canvas_s=r.timings.first_canvas_s, first_token_s=r.timings.first_canvas_s,
+                           tokens_per_forward=r.tokens_per_forward, steps_per_canvas=statistics.mean(steps),
+                           texts=r.texts, token_ids=r.token_ids.tolist())
+
+    def release(self) -> None:
+        self.model = None
+
+    def weights_bytes(self, sweep: Sweep) -> int:
+        return _diffusion_weights_bytes(sweep)
+
+
+class KitCudaEngine(KitEngine):
+    """The kit's optimised GPU path: the same generate() with path="fast". Skipped, with the reason,
+    where it cannot run (no CUDA GPU, no Triton, a kit version without it)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="kit-cuda", path="fast")
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        if not torch.cuda.is_available():
+            return False, "needs a CUDA GPU; none is visible here"
+        device = resolve_device(sweep.device)
+        if device.type != "cuda":
+            return False, f"runs on a CUDA GPU; this benchmark runs on {device} (--device)"
+        if not _generate_takes_path():
+            return False, "the optimised CUDA path is not part of this version of the kit"
+        from ..fast.select import triton_status
+
+        usable, why = triton_status(device)
+        return usable, "" if usable else why
+
+
+def _generate_takes_path() -> bool:
+    """Whether generate() has the path= switch (the fused CUDA path arrived with it)."""
+    import inspect
+
+    from ..generation import generate
+
+    return "path" in inspect.signature(generate).parameters
+
+
+# ---- transformers' reference ------------------------------------------------------------------
+class TransformersEngine(Engine):
+    name = "transformers"
+    kind = DIFFUSION
+    description = 'transformers DiffusionGemmaForBlockDiffusion, experts_implementation="grouped_mm"'
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        try:
+            from transformers import DiffusionGemmaForBlockDiffusion  # noqa: F401
+        except ImportError as e:
+            return False, f"transformers with DiffusionGemma (>= 5.16) is not installed ({e})"
+        return True, ""
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        import transformers
+        from transformers import DiffusionGemmaForBlockDiffusion
+
+        transformers.utils.logging.disable_progress_bar()
+        self.sweep = sweep
+        self.device = resolve_device(sweep.device)
+        dtype = resolve_dtype(sweep.dtype, self.device)
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(sweep.model, dtype=dtype,
+                                                                experts_implementation="grouped_mm")
+        self.model = model.to(self.device).eval()  # (device_map= would need the accelerate package)
+        self.tokenizer = load_tokenizer(Path(sweep.model))
+        self._instrument()
+
+    def _instrument(self) -> None:
+        """Wrap the reference's denoising step and canvas commit to time them from the inside."""
+        model, device, probe = self.model, self.device, self
+        step, finalize = model._denoising_step, model._finalize_canvas
+
+        def timed_step(*args, **kwargs):
+            synchronize(device)
+            t = time.perf_counter()
+            out = step(*args, **kwargs)
+            synchronize(device)
+            probe._step_s += time.perf_counter() - t
+            probe._forwards += 1
+            return out
+
+        def timed_finalize(*args, **kwargs):
+            out = finalize(*args, **kwargs)
+            probe._canvases += 1
+            if probe._first_canvas_s is None:
+                synchronize(device)
+                probe._first_canvas_s = time.perf_counter() - probe._t0
+            return out
+
+        model._denoising_step, model._finalize_canvas = timed_step, timed_finalize
+
+    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+        self._t0, self._step_s, self._forwards, self._canvases, self._first_canvas_s = time.perf_counter(), 0.0, 0, 0, None
+        ids = torch.tensor(prompts.ids, device=self.device)
+        kwargs = dict(max_new_tokens=config.max_new_tokens, max_denoising_steps=config.steps,
+                      sampler_config=EntropyBoundSamplerConfig(entropy_bound=float(config.entropy_bound)),
+                      attention_mask=torch.ones_like(ids))
+        if self.sweep.ignore_eos:
+            kwargs["eos_token_id"] = []  # never matches: every run writes max_new_tokens
+        if not self.sweep.early_stop:
+            kwargs.update(confidence_threshold=None, stability_threshold=None)
+        torch.manual_seed(seed)  # the reference draws from the global RNG
+        with torch.no_grad():
+            out = self.model.generate(ids, **kwargs)
+        new = out.sequences[:, ids.shape[1]:ids.shape[1] + config.max_new_tokens].cpu()
+        pad = self.model.generation_config.pad_token_id
+        texts = [decode(self.tokenizer, [t for t in row if t != pad]) for row in new.tolist()]
+        return Measurement(tokens=int((new != pad).sum()), forwards=self._forwards, step_s=self._step_s,
+                           first_canvas_s=self._first_canvas_s or 0.0, first_token_s=self._first_canvas_s or 0.0,
+                           tokens_per_forward=float(out.tokens_per_forward.float().mean()),
+                           steps_per_canvas=self._forwards / max(self._canvases, 1),
+                           texts=texts, token_ids=new.tolist())
+
+    def release(self) -> None:
+        self.model = None
+
+    def weights_bytes(self, sweep: Sweep) -> int:
+        return _diffusion_weights_bytes(sweep)
+
+
+# ---- autoregressive baselines -----------------------------------------------------------------
+class AREngine(Engine):
+    name = "ar"
+    kind = AUTOREGRESSIVE
+    description = "the checkpoint's own causal encoder, one token per forward pass, KV cache, greedy"
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        self.sweep, self.model = sweep, pool.kit_model()
+
+    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+        from ..autoregressive import generate_autoregressive
+
+        r = generate_autoregressive(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
+                                    eos_token_ids=() if self.sweep.ignore_eos else None, seed=seed)
+        pad = self.model.config.pad_token_id
+        row_tokens = (r.token_ids != pad).sum(dim=1)
+        # The prefill writes the first token, so a row of n tokens took n forward passes.
+        tpf = float((row_tokens.float() / (r.num_forwards + 1)).mean())
+        return Measurement(tokens=int(row_tokens.sum()), forwards=r.num_forwards, step_s=r.timings.decode_s,
+                           first_canvas_s=r.timings.first_canvas_s, first_token_s=r.timings.first_token_s,
+                           tokens_per_forward=tpf, steps_per_canvas=None, texts=r.texts,
+                           token_ids=r.token_ids.tolist())
+
+    def release(self) -> None:
+        self.model = None
+
+
+class HFAutoregressiveEngine(Engine):
+    name = "ar-hf"
+    kind = AUTOREGRESSIVE
+    description = "an autoregressive checkpoint (e.g. Gemma 4) through transformers' generate, greedy"
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        if not sweep.ar_model:
+            return False, "no autoregressive checkpoint given (pass --ar-model PATH, e.g. a Gemma 4 model directory)"
+        try:
+            import transformers  # noqa: F401
+        except ImportError as e:
+            return False, f"transformers is not installed ({e})"
+        return True, ""
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.utils.logging.disable_progress_bar()
+        self.sweep = sweep
+        self.device = resolve_device(sweep.device)
+        dtype = resolve_dtype(sweep.dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(sweep.ar_model, local_files_only=True, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(sweep.ar_model, dtype=dtype, local_files_only=True)
+        self.model = model.to(self.device).eval()
+        self.canvas_length = _canvas_length(sweep)  # "first canvas" = as many tokens as one diffusion canvas
+
+    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+        batch = self.tokenizer(prompts.texts, return_tensors="pt", padding=True).to(self.device)
+        clock = _TokenClock(self.device, self.canvas_length)
+        n = config.max_new_tokens
+        kwargs = dict(max_new_tokens=n, do_sample=False, streamer=clock, pad_token_id=self.tokenizer.pad_token_id)
+        if self.sweep.ignore_eos:
+            kwargs["min_new_tokens"] = n
+        with torch.no_grad():
+            out = self.model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        pad = self.tokenizer.pad_token_id
+        row_tokens = (new != pad).sum(dim=1) if pad is not None else torch.full((len(new),), new.shape[1])
+        steps = max(clock.tokens - 1, 0)
+        return Measurement(tokens=int(row_tokens.sum()), forwards=steps, step_s=clock.decode_s(),
+                           first_canvas_s=clock.first_canvas_s or clock.last_s, first_token_s=clock.first_token_s or 0.0,
+                           tokens_per_forward=float((row_tokens.float() / max(clock.tokens, 1)).mean()),
+                           steps_per_canvas=None, texts=self.tokenizer.batch_decode(new, skip_special_tokens=True))
+
+    def release(self) -> None:
+        self.model = None
+
+
+class _TokenClock:
+    """A transformers streamer that only notes when tokens arrive (first put() is the prompt)."""
+
+    def __init__(self, device: torch.device, canvas_length: int) -> None:
+        self.device, self.canvas_length = device, canvas_length
+        self.t0 = time.perf_counter()
+        self.tokens, self.first_token_s, self.first_canvas_s, self.last_s = -1, None, None, 0.0
+
+    def put(self, value) -> None:
+        self.tokens += 1
+        if self.tokens == 0:
+            return
+        self.last_s = time.perf_counter() - self.t0  # put() receives CPU tensors: the GPU has synchronised
+        if self.tokens == 1:
+            self.first_token_s = self.last_s
+        if self.tokens == self.canvas_length:
+            self.first_canvas_s = self.last_s
+
+    def end(self) -> None:
+        pass
+
+    def decode_s(self) -> float:
+        return self.last_s - (self.first_token_s or 0.0)
+
+
+def _canvas_length(sweep: Sweep) -> int:
+    from ..checkpoint import read_config
+
+    return read_config(sweep.model)[1].canvas_length
+
+
+def _diffusion_weights_bytes(sweep: Sweep) -> int:
+    from ..checkpoint import read_config, weights_bytes
+
+    device = resolve_device(sweep.device)
+    return weights_bytes(read_config(sweep.model)[1], resolve_dtype(sweep.dtype, device))
+
+
+# ---- the registry -----------------------------------------------------------------------------
+ENGINES: dict[str, Callable[[], Engine]] = {
+    "kit": KitEngine,
+    "kit-cuda": KitCudaEngine,
+    "transformers": TransformersEngine,
+    "ar": AREngine,
+    "ar-hf": HFAutoregressiveEngine,
+}
+
+
+def register_engine(name: str, factory: Callable[[], Engine]) -> None:
+    """Add (or replace) an engine: `factory()` returns a fresh Engine whose `name` is `name`."""
+    ENGINES[name] = factory
+
+
+def make_engine(name: str) -> Engine:
+    engine = ENGINES[name]()
+    engine.name = name
+    return engine

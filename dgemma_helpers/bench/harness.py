@@ -1,0 +1,403 @@
+"""The benchmark harness: every engine over the sweep's grid, measured alike, in one run.
+
+For each grid point: `warmup` untimed runs per engine, then `repeats` timed runs with the engines
+of that point interleaved (kit, transformers, kit, ...), so machine noise hits them alike. (The
+autoregressive engines have their own, smaller grid: output length x batch.) Each run is
+timed from outside between two device synchronisations; its peak memory is read per run. A run
+that raises is recorded as failed with its error, and the sweep goes on. Ratios are taken
+against the reference engine (and the autoregressive baseline) measured in this same run, never
+against numbers from another machine or another day.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    import resource  # POSIX only: on Windows the CPU peak memory is not measured
+except ImportError:
+    resource = None
+
+from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
+from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
+from .sweep import Config, Sweep
+
+SCHEMA = "dgemma-bench/1"
+
+# One row per (engine, grid point), plus one per skipped engine or engine that failed to load.
+ROW_FIELDS = [
+    "engine", "kind", "status", "error", "max_new_tokens", "batch", "steps", "entropy_bound", "repeats",
+    "tokens", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "ms_per_step", "ms_per_step_min",
+    "ms_per_step_max", "latency_ms", "tokens_per_forward", "steps_per_canvas", "first_canvas_ms",
+    "first_canvas_ms_min", "first_canvas_ms_max", "first_token_ms", "peak_mem_mb", "peak_mem_kind",
+    "quality", "quality_metric", "speedup_vs_reference", "step_speedup_vs_reference", "speedup_vs_baseline",
+    "sample_text",
+]
+
+
+def run_benchmark(sweep: Sweep, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the sweep; return the results (see ROW_FIELDS and report.py). Bad sweeps raise InputError first."""
+    sweep.validate(list(ENGINES))
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if sweep.threads:
+        torch.set_num_threads(sweep.threads)
+    device = resolve_device(sweep.device)
+    dtype = resolve_dtype(sweep.dtype, device)
+    started, t_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    engines = [make_engine(name) for name in sweep.engines]
+    rows: list[dict[str, Any]] = []
+    statuses: dict[str, dict[str, str]] = {}
+    usable: list[Engine] = []
+    for e in engines:
+        try:
+            ok, reason = e.available(sweep)
+        except Exception as ex:  # noqa: BLE001 - a broken optional dependency is a reason to skip, not to crash
+            ok, reason = False, _describe(ex)
+        statuses[e.name] = dict(name=e.name, kind=e.kind, description=e.description, status="ok" if ok else "skipped",
+                                reason=reason)
+        if ok:
+            usable.append(e)
+        else:
+            say(f"skipping {e.name}: {reason}")
+            rows.append(_row(e, None, status="skipped", error=reason))
+
+    notes: list[str] = []
+    interleave = _decide_interleave(sweep, usable, device, notes)
+    groups = [usable] if interleave else [[e] for e in usable]
+    pool = ModelPool(sweep)
+    prompt_ids = _prompt_ids(sweep)
+    runs: dict[tuple[str, tuple], list[Measurement]] = {}
+    failures: dict[tuple[str, tuple], str] = {}
+    for group in groups:
+        prepared = []
+        for e in group:
+            say(f"loading {e.name} ...")
+            try:
+                e.prepare(sweep, pool)
+                prepared.append(e)
+            except Exception as ex:  # noqa: BLE001 - recorded, the report goes on
+                error = _describe(ex)
+                say(f"{e.name} failed to load: {error}")
+                statuses[e.name].update(status="failed", reason=error)
+                rows.append(_row(e, None, status="failed", error=error))
+                e.release()
+        _run_grid(prepared, sweep, prompt_ids, device, runs, failures, say)
+        if len(groups) > 1:
+            for e in prepared:
+                e.release()
+            pool.clear()
+            _free(device)
+
+    quality_metric, score = _quality_scorer(sweep, pool)
+    for e in usable:
+        if statuses[e.name]["status"] == "failed":
+            continue
+        for config in sweep.configs(e.kind == AUTOREGRESSIVE):
+            key = (e.name, config.key())
+            if key in failures:
+                rows.append(_row(e, config, status="failed", error=failures[key]))
+            elif key in runs:
+                rows.append(_aggregate(e, config, runs[key], device, quality_metric, _guarded(score, notes)))
+    _add_ratios(rows, sweep)
+    for role in ("reference", "baseline"):
+        name = getattr(sweep, role)
+        if not any(r["engine"] == name and r["status"] == "ok" for r in rows):
+            notes.append(f"no speed-ups over the {role} engine '{name}': it did not run (see the engines table).")
+    floor = _guarded(_weight_streaming_floor, notes)(sweep, device, dtype) if device.type == "cuda" else None
+    for e in usable:
+        e.release()
+    pool.clear()
+    return dict(schema=SCHEMA, created=started.isoformat(timespec="seconds"),
+                duration_s=round(time.perf_counter() - t_start, 1),
+                machine=machine_info(device, dtype), model=_model_info(sweep, dtype), sweep=sweep.to_dict(),
+                engines=list(statuses.values()), rows=rows, floor=floor, peak_memory_kind=peak_memory_kind(device),
+                quality_metric=quality_metric, interleaved=interleave, notes=notes)
+
+
+# ---- running ----------------------------------------------------------------------------------
+def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], device: torch.device,
+              runs: dict, failures: dict, say: Callable[[str], None]) -> None:
+    keys: dict[tuple, list[tuple[Engine, Config]]] = {}
+    for e in engines:
+        for config in sweep.configs(e.kind == AUTOREGRESSIVE):
+            keys.setdefault(config.key(), []).append((e, config))
+    for todo in keys.values():
+        label = todo[0][1].label()
+        batch = todo[0][1].batch
+        prompts = Prompts(texts=[sweep.prompts[i % len(sweep.prompts)] for i in range(batch)],
+                          ids=[prompt_ids[i % len(prompt_ids)] for i in range(batch)])
+        alive = []
+        for e, config in todo:
+            try:
+                for w in range(sweep.warmup):
+                    e.run(prompts, config, seed=sweep.seed + 1000 + w)
+                alive.append((e, config))
+            except Exception as ex:  # noqa: BLE001
+                _fail(e, config, ex, failures, device, say)
+        for r in range(sweep.repeats):
+            for e, config in list(alive):
+                try:
+                    m = _timed_run(e, prompts, config, sweep.seed + r, device)
+                except Exception as ex:  # noqa: BLE001
+                    _fail(e, config, ex, failures, device, say)
+                    alive.remove((e, config))
+                    continue
+                runs.setdefault((e.name, config.key()), []).append(m)
+        for e, config in alive:
+            ms = runs[(e.name, config.key())]
+            say(f"{e.name:<13} {label:<40} {statistics.median(m.tokens / m.total_s for m in ms):9.1f} tok/s")
+
+
+def _timed_run(engine: Engine, prompts: Prompts, config: Config, seed: int, device: torch.device) -> Measurement:
+    reset_peak_memory(device)
+    synchronize(device)
+    t = time.perf_counter()
+    m = engine.run(prompts, config, seed)
+    synchronize(device)
+    m.total_s = time.perf_counter() - t
+    m.prompt_ids = prompts.ids
+    m.peak_memory_bytes = read_peak_memory(device)
+    return m
+
+
+def _fail(engine: Engine, config: Config, ex: BaseException, failures: dict, device: torch.device,
+          say: Callable[[str], None]) -> None:
+    error = _describe(ex)
+    say(f"{engine.name} failed at {config.label()}: {error}")
+    failures[(engine.name, config.key())] = error
+    _free(device)
+
+
+def _describe(ex: BaseException) -> str:
+    return f"{type(ex).__name__}: {ex}".strip()[:500]
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _prompt_ids(sweep: Sweep) -> list[list[int]]:
+    """Each prompt's ids in the diffusion checkpoint's vocabulary, all cut to the shortest one's
+    length (no padding anywhere). Without a tokenizer: fixed pseudo-random ids, 32 per prompt."""
+    from ..checkpoint import read_config
+    from ..tokenizer import load_tokenizer
+
+    path, config = read_config(sweep.model)
+    tokenizer = load_tokenizer(Path(path))
+    if tokenizer is None:
+        g = torch.Generator().manual_seed(sweep.seed)
+        return torch.randint(3, config.vocab_size, (len(sweep.prompts), 32), generator=g).tolist()
+    rows = [tokenizer.encode(p, add_special_tokens=True) for p in sweep.prompts]
+    n = min(len(r) for r in rows)
+    return [r[:n] for r in rows]
+
+
+def _decide_interleave(sweep: Sweep, engines: list[Engine], device: torch.device, notes: list[str]) -> bool:
+    if sweep.interleave is not None:
+        return sweep.interleave
+    need = sum(e.weights_bytes(sweep) for e in engines)
+    free = available_memory(device)
+    if free is None or need <= 0.7 * free:
+        return True
+    notes.append(f"engines ran one after another, not interleaved: together their weights ({need / 2**30:.1f} GiB) "
+                 f"do not fit in the {free / 2**30:.1f} GiB free on {device}.")
+    return False
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+def _row(engine: Engine, config: Config | None, **values: Any) -> dict[str, Any]:
+    row = {f: None for f in ROW_FIELDS}
+    row.update(engine=engine.name, kind=engine.kind)
+    if config is not None:
+        row.update(max_new_tokens=config.max_new_tokens, batch=config.batch, steps=config.steps,
+                   entropy_bound=config.entropy_bound)
+    row.update(values)
+    return row
+
+
+def _aggregate(engine: Engine, config: Config, ms: list[Measurement], device: torch.device,
+               quality_metric: str | None, score) -> dict[str, Any]:
+    tps = [m.tokens / m.total_s for m in ms]
+    step_ms = [1000 * m.step_s / m.forwards for m in ms if m.forwards]
+    first = [1000 * m.first_canvas_s for m in ms]
+    med = statistics.median
+    texts = [t for m in ms for t in m.texts if t is not None]
+    peaks = [m.peak_memory_bytes for m in ms if m.peak_memory_bytes is not None]
+    return _row(engine, config, status="ok", repeats=len(ms), tokens=med(m.tokens for m in ms),
+                tokens_per_s=med(tps), tokens_per_s_min=min(tps), tokens_per_s_max=max(tps),
+                ms_per_step=med(step_ms) if step_ms else None, ms_per_step_min=min(step_ms, default=None),
+                ms_per_step_max=max(step_ms, default=None), latency_ms=1000 * med(m.total_s for m in ms),
+                tokens_per_forward=med(m.tokens_per_forward for m in ms),
+                steps_per_canvas=None if engine.kind == AUTOREGRESSIVE else med(m.steps_per_canvas for m in ms),
+                first_canvas_ms=med(first), first_canvas_ms_min=min(first), first_canvas_ms_max=max(first),
+                first_token_ms=1000 * med(m.first_token_s for m in ms),
+                peak_mem_mb=max(peaks) / 2**20 if peaks else None, peak_mem_kind=peak_memory_kind(device, short=True),
+                quality=score(ms) if score else None, quality_metric=quality_metric,
+                sample_text=(" ".join(texts[0].split())[:300] if texts else None))  # one line: CSV-safe
+
+
+def _add_ratios(rows: list[dict[str, Any]], sweep: Sweep) -> None:
+    ok = [r for r in rows if r["status"] == "ok"]
+    by_key = {(r["engine"], r["max_new_tokens"], r["batch"], r["steps"], r["entropy_bound"]): r for r in ok}
+    for r in ok:
+        ref = by_key.get((sweep.reference, r["max_new_tokens"], r["batch"], r["steps"], r["entropy_bound"]))
+        if ref is not None:
+            r["speedup_vs_reference"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            if r["ms_per_step"] and ref["ms_per_step"]:
+                r["step_speedup_vs_reference"] = ref["ms_per_step"] / r["ms_per_step"]
+        base = by_key.get((sweep.baseline, r["max_new_tokens"], r["batch"], None, None))
+        if base is not None:
+            r["speedup_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+
+
+def _quality_scorer(sweep: Sweep, pool: ModelPool):
+    """Word validity when the model ships its training vocabulary (models/dgemma-tiny does); else
+    the generated text's NLL under the checkpoint's own causal encoder (lower is better)."""
+    from ..quality import VOCABULARY_FILE, load_vocabulary, word_validity
+
+    if (Path(sweep.model) / VOCABULARY_FILE).exists():
+        vocabulary = load_vocabulary(sweep.model)
+        return "word_validity", lambda ms: word_validity([t for m in ms for t in m.texts if t], vocabulary)
+
+    from ..autoregressive import continuation_nll
+
+    def nll(ms: list[Measurement]) -> float | None:
+        rows = [(p, t) for m in ms if m.token_ids is not None for p, t in zip(m.prompt_ids, m.token_ids)]
+        if not rows:
+            return None  # texts in another vocabulary (ar-hf): not scored
+        return continuation_nll(pool.kit_model(), [p for p, _ in rows], [t for _, t in rows])
+
+    return "gen_nll", nll
+
+
+def _guarded(fn, notes: list[str]):
+    """fn, except that an error becomes None and a note: a secondary figure never sinks the report."""
+    def call(*args):
+        try:
+            return fn(*args)
+        except Exception as ex:  # noqa: BLE001
+            note = f"{getattr(fn, '__name__', 'quality')} failed: {_describe(ex)}"
+            if note not in notes:
+                notes.append(note)
+            return None
+
+    return call
+
+
+# ---- memory, machine, floor -------------------------------------------------------------------
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _clear_rss_peak()
+
+
+def read_peak_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    if resource is None:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+_RSS_RESETTABLE: bool | None = None
+
+
+def _clear_rss_peak() -> bool:
+    """Linux lets a process reset its RSS high-water mark (writing 5 to /proc/self/clear_refs)."""
+    global _RSS_RESETTABLE
+    if _RSS_RESETTABLE is False:
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _RSS_RESETTABLE = True
+    except OSError:
+        _RSS_RESETTABLE = False
+    return _RSS_RESETTABLE
+
+
+def peak_memory_kind(device: torch.device, short: bool = False) -> str:
+    if device.type == "cuda":
+        return "cuda_allocated" if short else "CUDA max_memory_allocated per run (tensors only, not the allocator's cache)"
+    if resource is None:
+        return "none" if short else "not measured (no getrusage on this platform)"
+    if _RSS_RESETTABLE is None:
+        _clear_rss_peak()
+    if _RSS_RESETTABLE:
+        return "cpu_rss_peak" if short else ("process RSS high-water mark per run (getrusage ru_maxrss, reset before "
+                                             "each run): the whole process, every loaded model included")
+    return "cpu_rss_peak_since_start" if short else "process RSS high-water mark since the process started (getrusage)"
+
+
+def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    info: dict[str, Any] = dict(
+        device=str(device), dtype=str(dtype).replace("torch.", ""), cpu=_cpu_model(), cpu_cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(), platform=platform.platform(), python=platform.python_version(),
+        torch=torch.__version__, transformers=transformers.__version__, cuda=torch.version.cuda,
+        gpu=None, gpu_memory_gb=None, date=datetime.date.today().isoformat())
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    gpu_capability=f"{props.major}.{props.minor}")
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            if match:
+                return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _model_info(sweep: Sweep, dtype: torch.dtype) -> dict[str, Any]:
+    from ..checkpoint import read_config, weights_bytes
+
+    path, c = read_config(sweep.model)
+    return dict(path=str(path), untrained=(Path(path) / "dgemma_random.json").exists(),
+                summary=f"hidden {c.hidden_size}, {c.num_layers} layers, {c.num_experts} experts top-{c.top_k_experts}, "
+                        f"vocab {c.vocab_size}, canvas {c.canvas_length}",
+                canvas_length=c.canvas_length, vocab_size=c.vocab_size,
+                weights_mb=round(weights_bytes(c, dtype) / 2**20, 1))
+
+
+def _weight_streaming_floor(sweep: Sweep, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """The least time a denoising step can take on this GPU: reading every weight once (every
+    expert is hit when a canvas of tokens each picks top-k), at the device-to-device copy bandwidth
+    measured now."""
+    from ..checkpoint import read_config, weights_bytes
+
+    n = 256 * 2**20
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    t = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(src)
+    synchronize(device)
+    bandwidth = 2 * n * 20 / (time.perf_counter() - t)  # bytes read + written per second
+    del src, dst
+    weights = weights_bytes(read_config(sweep.model)[1], dtype)
+    return dict(bandwidth_gb_s=bandwidth / 1e9, weights_mb=weights / 2**20, floor_ms_per_step=1000 * weights / bandwidth)

@@ -1,0 +1,152 @@
+"""What a benchmark run measures: the engines, the grid of settings, repeats. Checked up front.
+
+Every value is validated before any model is loaded, so a typo costs a second, not a sweep:
+an unknown engine, a zero step count or an entropy bound of "abc" is an InputError that names
+the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+DEFAULT_PROMPTS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+    "ROMEO:\nBut, soft! what light through yonder window breaks?\n",
+    "KING RICHARD III:\nNow is the winter of our discontent made glorious summer.\n",
+    "HAMLET:\nTo be, or not to be, that is the question.\n",
+)
+
+
+@dataclass
+class Config:
+    """One point of the grid. Autoregressive engines ignore `steps` and `entropy_bound` (None)."""
+
+    max_new_tokens: int
+    batch: int
+    steps: int | None = None
+    entropy_bound: float | None = None
+
+    def key(self) -> tuple:
+        return (self.max_new_tokens, self.batch, self.steps, self.entropy_bound)
+
+    def label(self) -> str:
+        parts = [f"{self.max_new_tokens} tokens", f"batch {self.batch}"]
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.entropy_bound is not None:
+            parts.append(f"bound {self.entropy_bound:g}")
+        return ", ".join(parts)
+
+
+@dataclass
+class Sweep:
+    # The defaults are `make report`'s: every engine (those that cannot run here are listed as
+    # skipped), and a grid small enough for a 2-core CPU and models/dgemma-tiny in a few minutes.
+    model: str = "models/dgemma-tiny"
+    engines: list[str] = field(default_factory=lambda: ["kit", "kit-cuda", "transformers", "ar", "ar-hf"])
+    max_new_tokens: list[int] = field(default_factory=lambda: [64, 128])
+    steps: list[int] = field(default_factory=lambda: [8, 16])
+    batch: list[int] = field(default_factory=lambda: [1])
+    entropy_bounds: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    repeats: int = 3
+    warmup: int = 1
+    reference: str = "transformers"  # ratios against this engine, same settings, same run
+    baseline: str = "ar"  # the autoregressive engine diffusion's speed-up is measured against
+    ignore_eos: bool = True  # every run writes exactly max_new_tokens: equal work for every engine
+    early_stop: bool = True  # the checkpoint's adaptive stopping (stable + confident)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None  # CPU threads for torch (None: torch's default)
+    ar_model: str | None = None  # an autoregressive (Gemma 4) checkpoint for the "ar-hf" engine
+    interleave: bool | None = None  # engines alternate per repeat (None: when all models fit in memory)
+    seed: int = 0
+
+    def configs(self, autoregressive: bool) -> Iterator[Config]:
+        """The grid, as an engine sees it: autoregressive engines have no steps or entropy bound."""
+        if autoregressive:
+            for n, b in itertools.product(self.max_new_tokens, self.batch):
+                yield Config(n, b)
+        else:
+            for n, b, s, e in itertools.product(self.max_new_tokens, self.batch, self.steps, self.entropy_bounds):
+                yield Config(n, b, s, e)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, known_engines: Sequence[str]) -> Sweep:
+        """Raise InputError on the first bad value; return self."""
+        if not self.engines:
+            raise InputError(f"no engines given: pick some of {', '.join(known_engines)}.")
+        unknown = [e for e in self.engines if e not in known_engines]
+        if unknown:
+            raise InputError(f"unknown engine(s) {', '.join(map(repr, unknown))}: choose from "
+                             f"{', '.join(known_engines)} (comma-separated, e.g. --engines kit,transformers,ar).")
+        dupes = sorted({e for e in self.engines if self.engines.count(e) > 1})
+        if dupes:
+            raise InputError(f"engine(s) {', '.join(dupes)} listed twice: give each engine once.")
+        for name in ("reference", "baseline"):
+            value = getattr(self, name)
+            if value not in known_engines:
+                raise InputError(f"{name} engine {value!r} is unknown: choose from {', '.join(known_engines)}.")
+        for name in ("max_new_tokens", "steps", "batch"):
+            _check_list(name, getattr(self, name), lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                        "a positive integer")
+        _check_list("entropy_bounds", self.entropy_bounds,
+                    lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a number > 0 (e.g. 0.1)")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise InputError(f"repeats must be an integer >= 1 (got {self.repeats!r}); 3 or more gives a median.")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InputError(f"warmup must be an integer >= 0 (got {self.warmup!r}).")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InputError(f"threads must be a positive integer or None (got {self.threads!r}).")
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise InputError("prompts must be a non-empty list of non-empty strings.")
+        if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
+            raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
+                             "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")
+        from ..checkpoint import read_config
+
+        read_config(self.model)  # a missing or foreign model directory fails here, with how to get one
+        return self
+
+
+def _check_list(name: str, values: Sequence[Any], ok, what: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    if not values:
+        raise InputError(f"{flag} is empty: give at least one value.")
+    for v in values:
+        if not ok(v):
+            raise InputError(f"{flag}: {v!r} is not {what}.")
+    if len(set(values)) != len(values):
+        raise InputError(f"{flag} lists a value twice ({list(values)}): give each value once.")
+
+
+def parse_list(text: str | Sequence, kind: type, flag: str) -> list:
+    """'256,1024' -> [256, 1024]; a number or a list passes through (each item converted). InputError names the flag."""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float, list, tuple)):
+        raise InputError(f"--{flag} {text!r}: give comma-separated values, e.g. --{flag} 64,128.")
+    if isinstance(text, (int, float)):  # papermill -p steps 16 passes an int
+        text = [text]
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if not items or any(item == "" for item in items):
+        raise InputError(f"--{flag} {text!r}: give comma-separated values without blanks, e.g. --{flag} 64,128.")
+    out = []
+    for item in items:
+        try:
+            value = kind(item)
+        except (TypeError, ValueError):
+            raise InputError(f"--{flag}: {item!r} is not {'an integer' if kind is int else 'a number'}; "
+                             f"give comma-separated values, e.g. --{flag} {'64,128' if kind is int else '0.1,0.5'}.") from None
+        if kind is int and isinstance(item, float) and item != value:  # int(1.5) would truncate silently
+            raise InputError(f"--{flag}: {item!r} is not an integer.")
+        out.append(value)
+    return out

@@ -1,0 +1,119 @@
+"""`make report`: notebook 05 through papermill into a report directory, checked file by file.
+
+The end-to-end test runs the very command `make report` runs, on models/dgemma-tiny with a small
+sweep (on an untrained random checkpoint while the tiny model is not in the checkout yet).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from dgemma_helpers import bench
+from dgemma_helpers.bench.command import REPO_ROOT
+from dgemma_helpers.random_checkpoint import make_random_checkpoint
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "05_throughput_benchmark.ipynb"
+TINY = REPO_ROOT / "models" / "dgemma-tiny"
+PLOTS = ["ms_per_step.png", "quality_tradeoff.png", "speedup_vs_ar.png", "tokens_per_s.png"]
+METRICS = ["tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "ms_per_step", "tokens_per_forward",
+           "first_canvas_ms", "peak_mem_mb", "quality", "speedup_vs_baseline"]
+
+
+def parameters() -> dict:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in cell.metadata.get("tags", []), "the first code cell must be papermill's parameters cell"
+    values: dict = {}
+    exec(cell.source, {}, values)
+    return values
+
+
+def test_notebook_is_committed_clean_with_parameters_first():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "commit the notebook without outputs"
+    # Its defaults are the CLI's (Sweep's): `make report` and a plain papermill run measure the same thing.
+    p, d = parameters(), bench.Sweep()
+    assert p["model_path"] == d.model and p["engines"].split(",") == d.engines
+    for name in ("max_new_tokens", "steps", "batch"):
+        assert [int(v) for v in p[name].split(",")] == getattr(d, name)
+    assert [float(v) for v in p["entropy_bounds"].split(",")] == d.entropy_bounds
+    for name in ("repeats", "warmup", "reference", "baseline", "ar_model", "ignore_eos", "early_stop", "interleave",
+                 "device", "dtype", "threads", "seed"):
+        assert p[name] == getattr(d, name), name
+    assert set(p) == set(bench.notebook.notebook_parameters(d, "out"))  # every parameter is passed
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Run the report command (what `make report` runs) once; return its directory."""
+    tmp = tmp_path_factory.mktemp("report")
+    if (TINY / "config.json").exists():
+        model, lengths = TINY, "64,128"
+    else:  # the trained tiny model is not in this checkout yet: an untrained one of canvas 32
+        model, lengths = make_random_checkpoint(tmp / "random", canvas_length=32), "32,64"
+    out = tmp / "reports" / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "dgemma_helpers", "report", "--model", str(model), "--out", str(out),
+           "--max-new-tokens", lengths, "--steps", "2,4", "--entropy-bounds", "0.1,1", "--repeats", "2",
+           "--threads", "1"]  # one thread: robust when other jobs share the cores
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_report_files_exist_and_parse(report):
+    names = {p.name for p in report.iterdir()}
+    assert {"05_throughput_benchmark.ipynb", "report.html", "results.json", "results.csv", *PLOTS} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    for png in PLOTS:
+        assert (report / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    executed = nbformat.read(report / "05_throughput_benchmark.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "Diffusion vs autoregressive" in html and "data:image/png;base64" in html
+    assert "bench.make_sweep(" not in html  # rendered without its code
+
+
+def test_report_holds_the_expected_engines_and_metrics(report):
+    results = json.loads((report / "results.json").read_text())
+    status = {e["name"]: e for e in results["engines"]}
+    assert [status[n]["status"] for n in ("kit", "transformers", "ar")] == ["ok"] * 3
+    assert status["ar-hf"]["status"] == "skipped" and status["ar-hf"]["reason"]
+    assert status["kit-cuda"]["status"] == "skipped" and status["kit-cuda"]["reason"]
+    ok = [r for r in results["rows"] if r["status"] == "ok"]
+    assert {r["engine"] for r in ok} == {"kit", "transformers", "ar"}
+    assert len([r for r in ok if r["engine"] == "kit"]) == 2 * 2 * 2  # lengths x steps x entropy bounds
+    for r in ok:
+        for metric in METRICS:
+            assert isinstance(r[metric], (int, float)) and r[metric] >= 0, (r["engine"], metric)
+        if r["kind"] == "diffusion":
+            assert r["speedup_vs_reference"] > 0 and r["steps_per_canvas"] >= 1
+    expected = "word_validity" if (TINY / "train_words.txt").exists() else "gen_nll"
+    assert results["quality_metric"] == expected
+    for key in ("cpu", "cpu_cores", "torch", "transformers", "dtype", "device"):
+        assert results["machine"][key]
+    with open(report / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == bench.ROW_FIELDS and len(rows) == len(results["rows"])
+    assert {r["engine"] for r in rows} == {"kit", "kit-cuda", "transformers", "ar", "ar-hf"}
+
+
+def test_make_report_runs_that_command():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "-n", "report", "MODEL=some/model", "ARGS=--out some/dir --batch 1,4"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].endswith(
+        "python -m dgemma_helpers report --model some/model --out some/dir --batch 1,4")
