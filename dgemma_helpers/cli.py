@@ -60,6 +60,17 @@ def _make_random(args: argparse.Namespace) -> None:
     print(f"wrote an UNTRAINED random checkpoint to {path}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .train.recipe import train_tiny
+    from .train.trainer import TrainConfig
+
+    overrides = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                                        lr=args.lr, seed=args.seed).items() if v is not None}
+    path = train_tiny(args.out, args.run_dir, TrainConfig(**overrides), device=args.device,
+                      measure=not args.no_measure)
+    print(f"wrote {path} (model card: {path}/MODEL_CARD.md)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgemma_helpers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--canvas-length", type=int, default=16)
     r.set_defaults(func=_make_random)
+
+    t = sub.add_parser("train", help="train a small DiffusionGemma on Shakespeare (the dgemma-tiny recipe)")
+    t.add_argument("--out", default="models/dgemma-tiny", help="checkpoint directory to write")
+    t.add_argument("--run-dir", default="runs/dgemma-tiny", help="training state and logs (resumed if present)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seq-len", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    t.add_argument("--no-measure", action="store_true", help="skip the quality measurement for the model card")
+    t.set_defaults(func=_train)
+
+    from .bench.command import add_sweep_arguments, run_bench, run_report
+
+    b = sub.add_parser("bench", help="benchmark engines side by side: kit, transformers, autoregressive")
+    add_sweep_arguments(b)
+    b.add_argument("--out", help="also write results.json, results.csv and the PNG plots into this directory")
+    b.set_defaults(func=run_bench)
+
+    rep = sub.add_parser("report", help="the benchmark as a report: notebook 05 through papermill, HTML, plots")
+    add_sweep_arguments(rep)
+    rep.add_argument("--out", help="report directory (default reports/<timestamp>)")
+    rep.add_argument("--notebook", help="notebook to execute (default notebooks/05_throughput_benchmark.ipynb)")
+    rep.set_defaults(func=run_report)
 
     args = parser.parse_args(argv)
     try:

@@ -15,3 +15,11 @@ class InputError(DGemmaError, ValueError):
 
 class DeviceError(DGemmaError, RuntimeError):
     """The requested device does not exist here or lacks the memory the model needs."""
+
+
+class TraceError(DGemmaError, ValueError):
+    """A denoising trace file is missing, corrupt, truncated, of another format version, or inconsistent."""
+
+
+class MissingToolError(DGemmaError, RuntimeError):
+    """An optional outside tool (e.g. ffmpeg for MP4 export) is not installed."""

@@ -28,6 +28,7 @@ from .cache import KVCache
 from .config import GenerationSettings
 from .devices import synchronize
 from .errors import InputError
+from .fast import FastStepper, stepper
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
@@ -116,6 +117,7 @@ def generate(
     thinking: bool | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     record_topk: int = 0,
+    path: str | None = None,
 ) -> GenerationResult:
     """Generate text block by block. Give one of `prompt` (str or list of str), `messages` (a chat,
     or a list of chats, through the checkpoint's chat template) or `input_ids`.
@@ -125,6 +127,8 @@ def generate(
     first canvas to start from; `pinned` (positions, or a bool mask) are never renoised: infilling.
     `on_step` receives a StepRecord after every denoising round. `rng="transformers"` replays the
     reference's random draws (same seed, same tokens as transformers' generate; slower).
+    `path`: None/"auto" runs the fused-kernel CUDA-graph step (dgemma_helpers/fast) where it can
+    (CUDA + Triton, counter RNG, no top-k), else the PyTorch step; "torch" or "fast" force one.
     """
     t_start = time.perf_counter()
     settings = resolve_settings(model, dict(
@@ -145,6 +149,8 @@ def generate(
     if seed is not None and not isinstance(seed, int):
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
     source = make_rng(rng, seed, device)
+    # denoise_step, or the fast path's drop-in (same call, same state updates).
+    step_fn = stepper(path, model, settings, rng, record_topk, FastStepper, denoise_step)
 
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()
@@ -175,8 +181,8 @@ def generate(
             forwards += active & ~finished_seq
             steps += active
             temperature = settings.temperature(remaining)
-            record = denoise_step(model, cache, state, temperature, settings, stop, source, c, N - remaining,
-                                  record=on_step is not None, topk=record_topk)
+            record = step_fn(model, cache, state, temperature, settings, stop, source, c, N - remaining,
+                             record=on_step is not None, topk=record_topk)
             if on_step is not None:
                 on_step(StepRecord(canvas_index=c, step=N - remaining + 1, remaining=remaining,
                                    temperature=temperature, active=active.cpu(), **record))
