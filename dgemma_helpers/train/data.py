@@ -34,7 +34,8 @@ class TokenData:
     def _stream(self, works, tokenizer) -> torch.Tensor:
         ids: list[int] = []
         for w in works:  # <eos> between works: the model learns where a text ends
-            ids += tokenizer.encode(w.text, add_special_tokens=False) + [self.eos]
+            # The backend tokenizer: whole works exceed model_max_length, which only matters to the wrapper.
+            ids += tokenizer.backend_tokenizer.encode(w.text, add_special_tokens=False).ids + [self.eos]
         return torch.tensor(ids, dtype=torch.int32)
 
     def _chats(self, works, tokenizer) -> list[tuple[torch.Tensor, int]]:

