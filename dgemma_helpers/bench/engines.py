@@ -170,26 +170,37 @@ def _generate_takes_path() -> bool:
 
 
 # ---- transformers' reference ------------------------------------------------------------------
+def _transformers_available(cls_name: str, what: str = "") -> tuple[bool, str]:
+    try:
+        import transformers
+
+        getattr(transformers, cls_name)
+    except (ImportError, AttributeError) as e:
+        return False, f"transformers {what}is not installed ({e})"
+    return True, ""
+
+
+def _start_transformers(engine: Engine, sweep: Sweep) -> torch.dtype:
+    """Common start of a transformers engine's prepare(): quiet progress bars, device and dtype."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    engine.sweep = sweep
+    engine.device = resolve_device(sweep.device)
+    return resolve_dtype(sweep.dtype, engine.device)
+
 class TransformersEngine(Engine):
     name = "transformers"
     kind = DIFFUSION
     description = 'transformers DiffusionGemmaForBlockDiffusion, experts_implementation="grouped_mm"'
 
     def available(self, sweep: Sweep) -> tuple[bool, str]:
-        try:
-            from transformers import DiffusionGemmaForBlockDiffusion  # noqa: F401
-        except ImportError as e:
-            return False, f"transformers with DiffusionGemma (>= 5.16) is not installed ({e})"
-        return True, ""
+        return _transformers_available("DiffusionGemmaForBlockDiffusion", "with DiffusionGemma (>= 5.16) ")
 
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
-        import transformers
         from transformers import DiffusionGemmaForBlockDiffusion
 
-        transformers.utils.logging.disable_progress_bar()
-        self.sweep = sweep
-        self.device = resolve_device(sweep.device)
-        dtype = resolve_dtype(sweep.dtype, self.device)
+        dtype = _start_transformers(self, sweep)
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(sweep.model, dtype=dtype,
                                                                 experts_implementation="grouped_mm")
         self.model = model.to(self.device).eval()  # (device_map= would need the accelerate package)
@@ -286,20 +297,12 @@ class HFAutoregressiveEngine(Engine):
     def available(self, sweep: Sweep) -> tuple[bool, str]:
         if not sweep.ar_model:
             return False, "no autoregressive checkpoint given (pass --ar-model PATH, e.g. a Gemma 4 model directory)"
-        try:
-            import transformers  # noqa: F401
-        except ImportError as e:
-            return False, f"transformers is not installed ({e})"
-        return True, ""
+        return _transformers_available("AutoModelForCausalLM")
 
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
-        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        transformers.utils.logging.disable_progress_bar()
-        self.sweep = sweep
-        self.device = resolve_device(sweep.device)
-        dtype = resolve_dtype(sweep.dtype, self.device)
+        dtype = _start_transformers(self, sweep)
         self.tokenizer = AutoTokenizer.from_pretrained(sweep.ar_model, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
