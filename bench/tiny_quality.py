@@ -27,7 +27,18 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--no-transformers", action="store_true")
     p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: the sampler-settings sweep behind the model's generation_config.json defaults")
     args = p.parse_args()
+    if args.sweep:
+        from dgemma_helpers.train.quality_eval import sampler_table
+
+        grid = [dict(confidence_threshold=c, entropy_bound=b) for b in (0.1, 0.3) for c in (0.005, 0.02, 0.05, 0.1, 0.2)]
+        print(f"{'entropy bound':>14}{'confidence':>12}{'validity':>10}{'tok/fwd':>9}{'steps/canvas':>14}")
+        for r in sampler_table(args.model, grid, max_new_tokens=args.max_new_tokens):
+            print(f"{r['entropy_bound']:>14}{r['confidence_threshold']:>12}{100 * r['validity']:>9.1f}%"
+                  f"{r['tokens_per_forward']:>9.2f}{r['steps_per_canvas']:>14.1f}")
+        return
     report = measure_quality(args.model, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
                              with_transformers=not args.no_transformers)
     for prompt, text in report.samples:

@@ -259,6 +259,7 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        make_readable(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -271,6 +272,15 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def make_readable(directory: Path) -> None:
+    """mkdtemp makes a private (0700) directory: give the result the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
 
 
 def generation_json(s: GenerationSettings) -> dict:

@@ -76,12 +76,17 @@ _ROTATIONS: dict[tuple, torch.Tensor] = {}
 def _rotate_half_matrix(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     key = (dim, dtype, device)
     if key not in _ROTATIONS:
-        half = dim // 2
-        m = torch.zeros(dim, dim, dtype=dtype, device=device)
-        m[torch.arange(half, dim), torch.arange(half)] = -1  # first half of the output: -x2
-        m[torch.arange(half), torch.arange(half, dim)] = 1  # second half: x1
-        _ROTATIONS[key] = m
+        with torch.inference_mode(False):  # a cached tensor must also serve training's autograd
+            _ROTATIONS[key] = _signed_permutation(dim, dtype, device)
     return _ROTATIONS[key]
+
+
+def _signed_permutation(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    half = dim // 2
+    m = torch.zeros(dim, dim, dtype=dtype, device=device)
+    m[torch.arange(half, dim), torch.arange(half)] = -1  # first half of the output: -x2
+    m[torch.arange(half), torch.arange(half, dim)] = 1  # second half: x1
+    return m
 
 
 # ---- attention --------------------------------------------------------------------------------
@@ -291,7 +296,8 @@ class DiffusionGemma(nn.Module):
     def inv_freq(self, layer_type: str, device: torch.device) -> torch.Tensor:
         key = (layer_type, device)
         if key not in self._inv_freq:
-            self._inv_freq[key] = rope_inv_freq(self.config, layer_type).to(device)
+            with torch.inference_mode(False):  # cached: must also serve training's autograd
+                self._inv_freq[key] = rope_inv_freq(self.config, layer_type).to(device)
         return self._inv_freq[key]
 
     def _run_layers(self, x: torch.Tensor, positions: torch.Tensor, masks, cache, encoder: bool) -> torch.Tensor:

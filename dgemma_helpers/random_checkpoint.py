@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import generation_json
+from .checkpoint import make_readable, generation_json
 from .config import TINY_VISION_CONFIG, GenerationSettings
 from .tokenizer import train_tokenizer
 
@@ -79,6 +79,7 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
             f"# Untrained random DiffusionGemma ({preset} preset)\n\nRandom weights: its text is noise. Made by "
             "`python -m dgemma_helpers make-random` to exercise the engine without a download.\n")
         (tmp / "dgemma_random.json").write_text(json.dumps({"preset": preset, "seed": seed, "untrained": True}))
+        make_readable(tmp)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

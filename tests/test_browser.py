@@ -32,8 +32,9 @@ NOTEBOOK = REPO / "notebooks" / "04_denoising_visualization.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-# The model notebook 04 runs on here. None: an untrained random checkpoint made for the test. Once
-# models/dgemma-tiny is in the repository, make this `REPO / "models" / "dgemma-tiny"`.
+# The model notebook 04 runs on here. None: an untrained random checkpoint made for the test, whose
+# tokenizer gets one token spelled as HTML markup, so the escaping check sees a hostile token in a real
+# run (models/dgemma-tiny would split it into harmless pieces). nbval runs the notebook on dgemma-tiny.
 MODEL: Path | None = None
 # A token text that would run code if it were ever parsed as HTML.
 MARKUP = "<img src=x onerror=alert(1)>"

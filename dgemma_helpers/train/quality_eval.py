@@ -60,12 +60,33 @@ class QualityReport:
         return "\n".join(rows)
 
 
-def heldout_prompts(n: int, cache: Path = DEFAULT_CACHE, words_per_prompt: int = 24) -> list[str]:
-    """Openings from the held-out plays: a speech's first words, evenly spread through the works."""
+def heldout_prompts(n: int, cache: Path = DEFAULT_CACHE, words_per_prompt: int = 24, offset: int = 0) -> list[str]:
+    """Openings from the held-out plays: a speech's first words, evenly spread through the works.
+    `offset` shifts the choice: the sampler sweep tunes on other speeches than the evaluation uses."""
     corpus = load_corpus(cache)
     pool = [s for w in corpus.heldout for s in speeches(w.text) if len(s.split()) >= words_per_prompt]
     step = max(1, len(pool) // n)
-    return [" ".join(s.split()[:words_per_prompt]) for s in pool[::step][:n]]
+    return [" ".join(s.split()[:words_per_prompt]) for s in pool[offset % step::step][:n]]
+
+
+def sampler_table(model_dir: str | Path, grid: list[dict], *, prompts: int = 12, max_new_tokens: int = 128,
+                  seed: int = 0, cache: Path = DEFAULT_CACHE) -> list[dict]:
+    """Word validity, tokens per forward and steps per canvas for each sampler setting in `grid`,
+    on held-out prompts other than measure_quality's (how the tiny model's defaults were chosen)."""
+    model = load_model(model_dir, device="cpu", dtype="float32")
+    vocabulary = load_vocabulary(model_dir)
+    texts = heldout_prompts(prompts, cache, offset=1)
+    rows = []
+    for settings in grid:
+        outs, tpf, steps = [], [], []
+        for i, p in enumerate(texts):
+            r = generate(model, p, max_new_tokens=max_new_tokens, seed=seed + i, **settings)
+            outs.append(r.text or "")
+            tpf.append(r.tokens_per_forward)
+            steps += [s[0] for s in r.steps_per_canvas]
+        rows.append(dict(settings, validity=word_validity(outs, vocabulary), tokens_per_forward=sum(tpf) / len(tpf),
+                         steps_per_canvas=sum(steps) / len(steps)))
+    return rows
 
 
 def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens: int = 128, seed: int = 0,
