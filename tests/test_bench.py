@@ -122,11 +122,11 @@ def test_flag_values_as_the_cli_and_papermill_pass_them():
 
 
 def test_missing_model_says_how_to_get_one(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not found.*hf download"):
         bench.make_sweep(str(tmp_path / "nothing"), **SMALL)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("dgemma_helpers.bench.command.REPO_ROOT", tmp_path)
-    with pytest.raises(InputError, match="make train-tiny"):
+    monkeypatch.setattr("dgemma_helpers.environment.REPO_ROOT", tmp_path)
+    with pytest.raises(CheckpointError, match="make train-tiny"):
         bench.make_sweep("models/dgemma-tiny", **SMALL)
 
 

@@ -13,15 +13,13 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..environment import find_model, model_candidates
 from .engines import ENGINES
 from .sweep import Sweep, parse_list
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the kit's checkout (editable install)
-TINY = "models/dgemma-tiny"
 _DEFAULTS = Sweep()
 
 
@@ -36,24 +34,19 @@ def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".
     if unknown:
         raise InputError(f"unknown benchmark option(s) {sorted(unknown)}; valid: {sorted(known)}.")
     names = [e.strip() for e in engines.split(",") if e.strip()] if isinstance(engines, str) else list(engines)
-    sweep = Sweep(model=_locate(model, TINY), engines=names,
+    sweep = Sweep(model=_locate(model), engines=names,
                   max_new_tokens=parse_list(max_new_tokens, int, "max-new-tokens"),
                   steps=parse_list(steps, int, "steps"), batch=parse_list(batch, int, "batch"),
                   entropy_bounds=parse_list(entropy_bounds, float, "entropy-bounds"), **options)
-    if sweep.ar_model:
-        sweep.ar_model = _locate(sweep.ar_model)
+    if sweep.ar_model:  # looked up the same way, but the sweep's own check names a missing one
+        sweep.ar_model = str(next((c for c in model_candidates(sweep.ar_model) if c.exists()), sweep.ar_model))
     return sweep.validate(list(ENGINES))
 
 
-def _locate(path: str, tiny: str | None = None) -> str:
-    p = Path(path).expanduser()
-    if not p.exists() and not p.is_absolute() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
-    if tiny and not p.exists() and Path(path) == Path(tiny):
-        raise InputError(f"{path} is not here yet: `make train-tiny` reproduces it (about 1.5 hours on 2 CPU cores), "
-                         "or benchmark another checkpoint with --model PATH (make report MODEL=PATH); "
-                         "`python -m dgemma_helpers make-random PATH` writes an untrained stand-in.")
-    return str(p)
+def _locate(path: str) -> str:
+    """A model path as the notebooks find it (environment.find_model: here, the parents, the kit's
+    checkout); a missing one is refused with how to get it."""
+    return str(find_model(path))
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:

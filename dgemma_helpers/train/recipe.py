@@ -14,6 +14,12 @@ from .corpus import DEFAULT_CACHE, HELD_OUT, SDIST, SDIST_SHA256, load_corpus
 from .trainer import TrainConfig, TrainResult, export, train
 
 
+# The shipped checkpoint's sampler defaults (its generation_config.json); every other setting keeps the
+# published default. Chosen with `python bench/tiny_quality.py --sweep` on held-out prompts other
+# than the evaluation's: see the model card.
+TINY_SAMPLER: dict = {}
+
+
 def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "runs/dgemma-tiny",
                config: TrainConfig | None = None, device: str | None = None, measure: bool = True,
                progress: bool = True) -> Path:
@@ -21,7 +27,7 @@ def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "ru
     result = train(config, run_dir, device=device, progress=progress)
     corpus = load_corpus(DEFAULT_CACHE)
     vocabulary = sorted({w for work in corpus.train for w in words(work.text)})
-    out = export(result, out, extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"})
+    out = export(result, out, extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"}, sampler=TINY_SAMPLER)
     report = None
     if measure:
         from .quality_eval import measure_quality
@@ -29,6 +35,22 @@ def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "ru
         report = measure_quality(out)
     (Path(out) / "MODEL_CARD.md").write_text(model_card(result, config, report, device_name(device)))
     return out
+
+
+def result_from_run(out: str | Path, run_dir: str | Path) -> tuple[TrainResult, TrainConfig]:
+    """A finished run's result (the exported model, the log, the wall time) and its config, read back
+    from disk: to write the card of a model trained earlier."""
+    import json
+
+    from ..checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    state = json.loads((run_dir / "state" / "state.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "state" / "log.jsonl").read_text().splitlines() if line]
+    raw = json.loads((run_dir / "train_config.json").read_text())
+    raw["betas"] = tuple(raw["betas"])
+    model = load_model(out, device="cpu")
+    return TrainResult(model, model.tokenizer, log, state["seconds"]), TrainConfig(**raw)
 
 
 def device_name(device: str | None) -> str:

@@ -5,6 +5,7 @@ checkpoint that transformers loads too."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -39,10 +40,10 @@ def tiny_model_config(vocab_size: int = 4096, **overrides) -> ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 8
     seq_len: int = 256
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 200
     weight_decay: float = 0.01
@@ -159,10 +160,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     return TrainResult(model, tokenizer, log, time.perf_counter() - t0)
 
 
-def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bfloat16, extra_files=None) -> Path:
-    """Save the trained model as a checkpoint directory (bfloat16, like the official one)."""
-    model = result.model.to("cpu", dtype)
+def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bfloat16, extra_files=None,
+           sampler: dict | None = None) -> Path:
+    """Save the trained model as a checkpoint directory (bfloat16, like the official one), with
+    `sampler` overriding the published sampler defaults in its generation_config.json."""
+    model = copy.deepcopy(result.model).to("cpu", dtype)  # the trained model itself stays as it is
     settings = GenerationSettings(eos_token_ids=model.config.eos_token_ids, pad_token_id=model.config.pad_token_id)
+    settings = settings.replace(**(sampler or {}))
     return save_checkpoint(model, out, tokenizer=result.tokenizer, generation_settings=settings, extra_files=extra_files)
 
 
