@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The kit's small trained model; until it exists, an untrained random one made on the spot.
-MODEL  ?= $(if $(wildcard models/dgemma-tiny/config.json),models/dgemma-tiny,models/dgemma-random)
-PROMPT ?= The sky is blue because
+# The kit's small trained model (models/dgemma-tiny, in the repository); MODEL=path for another.
+MODEL  ?= models/dgemma-tiny
+PROMPT ?= To be, or not to be
 ARGS   ?=
 
 .PHONY: setup test run clean train-tiny report
@@ -28,10 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
-models/dgemma-random/config.json: | $(STAMP)
-	$(BIN)/python -m dgemma_helpers make-random models/dgemma-random --preset test --canvas-length 32
-
-run: $(STAMP) $(if $(filter models/dgemma-random,$(MODEL)),models/dgemma-random/config.json)
+run: $(STAMP)
 	$(BIN)/python -m dgemma_helpers generate --model $(MODEL) --prompt "$(PROMPT)" $(ARGS)
 
 # The unit tests, then every notebook run top to bottom in the venv's own kernel (nbval: a cell
@@ -48,8 +45,8 @@ train-tiny: $(STAMP)
 # A shareable benchmark report: notebook 05 executed through papermill into reports/<timestamp>/
 # (the executed notebook, report.html without code, PNG plots, results.json, results.csv).
 # Flags pass through: make report MODEL=path ARGS="--max-new-tokens 256,1024 --steps 16,48 --batch 1,4"
-report: $(STAMP) $(if $(filter models/dgemma-random,$(MODEL)),models/dgemma-random/config.json)
+report: $(STAMP)
 	$(BIN)/python -m dgemma_helpers report --model $(MODEL) $(ARGS)
 
 clean:
-	rm -rf $(VENV) models/dgemma-random .pytest_cache
+	rm -rf $(VENV) .pytest_cache
