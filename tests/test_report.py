@@ -1,7 +1,7 @@
 """`make report`: notebook 05 through papermill into a report directory, checked file by file.
 
 The end-to-end test runs the very command `make report` runs, on models/dgemma-tiny with a small
-sweep (on an untrained random checkpoint while the tiny model is not in the checkout yet).
+sweep.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import nbformat
 import pytest
 
 from dgemma_helpers import bench
-from dgemma_helpers.bench.command import REPO_ROOT
-from dgemma_helpers.random_checkpoint import make_random_checkpoint
+from dgemma_helpers.environment import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_throughput_benchmark.ipynb"
 TINY = REPO_ROOT / "models" / "dgemma-tiny"
@@ -57,10 +56,7 @@ def test_notebook_is_committed_clean_with_parameters_first():
 def report(tmp_path_factory):
     """Run the report command (what `make report` runs) once; return its directory."""
     tmp = tmp_path_factory.mktemp("report")
-    if (TINY / "config.json").exists():
-        model, lengths = TINY, "64,128"
-    else:  # the trained tiny model is not in this checkout yet: an untrained one of canvas 32
-        model, lengths = make_random_checkpoint(tmp / "random", canvas_length=32), "32,64"
+    model, lengths = TINY, "64,128"
     out = tmp / "reports" / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "dgemma_helpers", "report", "--model", str(model), "--out", str(out),
@@ -99,8 +95,7 @@ def test_report_holds_the_expected_engines_and_metrics(report):
             assert isinstance(r[metric], (int, float)) and r[metric] >= 0, (r["engine"], metric)
         if r["kind"] == "diffusion":
             assert r["speedup_vs_reference"] > 0 and r["steps_per_canvas"] >= 1
-    expected = "word_validity" if (TINY / "train_words.txt").exists() else "gen_nll"
-    assert results["quality_metric"] == expected
+    assert results["quality_metric"] == "word_validity"  # the tiny model ships its training vocabulary
     for key in ("cpu", "cpu_cores", "torch", "transformers", "dtype", "device"):
         assert results["machine"][key]
     with open(report / "results.csv", newline="") as f:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import DGemmaError
+from ..environment import REPO_ROOT
 from .report import atomic_write
 from .sweep import Sweep
 
@@ -25,8 +26,6 @@ NOTEBOOK = "05_throughput_benchmark.ipynb"
 
 def default_report_dir(root: str | os.PathLike | None = None) -> Path:
     """reports/<UTC timestamp> under the kit's checkout (or `root`)."""
-    from .command import REPO_ROOT
-
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path(root or REPO_ROOT) / "reports" / stamp
 
@@ -54,7 +53,6 @@ def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,
     except ImportError as e:
         raise DGemmaError(f"the report needs papermill and nbconvert ({e}); install the dev extras: "
                                "pip install -e '.[dev]' (or run `make report`, which does).") from None
-    from .command import REPO_ROOT
     from .engines import ENGINES
 
     sweep.validate(list(ENGINES))
