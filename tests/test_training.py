@@ -51,7 +51,7 @@ def test_loss_has_gradients_for_every_trained_weight(checkpoint):
     assert 0 < parts.diffusion.item() < 20 and 0 < parts.lm.item() < 20
 
 
-def synthetic_corpus():
+def synthetic_corpus(words_per_speech: int = 12):
     from dgemma_helpers.train.corpus import Corpus, Work
 
     g = torch.Generator().manual_seed(0)
@@ -62,7 +62,7 @@ def synthetic_corpus():
         g.manual_seed(seed)
         speeches = []
         for i in range(60):
-            line = " ".join(vocab[int(j)] for j in torch.randint(len(vocab), (12,), generator=g))
+            line = " ".join(vocab[int(j)] for j in torch.randint(len(vocab), (words_per_speech,), generator=g))
             speeches.append(f"{names[i % 3]}.\n{line.capitalize()}.")
         return "\n\n".join(speeches) + "\n"
 
@@ -98,3 +98,45 @@ def test_training_resumes_where_it_stopped_and_exports_a_loadable_checkpoint(tmp
     model = dg.load_model(out)
     assert dg.generate(model, "Alice.", max_new_tokens=16, seed=0).token_ids.shape == (1, 16)
     DiffusionGemmaForBlockDiffusion.from_pretrained(out)  # transformers reads the same files
+
+
+def test_quality_report_sweep_and_model_card_of_a_small_trained_model(tmp_path):
+    """The judge's pipeline (bench/tiny_quality.py) end to end on a model trained for 4 steps: what it
+    measures is not asserted (learning is judged on the real model), only that every figure is there."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from dgemma_helpers.quality import VOCABULARY_FILE, words
+    from dgemma_helpers.train import export, train
+    from dgemma_helpers.train.quality_eval import NOISE_LEVELS, measure_quality, sampler_table
+    from dgemma_helpers.train.recipe import SAMPLER_NOTE, TINY_SAMPLER, model_card
+
+    corpus = synthetic_corpus(words_per_speech=30)  # prompts are 24-word openings of held-out speeches
+    config = small_config(4)
+    result = train(config, tmp_path / "run", corpus=corpus, device="cpu", progress=False)
+    vocabulary = sorted({w for work in corpus.train for w in words(work.text)})
+    out = export(result, tmp_path / "model", extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"},
+                 sampler=TINY_SAMPLER)
+
+    # The chosen sampler defaults reach both engines through generation_config.json.
+    assert dg.load_model(out).generation_settings.entropy_bound == TINY_SAMPLER["entropy_bound"]
+    hf = DiffusionGemmaForBlockDiffusion.from_pretrained(out).generation_config
+    assert (hf.sampler_config.entropy_bound, hf.t_max, hf.t_min, hf.confidence_threshold) == tuple(
+        TINY_SAMPLER[k] for k in ("entropy_bound", "t_max", "t_min", "confidence_threshold"))
+
+    report = measure_quality(out, prompts=2, max_new_tokens=16, corpus=corpus)
+    assert list(report.heldout_ce) == list(NOISE_LEVELS)
+    assert all(0 < ce < 20 for ce in report.heldout_ce.values()) and 0 < report.unigram_ce < 20
+    for share in (report.validity, report.validity_untrained, report.validity_transformers):
+        assert 0 <= share <= 1
+    assert report.words_per_token > 0 and 0.2 < report.heldout_words_per_token < 1  # + names, dots, newlines
+    assert 1 <= report.mean_steps_per_canvas <= report.max_denoising_steps and report.tokens_per_forward > 0
+    assert len(report.samples) == 2 and report.table().count("\n") == 14
+
+    rows = sampler_table(out, [dict(entropy_bound=0.1), dict(entropy_bound=1000.0)], prompts=2, max_new_tokens=16,
+                         corpus=corpus)
+    assert [r["entropy_bound"] for r in rows] == [0.1, 1000.0]
+    assert all({"validity", "words_per_token", "tokens_per_forward", "steps_per_canvas"} <= set(r) for r in rows)
+
+    card = model_card(result, config, report, "test CPU", sampler_sweep="| the sweep |")
+    assert "| the sweep |" in card and SAMPLER_NOTE.splitlines()[0] in card
+    assert card.count("```text") == 2 and report.table() in card

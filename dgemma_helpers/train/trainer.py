@@ -40,10 +40,10 @@ def tiny_model_config(vocab_size: int = 4096, **overrides) -> ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 8
     seq_len: int = 256
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.1
     warmup: int = 200
     weight_decay: float = 0.01
