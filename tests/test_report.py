@@ -107,8 +107,9 @@ def test_report_holds_the_expected_engines_and_metrics(report):
 def test_make_report_runs_that_command():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    done = subprocess.run(["make", "-n", "report", "MODEL=some/model", "ARGS=--out some/dir --batch 1,4"],
-                          cwd=REPO_ROOT, capture_output=True, text=True)
+    # --no-print-directory: under `make test` the nested make would add "Leaving directory" lines.
+    done = subprocess.run(["make", "--no-print-directory", "-n", "report", "MODEL=some/model",
+                           "ARGS=--out some/dir --batch 1,4"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].endswith(
         "python -m dgemma_helpers report --model some/model --out some/dir --batch 1,4")
