@@ -97,6 +97,8 @@ def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, 
         fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
         samples = "\n\n".join(f"**{p}** …\n\n{fence}text\n{s[:300].strip(chr(10))}\n{fence}"
                                 for p, s in report.samples)
+    origin = ("This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
+              if "CPU" in hardware else "On a 2-core CPU the same command takes about 70 minutes (float32).")
     return f"""# dgemma-tiny
 
 A DiffusionGemma in miniature, trained from scratch on Shakespeare so that the kit's notebooks show
@@ -138,7 +140,7 @@ gradient clipping {config.clip}; {config.steps} steps of {config.batch_size} seq
 tokens; seed {config.seed}.
 
 - Hardware: {hardware} ({"bf16 autocast" if "CPU" not in hardware else "float32"}). Wall time: {minutes:.0f} minutes.
-  {"This is the CPU recipe itself: the shipped weights are this run's, there is no separate GPU-trained variant." if "CPU" in hardware else "On a 2-core CPU the same command takes about 70 minutes (float32)."}
+  {origin}
 - Final training loss: {last["loss"]:.3f} (diffusion {last["diffusion"]:.3f} + LM {last["lm"]:.3f}).
 - Final held-out: LM {final_eval.get("heldout_lm", float("nan")):.3f}; diffusion at t=0.5
   {final_eval.get("heldout_diffusion_t0.5", float("nan")):.3f}, at t=1.0 {final_eval.get("heldout_diffusion_t1.0", float("nan")):.3f} (nats/token).
