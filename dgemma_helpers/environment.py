@@ -73,7 +73,7 @@ def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) ->
     if Path(path).name == Path(TINY_MODEL).name:
         return (f"model {str(path)!r} not found (looked in {where}). models/dgemma-tiny is the kit's small trained "
                 "model and is part of the repository: run from a clone of it, set model_path to where it is, or "
-                "train it again with `make train-tiny` (about 1.5 hours on 2 CPU cores). "
+                "train it again with `make train-tiny` (about 70 minutes on 2 CPU cores). "
                 f"Other choices: the official checkpoint (`{DOWNLOAD_COMMAND}`, about 50 GB, for a GPU), or an "
                 f"untrained stand-in that shows the mechanics only (`{MAKE_RANDOM_COMMAND}`, then "
                 "model_path='/tmp/rand').")

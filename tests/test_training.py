@@ -126,11 +126,12 @@ def test_quality_report_sweep_and_model_card_of_a_small_trained_model(tmp_path):
     report = measure_quality(out, prompts=2, max_new_tokens=16, corpus=corpus)
     assert list(report.heldout_ce) == list(NOISE_LEVELS)
     assert all(0 < ce < 20 for ce in report.heldout_ce.values()) and 0 < report.unigram_ce < 20
-    for share in (report.validity, report.validity_untrained, report.validity_transformers):
+    for share in (report.validity, report.validity_other_seeds, report.validity_untrained,
+                  report.validity_transformers):
         assert 0 <= share <= 1
     assert report.words_per_token > 0 and 0.2 < report.heldout_words_per_token < 1  # + names, dots, newlines
     assert 1 <= report.mean_steps_per_canvas <= report.max_denoising_steps and report.tokens_per_forward > 0
-    assert len(report.samples) == 2 and report.table().count("\n") == 14
+    assert len(report.samples) == 2 and report.table().count("\n") == 15
 
     rows = sampler_table(out, [dict(entropy_bound=0.1), dict(entropy_bound=1000.0)], prompts=2, max_new_tokens=16,
                          corpus=corpus)

@@ -34,6 +34,7 @@ class QualityReport:
     unigram_ce: float
     lm_ce: float
     validity: float
+    validity_other_seeds: float  # the same prompts with seeds + 100: how much of `validity` is luck
     words_per_token: float  # words in the generated text per generated token
     heldout_words_per_token: float  # the same in held-out text: what a sampler that writes prose reaches
     validity_untrained: float
@@ -52,6 +53,7 @@ class QualityReport:
             f"| unigram baseline cross-entropy (nats/token) | {self.unigram_ce:.3f} |",
             f"| held-out encoder causal-LM cross-entropy (nats/token) | {self.lm_ce:.3f} |",
             f"| word validity, this model (our engine) | {100 * self.validity:.1f}% |",
+            f"| the same with other seeds (+100) | {100 * self.validity_other_seeds:.1f}% |",
             f"| words per generated token, this model (held-out text: {self.heldout_words_per_token:.2f}) | "
             f"{self.words_per_token:.2f} |",
             f"| word validity, untrained model of the same shape | {100 * self.validity_untrained:.1f}% |",
@@ -147,6 +149,7 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     heldout_words = sum(len(words(w.text)) for w in corpus.heldout)
 
     trained = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed)
+    reseeded = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed + 100)
     untrained = DiffusionGemma(model.config)
     init_weights(untrained, generator=torch.Generator().manual_seed(seed))
     untrained.eval().requires_grad_(False)
@@ -159,7 +162,8 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
                                     vocabulary)
     return QualityReport(
         heldout_ce=ce, unigram_ce=unigram, lm_ce=sum(lm) / len(lm),
-        validity=word_validity(trained.texts, vocabulary), words_per_token=trained.words_per_token(),
+        validity=word_validity(trained.texts, vocabulary),
+        validity_other_seeds=word_validity(reseeded.texts, vocabulary), words_per_token=trained.words_per_token(),
         heldout_words_per_token=heldout_words / len(data.heldout),
         validity_untrained=word_validity(outs_untrained, vocabulary),
         validity_transformers=validity_hf, tokens_per_forward=trained.tokens_per_forward,

@@ -153,8 +153,9 @@ Measured by `python bench/tiny_quality.py --model models/dgemma-tiny` ({date.tod
 {quality}
 
 The settings are the checkpoint's defaults (next section); 16 held-out prompts of 24 words, 128 new
-tokens each, seeds 0-15. The untrained model's validity is far from zero because many of the
-{c.vocab_size} BPE tokens are whole words with their leading space, so random tokens often spell one.
+tokens each, seeds 0-15 (100-115 for the second row: about 1000 words per run, so a point either way
+is noise). The untrained model's validity is far from zero because many of the {c.vocab_size} BPE
+tokens are whole words with their leading space, so random tokens often spell one.
 
 Samples (held-out prompt in bold, then the model's continuation):
 
