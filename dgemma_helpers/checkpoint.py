@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_dir
 from .config import GenerationSettings, ModelConfig, read_json
 from .devices import available_memory, resolve_device, resolve_dtype
 from .errors import CheckpointError, DeviceError
@@ -244,9 +243,7 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
     so an interrupted save never leaves a half-written checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         tensors = {kit_to_hf(n): t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
         tensors.update(_vision_tensors(model.config))
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -259,28 +256,7 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        make_readable(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def make_readable(directory: Path) -> None:
-    """mkdtemp makes a private (0700) directory: give the result the usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for f in directory.iterdir():
-        f.chmod(0o666 & ~umask)
 
 
 def generation_json(s: GenerationSettings) -> dict:

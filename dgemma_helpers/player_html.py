@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .trace import atomic_output
+from .atomic import atomic_file
 
 STATIC = Path(__file__).parent / "static"
 
@@ -76,6 +76,6 @@ def write_player_html(payload: dict[str, Any], path: str | os.PathLike, *, speed
     """Write the player page for `payload` (DenoisingTrace.to_payload()) to `path`, atomically."""
     path = Path(path)
     page = player_html(payload, speed=speed)
-    with atomic_output(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path

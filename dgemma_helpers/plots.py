@@ -19,7 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import InputError, MissingToolError
-from .trace import DenoisingTrace, atomic_output
+from .atomic import atomic_file
+from .trace import DenoisingTrace
 
 # The player's state colours (static/player.css).
 STATE_COLORS = {"noise": "#9aa0a6", "new": "#f29900", "kept": "#1e8e3e", "pinned": "#8430ce"}
@@ -171,7 +172,7 @@ def animate(trace: DenoisingTrace, path: str | os.PathLike, *, fps: float = 4.0,
 
     anim = animation.FuncAnimation(fig, draw, frames=frames, interval=1000 / fps, blit=False, repeat=False)
     out = Path(path)
-    with atomic_output(out) as tmp:
+    with atomic_file(out) as tmp:
         make = animation.PillowWriter if writer == "pillow" else animation.FFMpegWriter
         anim.save(str(tmp), writer=make(fps=fps))
     return out

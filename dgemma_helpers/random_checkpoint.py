@@ -1,19 +1,18 @@
 """Small random DiffusionGemma checkpoints, written by transformers itself (the format's ground
 truth), with a small BPE tokenizer and chat template. They are untrained: their text is noise.
-Tests use them, and so does `make run` where no trained model is present."""
+Tests use them; `python -m dgemma_helpers make-random` writes one for demos."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import make_readable, generation_json
+from .atomic import atomic_dir
+from .checkpoint import generation_json
 from .config import TINY_VISION_CONFIG, GenerationSettings
 from .tokenizer import train_tokenizer
 
@@ -65,9 +64,7 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         if embed_std is not None:
             model.model.decoder.embed_tokens.weight.normal_(0.0, embed_std, generator=g)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         # Like the official checkpoint: the published sampler defaults, pad 0 and the EOS list.
         settings = GenerationSettings(eos_token_ids=tuple(text["eos_token_id"]), pad_token_id=0)
@@ -79,11 +76,4 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
             f"# Untrained random DiffusionGemma ({preset} preset)\n\nRandom weights: its text is noise. Made by "
             "`python -m dgemma_helpers make-random` to exercise the engine without a download.\n")
         (tmp / "dgemma_random.json").write_text(json.dumps({"preset": preset, "seed": seed, "untrained": True}))
-        make_readable(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import gzip
 import json
 import os
 import uuid
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_file
 from .errors import InputError, TraceError
 from .sampler import finalize_canvas
 
@@ -65,21 +64,6 @@ class TraceRound:
     pinned: np.ndarray  # [L] bool: held fixed (infilling); all False without pins
     top_ids: np.ndarray | None = None  # [L, k] int32, when generate ran with record_topk=k
     top_probs: np.ndarray | None = None  # [L, k] float32
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); it replaces `path` only if the block succeeds,
-    so a failed or interrupted write never leaves a half-written file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not created here (mkstemp would make it owner-only): the writer creates it with the usual permissions.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{''.join(path.suffixes[-2:])}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class DenoisingTrace:
@@ -332,7 +316,7 @@ class DenoisingTrace:
         """Write the trace (gzip JSON, or plain JSON for a name ending in .json), atomically."""
         path = Path(path)
         data = json.dumps(self.to_document(), ensure_ascii=False, separators=(",", ":")).encode()
-        with atomic_output(path) as tmp:
+        with atomic_file(path) as tmp:
             if path.name.endswith(".json"):
                 tmp.write_bytes(data)
             else:

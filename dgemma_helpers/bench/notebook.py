@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import DGemmaError
 from ..environment import REPO_ROOT
-from .report import atomic_write
+from ..atomic import atomic_write
 from .sweep import Sweep
 
 NOTEBOOK = "05_throughput_benchmark.ipynb"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines import AUTOREGRESSIVE
-from .report import atomic_write
+from ..atomic import atomic_write
 
 Rows = list[dict[str, Any]]
 

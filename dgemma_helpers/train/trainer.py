@@ -9,7 +9,6 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_dir
 from ..checkpoint import save_checkpoint
 from ..config import FULL, SLIDING, GenerationSettings, ModelConfig
 from ..devices import resolve_device
@@ -173,7 +173,7 @@ def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bflo
 # ---- resumable state: tensors in safetensors, the rest in JSON ------------------------------------
 def _save_state(run_dir: Path, model, opt, generators: list[torch.Generator], step: int, seconds: float,
                 log: list[dict]) -> None:
-    """Write run_dir/state/ atomically: a new directory, renamed into place once complete."""
+    """Write run_dir/state/ atomically (an interrupted save leaves the previous state as it was)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     scalars = {}
@@ -185,18 +185,10 @@ def _save_state(run_dir: Path, model, opt, generators: list[torch.Generator], st
                 scalars[f"{names[id(p)]}.{key}"] = float(value)
     for i, gen in enumerate(generators):
         tensors[f"generator.{i}"] = gen.get_state()
-    tmp = run_dir / "state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(tensors, tmp / "state.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, "opt_scalars": scalars}))
-    (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    old = run_dir / "state.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (run_dir / "state").exists():
-        (run_dir / "state").rename(old)
-    tmp.rename(run_dir / "state")
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(run_dir / "state") as tmp:
+        save_file(tensors, tmp / "state.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, "opt_scalars": scalars}))
+        (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
 
 
 def _load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> tuple[int, float, list[dict]]:
