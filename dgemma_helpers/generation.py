@@ -28,7 +28,7 @@ from .cache import KVCache
 from .config import GenerationSettings
 from .devices import synchronize
 from .errors import InputError
-from .fast import FastStepper, stepper
+from .fast import stepper
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
@@ -150,7 +150,7 @@ def generate(
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
     source = make_rng(rng, seed, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
-    step_fn = stepper(path, model, settings, rng, record_topk, FastStepper, denoise_step)
+    step_fn = stepper(path, model, settings, rng, record_topk, denoise_step)
 
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()

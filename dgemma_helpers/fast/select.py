@@ -96,12 +96,14 @@ class FallbackStepper:
         return self.fallback(*args, **kwargs)
 
 
-def stepper(path: str | None, model, settings, rng: str, record_topk: int, fast_stepper, torch_step):
-    """The step function generate() runs: `torch_step`, the fast stepper (forced), or the fast
-    stepper with a fallback to `torch_step` (auto)."""
+def stepper(path: str | None, model, settings, rng: str, record_topk: int, torch_step):
+    """The step function generate() runs: `torch_step` (generation.denoise_step, passed in because
+    generation imports this module), the fast stepper (forced), or the fast stepper with a fallback
+    to `torch_step` (auto)."""
     from ..quant import is_quantized
+    from .step import FastStepper
 
     if select_path(path, model.device, rng, record_topk, fp8=is_quantized(model)) == "torch":
         return torch_step
-    fast = fast_stepper(model, settings)
+    fast = FastStepper(model, settings)
     return fast if path == "fast" else FallbackStepper(fast, torch_step)
