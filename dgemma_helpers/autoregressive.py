@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .cache import KVCache
 from .devices import synchronize
 from .errors import InputError
-from .generation import PREFILL_CHUNK, resolve_settings
+from .generation import prefill, resolve_settings
 from .inputs import prompt_batch
 from .model import DiffusionGemma
 from .tokenizer import decode
@@ -101,8 +101,7 @@ def generate_autoregressive(
     # The last new token is never encoded: nothing reads its keys.
     cache = KVCache(config, B, P + n_new - 1, device=device, dtype=model.dtype)
     timings = ARTimings()
-    for start in range(0, P, PREFILL_CHUNK):
-        hidden = model.encode(ids[:, start:start + PREFILL_CHUNK], cache, valid[:, start:start + PREFILL_CHUNK])
+    hidden = prefill(model, ids, cache, valid)[-1]
     logits = model.logits(hidden[:, -1:])[:, 0]
     synchronize(device)
     timings.prefill_s = time.perf_counter() - t_start
@@ -155,8 +154,7 @@ def continuation_nll(model: DiffusionGemma, prompt_ids: Sequence[Sequence[int]],
             continue
         seq = torch.tensor([list(prompt) + new], device=model.device)
         cache = KVCache(model.config, 1, seq.shape[1], device=model.device, dtype=model.dtype)
-        hidden = torch.cat([model.encode(seq[:, s:s + PREFILL_CHUNK], cache)
-                            for s in range(0, seq.shape[1], PREFILL_CHUNK)], dim=1)
+        hidden = torch.cat(prefill(model, seq, cache), dim=1)
         logits = model.logits(hidden[0, len(prompt) - 1:-1])  # the positions that predict the new tokens
         total += F.cross_entropy(logits, seq[0, len(prompt):], reduction="sum").item()
         count += len(new)

@@ -39,6 +39,13 @@ from .tokenizer import decode
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
 
 
+def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache,
+            valid: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time; the hidden states per chunk."""
+    return [model.encode(ids[:, s:s + PREFILL_CHUNK], cache, None if valid is None else valid[:, s:s + PREFILL_CHUNK])
+            for s in range(0, ids.shape[1], PREFILL_CHUNK)]
+
+
 @dataclass
 class StepRecord:
     """What one denoising round did, for every row of the batch (tensors on the CPU)."""
@@ -155,8 +162,7 @@ def generate(
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()
     t0 = time.perf_counter()
-    for start in range(0, P, PREFILL_CHUNK):
-        model.encode(ids[:, start:start + PREFILL_CHUNK], cache, valid[:, start:start + PREFILL_CHUNK])
+    prefill(model, ids, cache, valid)
     synchronize(device)
     timings.prefill_s = time.perf_counter() - t0
 
