@@ -120,11 +120,10 @@ class KitEngine(Engine):
         from ..generation import generate
 
         s = self.sweep
-        chosen = dict(path=self.path) if _generate_takes_path() else {}  # a kit without the switch has one path
         r = generate(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                      max_denoising_steps=config.steps, entropy_bound=config.entropy_bound, seed=seed,
                      eos_token_ids=() if s.ignore_eos else None, confidence_threshold=None if s.early_stop else 0.0,
-                     **chosen)
+                     path=self.path)
         pad = r.settings.pad_token_id
         steps = [n for canvas in r.steps_per_canvas for n in canvas]
         return Measurement(tokens=int((r.token_ids != pad).sum()), forwards=r.num_forwards, step_s=r.timings.denoise_s,
@@ -141,7 +140,7 @@ class KitEngine(Engine):
 
 class KitCudaEngine(KitEngine):
     """The kit's optimised GPU path: the same generate() with path="fast". Skipped, with the reason,
-    where it cannot run (no CUDA GPU, no Triton, a kit version without it)."""
+    where it cannot run (no CUDA GPU, no Triton)."""
 
     def __init__(self) -> None:
         super().__init__(name="kit-cuda", path="fast")
@@ -152,21 +151,10 @@ class KitCudaEngine(KitEngine):
         device = resolve_device(sweep.device)
         if device.type != "cuda":
             return False, f"runs on a CUDA GPU; this benchmark runs on {device} (--device)"
-        if not _generate_takes_path():
-            return False, "the optimised CUDA path is not part of this version of the kit"
         from ..fast.select import triton_status
 
         usable, why = triton_status(device)
         return usable, "" if usable else why
-
-
-def _generate_takes_path() -> bool:
-    """Whether generate() has the path= switch (the fused CUDA path arrived with it)."""
-    import inspect
-
-    from ..generation import generate
-
-    return "path" in inspect.signature(generate).parameters
 
 
 # ---- transformers' reference ------------------------------------------------------------------
