@@ -33,7 +33,7 @@ from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
 from .rng import CounterRNG, TransformersRNG, make_rng
-from .sampler import StableAndConfident, entropy_bound_accept, finalize_canvas
+from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode
 
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
@@ -248,33 +248,16 @@ def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temp
         head = materialized_head(model, hidden, temperature)
     else:
         head = tiled_head(model, hidden, temperature)
-    entropy, argmax, soft = head.entropy, head.argmax, head.soft
-    pins = state.pins
-    if pins is not None:
-        entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound
-    accepted = entropy_bound_accept(entropy, settings.entropy_bound)
-    sampled = source.sample(model, head, accepted, canvas_index, step)
-    noise = source.renoise(canvas_index, step + 1, B, L, V, hidden.device)
-    canvas = torch.where(accepted, sampled, noise)
-    if pins is not None:
-        canvas = torch.where(pins, state.pinned_ids, canvas)
-        argmax = torch.where(pins, state.pinned_ids, argmax)
-        accepted = accepted & ~pins
-        mean_entropy = entropy.sum(-1) / (~pins).sum(-1).clamp(min=1)
-    else:
-        mean_entropy = entropy.mean(-1)
-    if bool(state.done.any()):
-        keep = state.done[:, None]
-        argmax = torch.where(keep, state.argmax, argmax)
-        canvas = torch.where(keep, state.canvas, canvas)
-        soft = torch.where(keep[..., None], state.soft, soft)
-    state.done = state.done | stop(argmax, mean_entropy)
-    state.canvas, state.argmax, state.soft = canvas, argmax, soft
+    out = sampler_round(state, head.entropy, head.argmax, head.soft,
+                        lambda accepted: source.sample(model, head, accepted, canvas_index, step),
+                        lambda: source.renoise(canvas_index, step + 1, B, L, V, hidden.device),
+                        settings.entropy_bound, stop)
+    state.canvas, state.argmax, state.soft, state.done = out.canvas, out.argmax, out.soft, out.done
 
     if not record:
         return {}
-    rec = dict(canvas_ids=canvas.cpu(), argmax_ids=argmax.cpu(), accepted=accepted.cpu(),
-               entropy=entropy.float().cpu(), pinned=None if pins is None else pins.cpu())
+    rec = dict(canvas_ids=out.canvas.cpu(), argmax_ids=out.argmax.cpu(), accepted=out.accepted.cpu(),
+               entropy=out.entropy.float().cpu(), pinned=None if state.pins is None else state.pins.cpu())
     if topk:
         top = torch.topk(head.probs, topk, dim=-1)
         rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())

@@ -6,6 +6,10 @@ _finalize_canvas), written so each can be tested on its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 
 
@@ -72,3 +76,55 @@ def finalize_canvas(canvas: torch.Tensor, finished: torch.Tensor, eos_ids: torch
     if out_of_length:
         finished = torch.ones_like(finished)
     return canvas, finished
+
+
+class RoundInput(Protocol):
+    """What a round starts from: the live canvas state (generation.CanvasState, or the fast path's
+    static buffers)."""
+
+    canvas: torch.Tensor  # [B, L]
+    argmax: torch.Tensor  # [B, L]
+    soft: torch.Tensor | None  # [B, L, hidden]; None on a canvas's first round
+    done: torch.Tensor  # [B]
+    pins: torch.Tensor | None  # [B, L] held-fixed positions, or None
+    pinned_ids: torch.Tensor | None
+
+
+@dataclass
+class RoundOutput:
+    canvas: torch.Tensor  # [B, L] accepted samples + fresh noise: what the denoiser reads next
+    argmax: torch.Tensor  # [B, L]
+    soft: torch.Tensor  # [B, L, hidden]: the next round's self-conditioning input
+    done: torch.Tensor  # [B]
+    accepted: torch.Tensor  # [B, L], pinned positions excluded
+    entropy: torch.Tensor  # [B, L], 0 at pinned positions
+
+
+def sampler_round(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor, soft: torch.Tensor,
+                  sample: Callable[[torch.Tensor], torch.Tensor], noise: Callable[[], torch.Tensor],
+                  entropy_bound: float, stop: StableAndConfident) -> RoundOutput:
+    """One round's sampler rules, given the denoise head's entropy, argmax and soft input: the entropy
+    bound picks the accepted positions, which take `sample(accepted)`; every other position takes
+    `noise()` (drawn after the samples: transformers' RNG order); pins hold their ids; rows already
+    done keep everything; the adaptive stop updates. Both denoising steps (generation.denoise_step and
+    the fast path's) run it. No host synchronisation: the fast path captures it in a CUDA graph."""
+    pins = prev.pins
+    if pins is not None:
+        entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound
+    accepted = entropy_bound_accept(entropy, entropy_bound)
+    sampled = sample(accepted)
+    canvas = torch.where(accepted, sampled, noise())
+    if pins is not None:
+        canvas = torch.where(pins, prev.pinned_ids, canvas)
+        argmax = torch.where(pins, prev.pinned_ids, argmax)
+        accepted = accepted & ~pins
+        mean_entropy = entropy.sum(-1) / (~pins).sum(-1).clamp(min=1)
+    else:
+        mean_entropy = entropy.mean(-1)
+    keep = prev.done[:, None]  # rows that stopped earlier keep everything
+    argmax = torch.where(keep, prev.argmax, argmax)
+    canvas = torch.where(keep, prev.canvas, canvas)
+    if prev.soft is not None:  # (None only on a canvas's first round, when no row is done yet)
+        soft = torch.where(keep[..., None], prev.soft, soft)
+    done = prev.done | stop(argmax, mean_entropy)
+    return RoundOutput(canvas, argmax, soft, done, accepted, entropy)

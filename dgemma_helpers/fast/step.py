@@ -29,7 +29,7 @@ from ..cache import KVCache
 from ..config import GenerationSettings
 from ..model import DiffusionGemma
 from ..rng import _NOISE, _SAMPLE, CounterRNG, noise_ids, stream_key
-from ..sampler import StableAndConfident, entropy_bound_accept
+from ..sampler import StableAndConfident, sampler_round
 from .layer import fused_layers
 from .ops import Ops, kernel_ops
 from .static_cache import StaticDenoiseView
@@ -131,25 +131,16 @@ class FastStepper:
         hidden = self._denoise()
         head = self.ops.denoise_head(hidden.reshape(B * L, -1), m.embed_tokens.weight, self.temperature,
                                      self.sample_key, m.config.final_logit_softcapping)
-        pins = self.pins
-        entropy = head.entropy.view(B, L).masked_fill(pins, 0.0)  # pinned tokens use none of the bound
-        accepted = entropy_bound_accept(entropy, s.entropy_bound)
-        noise = noise_ids(self.noise_key, B, L, m.config.vocab_size, self.device)
-        canvas = torch.where(pins, self.pinned_ids, torch.where(accepted, head.sample.view(B, L), noise))
-        argmax = torch.where(pins, self.pinned_ids, head.argmax.view(B, L))
-        accepted = accepted & ~pins
-        mean_entropy = entropy.sum(-1) / (~pins).sum(-1).clamp(min=1)
-        keep = self.done[:, None]  # rows that stopped earlier keep everything
-        argmax = torch.where(keep, self.argmax, argmax)
-        canvas = torch.where(keep, self.canvas, canvas)
-        soft = torch.where(keep[..., None], self.soft, head.soft.view(B, L, -1))
-        done = self.done | self.stop(argmax, mean_entropy)
-        self.canvas.copy_(canvas)
-        self.argmax.copy_(argmax)
-        self.soft.copy_(soft)
-        self.done.copy_(done)
-        self.accepted.copy_(accepted)
-        self.entropy.copy_(entropy)
+        out = sampler_round(self, head.entropy.view(B, L), head.argmax.view(B, L), head.soft.view(B, L, -1),
+                            lambda accepted: head.sample.view(B, L),
+                            lambda: noise_ids(self.noise_key, B, L, m.config.vocab_size, self.device),
+                            s.entropy_bound, self.stop)
+        self.canvas.copy_(out.canvas)
+        self.argmax.copy_(out.argmax)
+        self.soft.copy_(out.soft)
+        self.done.copy_(out.done)
+        self.accepted.copy_(out.accepted)
+        self.entropy.copy_(out.entropy)
 
     def _capture(self, state) -> None:
         stream = torch.cuda.Stream(self.device)
