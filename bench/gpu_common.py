@@ -14,7 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dgemma_helpers.atomic import atomic_write  # noqa: E402
 from dgemma_helpers.config import ModelConfig  # noqa: E402
+from dgemma_helpers.devices import synchronize  # noqa: E402
 from dgemma_helpers.model import DiffusionGemma, init_weights  # noqa: E402
 
 # The real text config (REFERENCE.md; /work/shared/tools/gpu_baseline.py) in transformers' terms.
@@ -80,21 +82,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_it(fn, device, warm: int = 1, reps: int = 5) -> float:
     """Median seconds of fn() over reps, after warm-up runs."""
     for _ in range(warm):
         fn()
     times = []
     for _ in range(reps):
-        sync(device)
+        synchronize(torch.device(device))
         t = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(torch.device(device))
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
 
@@ -117,6 +114,4 @@ def environment(device: str) -> dict:
 
 def write_json(path: str | None, payload: dict) -> None:
     if path:
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        tmp.rename(path)
+        atomic_write(path, json.dumps(payload, indent=2, default=str))

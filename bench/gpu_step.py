@@ -28,6 +28,8 @@ import torch
 
 import gpu_common as gc
 
+from dgemma_helpers.devices import copy_bandwidth, synchronize
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +51,7 @@ def main() -> None:
     out: dict = dict(env=gc.environment(dev), config=dict(hf=hf, canvas=canvas, prompt=prompt_len, steps=steps))
     print(out["env"], flush=True)
 
-    bw = copy_bandwidth(dev, small=args.tiny)
+    bw = copy_bandwidth(torch.device(dev), nbytes=(32 if args.tiny else 2048) * 2**20)
     tf_model, model = build_models(hf, canvas, dev, dtype)
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     out.update(copy_tb_s=bw / 1e12, weight_gb=weight_bytes / 1e9, floor_ms=1e3 * weight_bytes / bw)
@@ -101,14 +103,6 @@ def main() -> None:
     out["seconds"] = time.perf_counter() - t_start
     gc.write_json(args.json, out)
     print_table(out, steps)
-
-
-def copy_bandwidth(dev: str, small: bool) -> float:
-    n = (1 << 24) if small else (1 << 30)  # elements of bf16: 32 MiB / 2 GiB
-    a = torch.empty(n, dtype=torch.bfloat16, device=dev).normal_()
-    b = torch.empty_like(a)
-    seconds = gc.time_it(lambda: b.copy_(a), dev, warm=3, reps=10)
-    return 2 * a.numel() * a.element_size() / seconds  # read + write
 
 
 def build_models(hf: dict, canvas: int, dev: str, dtype: torch.dtype):
@@ -170,11 +164,11 @@ def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> f
 
         for i in range(2):  # warm-up (the fast path captures its graph here)
             run(i)
-        gc.sync(dev)
+        synchronize(torch.device(dev))
         t = time.perf_counter()
         for i in range(steps):
             run(i)
-        gc.sync(dev)
+        synchronize(torch.device(dev))
         return 1e3 * (time.perf_counter() - t) / steps
 
 

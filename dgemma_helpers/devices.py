@@ -77,3 +77,21 @@ def available_memory(device: torch.device) -> int | None:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + written), the median of `reps` timed
+    copies of `nbytes` after a warm-up: the speed limit for streaming weights."""
+    import time
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return 2 * nbytes / sorted(times)[len(times) // 2]

@@ -30,7 +30,7 @@ try:
 except ImportError:
     resource = None
 
-from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
+from ..devices import available_memory, copy_bandwidth, resolve_device, resolve_dtype, synchronize
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
 from .sweep import Config, Sweep
 
@@ -388,16 +388,6 @@ def _weight_streaming_floor(sweep: Sweep, device: torch.device, dtype: torch.dty
     measured now."""
     from ..checkpoint import read_config, weights_bytes
 
-    n = 256 * 2**20
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    synchronize(device)
-    t = time.perf_counter()
-    for _ in range(20):
-        dst.copy_(src)
-    synchronize(device)
-    bandwidth = 2 * n * 20 / (time.perf_counter() - t)  # bytes read + written per second
-    del src, dst
+    bandwidth = copy_bandwidth(device)
     weights = weights_bytes(read_config(sweep.model)[1], dtype)
     return dict(bandwidth_gb_s=bandwidth / 1e9, weights_mb=weights / 2**20, floor_ms_per_step=1000 * weights / bandwidth)
