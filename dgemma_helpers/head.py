@@ -20,12 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.denoise_head_ref import LOG_PROB_FLOOR
+
 from .model import DiffusionGemma
 
-# Probabilities below e^-60 of the largest are treated as exactly 0. Smaller ones (and their
-# products with embedding weights) reach float32's denormal range, which x86 CPUs compute ~25x
-# slower; every such term is far below half an ulp of any entropy or embedding sum it joins.
-LOG_PROB_FLOOR = -60.0
 
 
 @dataclass
@@ -87,5 +85,5 @@ def tiled_head(model: DiffusionGemma, hidden: torch.Tensor, temperature: float, 
         acc = acc * rescale[:, None] + p @ e_tile
         m = new_m
     entropy = torch.log(s) - t / s
-    soft = (acc / s[:, None]).to(E.dtype) * torch.tensor(model.config.embed_scale, dtype=E.dtype, device=E.device)
+    soft = (acc / s[:, None]).to(E.dtype) * model.embed_scale
     return HeadOutput(best.view(shape), entropy.view(shape), soft.view(*shape, -1), hidden, temperature)

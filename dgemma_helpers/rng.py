@@ -15,17 +15,9 @@ from __future__ import annotations
 
 import torch
 
-MASK32 = 0xFFFFFFFF
-_NOISE, _SAMPLE = 0x6E6F6973, 0x73616D70  # stream tags: "nois", "samp"
+from kernels.hash_ref import MASK32, gumbel, mix32, uniform_from_hash
 
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (Wellons' lowbias32) on int64 tensors holding uint32 values."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & MASK32  # int64 products wrap, but their low 32 bits are exact
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & MASK32
-    return x ^ (x >> 16)
+NOISE_STREAM, SAMPLE_STREAM = 0x6E6F6973, 0x73616D70  # stream tags: "nois", "samp"
 
 
 def mix32_int(x: int) -> int:
@@ -43,20 +35,6 @@ def stream_key(seed: int, tag: int, canvas: int, step: int) -> int:
     return mix32_int(mix32_int(mix32_int(folded ^ tag) ^ canvas) ^ step)
 
 
-def uniform_from_hash(h: torch.Tensor) -> torch.Tensor:
-    """(0, 1) floats from the 23 high bits of a hash. Never 0 or 1: the largest, 1 - 2^-24, is a
-    float32 (with 24 bits, 1 - 2^-25 would round to 1.0 and give an infinite Gumbel draw)."""
-    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
-
-
-def gumbel(key: int, positions: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Gumbel noise [k, vocab] for flat canvas positions [k] (row * canvas_length + position)."""
-    pos_hash = mix32(positions.long() ^ key)
-    tokens = torch.arange(vocab, device=positions.device)
-    u = uniform_from_hash(mix32((pos_hash[:, None] + tokens[None, :]) & MASK32))
-    return -torch.log(-torch.log(u))
-
-
 def noise_ids(key: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
     """Uniform random token ids [batch, length]."""
     h = mix32(torch.arange(batch * length, device=device) ^ key)
@@ -71,7 +49,7 @@ class CounterRNG:
         self.seed = seed
 
     def canvas(self, canvas: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
-        return noise_ids(stream_key(self.seed, _NOISE, canvas, 0), batch, length, vocab, device)
+        return noise_ids(stream_key(self.seed, NOISE_STREAM, canvas, 0), batch, length, vocab, device)
 
     def sample(self, model, head, accepted: torch.Tensor, canvas: int, step: int) -> torch.Tensor:
         """Token ids [B, L] drawn from the head's tempered distribution where `accepted` (else 0)."""
@@ -79,12 +57,12 @@ class CounterRNG:
         flat = accepted.reshape(-1).nonzero().squeeze(1)
         out = torch.zeros(B * L, dtype=torch.long, device=accepted.device)
         rows = head.processed_rows(model, flat)
-        out[flat] = torch.argmax(rows + gumbel(stream_key(self.seed, _SAMPLE, canvas, step), flat, rows.shape[-1]),
+        out[flat] = torch.argmax(rows + gumbel(stream_key(self.seed, SAMPLE_STREAM, canvas, step), flat, rows.shape[-1]),
                                  dim=-1)
         return out.view(B, L)
 
     def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
-        return noise_ids(stream_key(self.seed, _NOISE, canvas, step), batch, length, vocab, device)
+        return noise_ids(stream_key(self.seed, NOISE_STREAM, canvas, step), batch, length, vocab, device)
 
 
 class TransformersRNG:

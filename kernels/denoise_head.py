@@ -30,7 +30,9 @@ Cost. Two GEMMs over the vocabulary (z, then p @ E): at 256 positions that is 0.
 what it saves is memory: nothing of size [positions, vocab] (0.27 GB fp32 per canvas) exists.
 
 Tiles are 64 wide with 2 stages (< 100 KB of shared memory, fits any sm80+ GPU including the
-RTX Pro 6000); only tl.dot, exp and log are used, so it also runs under TRITON_INTERPRET=1.
+RTX Pro 6000), 32 wide for fp32 operands (FMA dot products hold every operand in registers);
+fast/aot.py compiles them for every target. Only tl.dot, exp and log are used, so the kernels also
+run under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoise_head_ref import LOG_PROB_FLOOR, HeadResult, embed_scale
+from .denoise_head_ref import LOG_PROB_FLOOR, HeadResult
+from .target import gpu_arch
 from .tl_math import mix32, tanh, uniform_from_hash
+
+# A constexpr: kernels may read a module global only in that form (a plain float compiles under the
+# interpreter but is a NameError on a GPU).
+FLOOR = tl.constexpr(LOG_PROB_FLOOR)
 
 @triton.jit
 def _logits_kernel(h_ptr, e_ptr, temp_ptr, key_ptr, p_ptr, tmax_ptr, targ_ptr, ts_ptr, tt_ptr, gmax_ptr, garg_ptr,
@@ -76,7 +83,7 @@ def _logits_kernel(h_ptr, e_ptr, temp_ptr, key_ptr, p_ptr, tmax_ptr, targ_ptr, t
     garg = tile * BLOCK_V + tl.argmax(zg, axis=1, tie_break_left=True)
     # softmax pieces relative to the tile's max: s = sum p, t = sum p (z - max), p = e^(z - max)
     zc = z - tmax[:, None]
-    p = tl.where(zc > LOG_PROB_FLOOR, tl.exp(zc), 0.0)
+    p = tl.where(zc > FLOOR, tl.exp(zc), 0.0)
     ts = tl.sum(p, axis=1)
     tt = tl.sum(p * tl.where(p > 0, zc, 0.0), axis=1)
 
@@ -114,7 +121,7 @@ def _soft_kernel(p_ptr, e_ptr, tmax_ptr, m_in_ptr, m_out_ptr, acc_ptr, N, V, H, 
         cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         shift = tl.load(tmax_ptr + tile.to(tl.int64) * N + rows, mask=row_ok, other=0.0) - m_new
-        scale = tl.where(shift > LOG_PROB_FLOOR, tl.exp(shift), 0.0)
+        scale = tl.where(shift > FLOOR, tl.exp(shift), 0.0)
         local_cols = j * BLOCK_V + tl.arange(0, BLOCK_V)
         p = tl.load(p_ptr + rows.to(tl.int64)[:, None] * chunk_cols + local_cols[None, :],
                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)
@@ -128,24 +135,29 @@ def _soft_kernel(p_ptr, e_ptr, tmax_ptr, m_in_ptr, m_out_ptr, acc_ptr, N, V, H, 
     tl.store(a_ptrs, acc, mask=a_mask)
 
 
-def _plan(device: torch.device) -> dict:
-    """Tile sizes: the interpreter runs small tiles faster; on a GPU, 64-wide tiles with 2 stages."""
-    if device.type == "cpu":
+def _plan(device: torch.device, dtype: torch.dtype) -> dict:
+    """Tile sizes: the interpreter runs small tiles faster; on a GPU, 64-wide tiles with 2 stages
+    (32-wide in fp32). A chunk is 16384 vocabulary tokens either way."""
+    if gpu_arch(device) is None:
         return dict(BLOCK_N=32, BLOCK_V=64, BLOCK_H=64, BLOCK_M=32, CHUNK_TILES=4, launch={})
+    if dtype == torch.float32:
+        return dict(BLOCK_N=32, BLOCK_V=32, BLOCK_H=32, BLOCK_M=32, CHUNK_TILES=512,
+                    launch=dict(num_warps=4, num_stages=2))
     return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_H=64, BLOCK_M=64, CHUNK_TILES=256,
                 launch=dict(num_warps=4, num_stages=2))
 
 
 def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor, key: torch.Tensor,
-                 softcap: float) -> HeadResult:
+                 softcap: float, embed_scale: torch.Tensor) -> HeadResult:
     """The head for hidden [N, H] (N = batch * canvas positions, flattened row-major, which is the
     flat position the sampler's hash uses). `embed` [V, H] is the tied embedding; `temperature` a
     one-element float32 tensor and `key` a one-element int64 tensor (the sampler's stream key):
-    device tensors, so a CUDA graph can replay the head with new values."""
+    device tensors, so a CUDA graph can replay the head with new values. `embed_scale`: the model's
+    sqrt(hidden) buffer, which multiplies the soft embedding."""
     N, H = hidden.shape
     V = embed.shape[0]
     hidden, dev = hidden.contiguous(), hidden.device
-    plan = _plan(dev)
+    plan = _plan(dev, embed.dtype)
     bn, bv, bh, bm, ct = (plan[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_M", "CHUNK_TILES"))
     launch = plan["launch"]
     n_tiles = triton.cdiv(V, bv)
@@ -164,10 +176,10 @@ def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.T
         _soft_kernel[(triton.cdiv(N, bm), triton.cdiv(H, bh))](
             p, embed, tmax, m[c % 2], m[(c + 1) % 2], acc, N, V, H, first, tiles, ct * bv,
             DOT_PRECISION=precision, BLOCK_M=bm, BLOCK_V=bv, BLOCK_H=bh, **launch)
-    return _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed)
+    return _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale)
 
 
-def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed) -> HeadResult:
+def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale) -> HeadResult:
     """Combine the per-tile statistics [tiles, N] (log-sum-exp rescaling). torch's argmax returns
     the first of equal maxima, so the earliest tile, hence the first maximum, wins."""
     top = tmax.max(dim=0).values
@@ -177,4 +189,4 @@ def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed) -> HeadResult:
     entropy = torch.log(s) - t / s
     argmax = targ.gather(0, tmax.argmax(dim=0, keepdim=True))[0].long()
     sample = garg.gather(0, gmax.argmax(dim=0, keepdim=True))[0].long()
-    return HeadResult(argmax, entropy, sample, (acc / s[:, None]).to(embed.dtype) * embed_scale(embed))
+    return HeadResult(argmax, entropy, sample, (acc / s[:, None]).to(embed.dtype) * embed_scale)

@@ -7,32 +7,31 @@ from typing import NamedTuple
 
 import torch
 
-LOG_PROB_FLOOR = -60.0  # = dgemma_helpers.head.LOG_PROB_FLOOR: e^(z - m) below e^-60 counts as 0
+from .hash_ref import gumbel
+
+# Probabilities below e^-60 of the largest are treated as exactly 0. Smaller ones (and their
+# products with embedding weights) reach float32's denormal range, which x86 CPUs compute ~25x
+# slower; every such term is far below half an ulp of any entropy or embedding sum it joins.
+# The one definition: dgemma_helpers/head.py and the Triton kernels use it from here.
+LOG_PROB_FLOOR = -60.0
 
 
 class HeadResult(NamedTuple):
     argmax: torch.Tensor  # [N] int64, first maximum of z
     entropy: torch.Tensor  # [N] float32, of softmax(z)
     sample: torch.Tensor  # [N] int64, argmax(z + gumbel(key, n, v)): a draw from softmax(z)
-    soft: torch.Tensor  # [N, hidden] softmax(z) @ E * sqrt(hidden), in E's dtype
-
-
-def embed_scale(embed: torch.Tensor) -> float:
-    """sqrt(hidden) rounded to the weight dtype, as model.embed and head.tiled_head round it."""
-    return torch.tensor(math.sqrt(embed.shape[1]), dtype=embed.dtype).item()
+    soft: torch.Tensor  # [N, hidden] softmax(z) @ E * embed_scale (sqrt(hidden) in E's dtype), in E's dtype
 
 
 def reference_denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor,
-                           key: torch.Tensor, softcap: float) -> HeadResult:
+                           key: torch.Tensor, softcap: float, embed_scale: torch.Tensor) -> HeadResult:
     """The same in plain PyTorch, materialising [N, V] (model.logits, then the materialized head's
     entropy / soft embedding and CounterRNG's Gumbel-max draw at every position)."""
-    from dgemma_helpers.rng import gumbel
-
     z = (hidden @ embed.T).float().div_(softcap).tanh_().mul_(softcap).div_(temperature.float())
     log_probs = torch.log_softmax(z, dim=-1)
     probs = torch.nn.functional.threshold(log_probs, LOG_PROB_FLOOR, -math.inf).exp_()
     entropy = -(probs * log_probs).sum(-1)
     positions = torch.arange(z.shape[0], device=z.device)
     sample = torch.argmax(z + gumbel(key.reshape(()), positions, z.shape[1]), dim=-1)
-    soft = (probs @ embed.float()).to(embed.dtype) * embed_scale(embed)
+    soft = (probs @ embed.float()).to(embed.dtype) * embed_scale
     return HeadResult(z.argmax(dim=-1), entropy, sample, soft)

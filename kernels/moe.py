@@ -17,9 +17,14 @@ Weights as stored by the checkpoint: gate_up [E, 2I, H] (gate rows first), down 
 (e4m3) weights are dequantized in registers; their per-output-channel scales multiply the
 accumulator after the dot product, which is exact in real arithmetic.
 
-Tiles: 64 x 64 x 64 with 2-3 pipeline stages use < 64 KB of shared memory, which every sm80+ GPU
-has (Ampere, Ada, Hopper, and Blackwell including the RTX Pro 6000); tl.dot compiles to the
-portable mma instructions there (Triton picks wgmma on Hopper by itself).
+Tiles: 64 output channels x 64 of the reduction, 32 or 64 pairs, 4 pipeline stages: < 100 KB of
+shared memory, which every sm80+ GPU has (Ampere, Ada, Hopper, and Blackwell including the RTX Pro
+6000 with its 99 KB per block); tl.dot compiles to mma there (Triton picks wgmma on Hopper). A
+64-pair block holds two 64 x 64 fp32 accumulators (gate and up), which with 4 warps needs more than
+255 registers a thread on sm_100 and sm_120: it gets 8 warps. (At 3 stages sm_100 also spilled a
+few bytes with fp8 weights; at 4 nothing spills anywhere.) fp32 operands multiply on FMA units
+with every operand in registers, so they get 32-wide tiles. fast/aot.py holds every choice to
+"compiles, no spills, shared memory within the limit" on sm_80/89/90/100/120.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .target import gpu_arch
 from .tl_math import gelu_tanh
 
 
@@ -108,9 +114,12 @@ def _tiles(x: torch.Tensor) -> dict:
     # float32 operands: exact products ("ieee"), not tf32, so fp32 models keep fp32 accuracy;
     # None (the default) for bf16/fp8 operands.
     precision = dict(DOT_PRECISION="ieee" if x.dtype == torch.float32 else None)
-    if x.device.type == "cpu":  # the interpreter: smaller tiles run faster, same code path
+    if gpu_arch(x.device) is None:  # the interpreter: smaller tiles run faster, same code path
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, **precision)
-    return dict(BLOCK_M=64 if x.shape[0] > 1024 else 32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3,
+    if x.dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2, **precision)
+    wide = x.shape[0] > 1024  # > 4 canvases of the real model: ~64+ pairs per expert
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_N=64, BLOCK_K=64, num_warps=8 if wide else 4, num_stages=4,
                 **precision)
 
 

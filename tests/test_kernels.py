@@ -23,7 +23,7 @@ from kernels.rmsnorm_ref import reference_rmsnorm  # noqa: E402
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers.head import tiled_head  # noqa: E402
 from dgemma_helpers.quant import Fp8Experts, quantize_experts, quantize_fp8  # noqa: E402
-from dgemma_helpers.rng import _SAMPLE, CounterRNG, stream_key  # noqa: E402
+from dgemma_helpers.rng import SAMPLE_STREAM, CounterRNG, stream_key  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -99,9 +99,10 @@ def _head_inputs(N=40, H=48, V=1000, seed=0, scale=3.0):
 @pytest.mark.parametrize("temperature", [0.8, 0.1])
 def test_denoise_head_matches_reference(temperature):
     hidden, embed = _head_inputs()  # vocab 1000 = 16 tiles of 64 in 4 chunks, the last one partial
-    t, key = torch.tensor([temperature]), torch.tensor([stream_key(7, _SAMPLE, 0, 1)])
-    got = denoise_head(hidden, embed, t, key, 30.0)
-    ref = reference_denoise_head(hidden, embed, t, key, 30.0)
+    t, key = torch.tensor([temperature]), torch.tensor([stream_key(7, SAMPLE_STREAM, 0, 1)])
+    scale = torch.tensor(embed.shape[1] ** 0.5)
+    got = denoise_head(hidden, embed, t, key, 30.0, scale)
+    ref = reference_denoise_head(hidden, embed, t, key, 30.0, scale)
     assert torch.equal(got.argmax, ref.argmax)
     assert torch.equal(got.sample, ref.sample)
     torch.testing.assert_close(got.entropy, ref.entropy, atol=2e-5, rtol=1e-4)
@@ -117,9 +118,9 @@ def test_denoise_head_is_the_models_head_and_counter_rng(checkpoint, ours):
     hidden = torch.randn(B, L, H, generator=gen(3)) * 3
     with torch.no_grad():
         ref = tiled_head(model, hidden, 0.6)
-        key = stream_key(11, _SAMPLE, 2, 5)
+        key = stream_key(11, SAMPLE_STREAM, 2, 5)
         got = denoise_head(hidden.view(B * L, H), model.embed_tokens.weight, torch.tensor([0.6]),
-                           torch.tensor([key]), model.config.final_logit_softcapping)
+                           torch.tensor([key]), model.config.final_logit_softcapping, model.embed_scale)
         accepted = torch.rand(B, L, generator=gen(4)) < 0.5
         drawn = CounterRNG(11).sample(model, ref, accepted, canvas=2, step=5)
     assert torch.equal(got.argmax.view(B, L), ref.argmax)
@@ -133,7 +134,7 @@ def test_denoise_head_samples_follow_softmax():
     g = gen(5)
     embed = torch.randn(6, 16, generator=g)
     hidden = (torch.randn(1, 16, generator=g) * 2).expand(3000, 16).contiguous()
-    got = denoise_head(hidden, embed, torch.tensor([1.0]), torch.tensor([12345]), 30.0)
+    got = denoise_head(hidden, embed, torch.tensor([1.0]), torch.tensor([12345]), 30.0, torch.tensor(4.0))
     z = torch.tanh((hidden[0] @ embed.T) / 30) * 30
     probs = torch.softmax(z.double(), 0)
     counts = torch.bincount(got.sample, minlength=6).double()
