@@ -135,6 +135,7 @@ def build_models(hf: dict, canvas: int, dev: str, dtype: torch.dtype):
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(f"weight mapping failed: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.init_buffers()
     return tf_model, model.eval()
 
 

@@ -8,13 +8,16 @@ Sliding-window layers keep a ring of the last `sliding_window - 1` positions (wh
 query can see), so long prompts cost full-length memory in the few full-attention layers only.
 The model talks to a cache through four calls, which the training context implements too:
 `begin_encode`, `begin_denoise`, `kv` (once per layer) and `end`.
+
+StaticCanvasCache is the denoiser's side of the same protocol with fixed shapes and addresses, so
+that one CUDA graph of `model.denoise` serves every round of every canvas (the fast path).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .config import SLIDING, ModelConfig
+from .config import FULL, SLIDING, ModelConfig
 
 Masks = dict[str, torch.Tensor | None]
 
@@ -74,7 +77,7 @@ class KVCache:
             sliding = sliding[None, None] & slot_valid[:, None, None, :]
         else:
             sliding = sliding[None, None]
-        return q_pos, {"full_attention": full, SLIDING: sliding}
+        return q_pos, {FULL: full, SLIDING: sliding}
 
     # ---- denoiser: bidirectional over the canvas, reads the prefix ---------------------------
     def begin_denoise(self) -> tuple[torch.Tensor, Masks]:
@@ -92,7 +95,7 @@ class KVCache:
             filled = self.ring_pos >= 0
             slot_valid = filled[None, :] & self.valid[:, self.ring_pos.clamp(min=0)]
             sliding = torch.cat([slot_valid, canvas], dim=1)[:, None, None, :]
-        self._denoise_memo = (p, (q_pos, {"full_attention": full, SLIDING: sliding}))
+        self._denoise_memo = (p, (q_pos, {FULL: full, SLIDING: sliding}))
         return self._denoise_memo[1]
 
     def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,3 +140,54 @@ class KVCache:
             slots = (ring if config.is_sliding(layer) else capacity) + config.canvas_length
             per_slot += 2 * slots * config.kv_heads(layer) * config.head_dim(layer)
         return per_slot * batch_size * torch.empty((), dtype=dtype).element_size()
+
+
+class StaticCanvasCache:
+    """A KVCache seen by the denoiser through fixed shapes: `model.denoise(canvas, StaticCanvasCache(
+    cache), soft)` gives KVCache's result, and one CUDA graph of it serves every canvas.
+
+    KVCache slices its buffers by the prefix length p: the canvas keys of a full-attention layer go to
+    slots [p, p + L) and attention reads [0, p + L), which move from one canvas to the next. Here the
+    canvas goes to the scratch slots [capacity, capacity + L) that KVCache allocates anyway and
+    attention always reads the whole buffer, under a mask that hides the unwritten slots [p, capacity)
+    and left-padding (cost: attention over `capacity` keys instead of p, small next to the weights).
+    Sliding layers are already fixed ([ring | canvas]); their mask becomes a static buffer.
+    Positions and masks are rewritten in place by `refresh()` between canvases, outside any graph;
+    the encoder keeps writing through the KVCache itself."""
+
+    def __init__(self, cache: KVCache) -> None:
+        self.cache = cache
+        B, L, dev = cache.batch_size, cache.scratch, cache.device
+        self.positions = torch.zeros(L, dtype=torch.long, device=dev)
+        self.full_mask = torch.zeros(B, 1, 1, cache.capacity + L, dtype=torch.bool, device=dev)
+        self.sliding_mask = torch.zeros(B, 1, 1, cache.ring + L, dtype=torch.bool, device=dev)
+        self.masks: Masks = {FULL: self.full_mask, SLIDING: self.sliding_mask}
+        self.length = -1  # the prefix length the buffers were last refreshed for
+
+    def refresh(self) -> None:
+        """Positions and masks for the cache's current prefix (call between canvases)."""
+        c, L = self.cache, self.cache.scratch
+        p = c.length
+        self.positions.copy_(torch.arange(p, p + L, device=c.device))
+        full = self.full_mask[:, 0, 0]
+        full.zero_()
+        full[:, :p] = c.valid[:, :p]
+        full[:, c.capacity:] = True
+        sliding = self.sliding_mask[:, 0, 0]
+        sliding[:, :c.ring] = (c.ring_pos >= 0)[None, :] & c.valid[:, c.ring_pos.clamp(min=0)]
+        sliding[:, c.ring:] = True
+        self.length = p
+
+    def begin_denoise(self) -> tuple[torch.Tensor, Masks]:
+        return self.positions, self.masks
+
+    def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cache
+        K, V = c.keys[layer], c.values[layer]
+        start = c.ring if c.config.is_sliding(layer) else c.capacity
+        K[:, :, start:start + c.scratch] = k
+        V[:, :, start:start + c.scratch] = v
+        return K, V  # the whole buffer: [ring | canvas] or [prefix ... capacity | canvas]
+
+    def end(self) -> None:
+        pass

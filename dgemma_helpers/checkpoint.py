@@ -212,6 +212,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     with torch.device("meta"):
         model = DiffusionGemma(config)
     model = model.to(dtype).to_empty(device=device)
+    model.init_buffers()
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for hf_name, entry in entries.items():
         name = hf_to_kit(hf_name)

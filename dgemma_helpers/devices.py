@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import time
 
 import torch
 
@@ -82,8 +84,6 @@ def synchronize(device: torch.device) -> None:
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 10) -> float:
     """Device-to-device copy bandwidth in bytes/s (bytes read + written), the median of `reps` timed
     copies of `nbytes` after a warm-up: the speed limit for streaming weights."""
-    import time
-
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -95,3 +95,24 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 
         synchronize(device)
         times.append(time.perf_counter() - t)
     return 2 * nbytes / sorted(times)[len(times) // 2]
+
+
+def triton_support(device: torch.device) -> tuple[bool, str]:
+    """(whether the kit's Triton kernels can run on `device`, why not / how)."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton, or pip install -e '.[dev]')"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 0):
+            return False, f"the GPU has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+        return True, f"CUDA, compute capability {major}.{minor}"
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return True, "CPU, Triton interpreter (TRITON_INTERPRET=1)"
+        return False, "on a CPU the Triton kernels run only under TRITON_INTERPRET=1"
+    return False, f"Triton has no backend for device type {device.type!r}"
+
+
+def has_fp8(device: torch.device) -> bool:
+    """fp8 (e4m3) conversions in hardware: compute capability 8.9+ (Ada, Hopper, Blackwell)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)

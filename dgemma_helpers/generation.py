@@ -16,6 +16,7 @@ the same order and shapes as transformers' `generate`, so a seed gives the refer
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,17 +27,19 @@ import torch
 
 from .cache import KVCache
 from .config import GenerationSettings
-from .devices import synchronize
-from .errors import InputError
-from .fast import stepper
+from .devices import has_fp8, synchronize, triton_support
+from .errors import DeviceError, InputError
+from .fast import FastStepper
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, prompt_batch
 from .model import DiffusionGemma
+from .quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode
 
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
+PATHS = ("auto", "torch", "fast")
 
 
 def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache,
@@ -83,6 +86,8 @@ class GenerationResult:
     steps_per_canvas: list[list[int]]  # [canvas][row] denoising rounds each row ran
     settings: GenerationSettings
     timings: Timings = field(default_factory=Timings)
+    path: str = "torch"  # the denoising step that ran: "fast" (fused kernels + CUDA graph) or "torch"
+    fallback_reason: str | None = None  # why path=None/"auto" ran "torch"; None when it got the path asked for
 
     @property
     def text(self) -> str | None:
@@ -157,7 +162,7 @@ def generate(
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
     source = make_rng(rng, seed, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
-    step_fn = stepper(path, model, settings, rng, record_topk, denoise_step)
+    step_fn = stepper(path, model, settings, rng, record_topk)
 
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()
@@ -218,8 +223,8 @@ def generate(
     timings.total_s = time.perf_counter() - t_start
     return GenerationResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids,
                             tokens_per_forward=sum(row_tpf) / B, row_tokens_per_forward=row_tpf,
-                            steps_per_canvas=steps_per_canvas,
-                            settings=settings, timings=timings)
+                            steps_per_canvas=steps_per_canvas, settings=settings, timings=timings,
+                            path=step_fn.path, fallback_reason=step_fn.fallback_reason)
 
 
 @dataclass
@@ -269,3 +274,84 @@ def _until_eos(row: list[int], settings: GenerationSettings) -> list[int]:
         if t in settings.eos_token_ids:
             return row[:i]
     return [t for t in row if t != settings.pad_token_id]
+
+
+# ---- which denoising step a call runs ---------------------------------------------------------
+def select_path(path: str | None, device: torch.device, rng: str, record_topk: int,
+                fp8: bool = False) -> tuple[str, str | None]:
+    """('torch' or 'fast', why auto did not pick 'fast') for this call (`fp8`: the model's experts are
+    quantized). Auto picks 'fast' only where it is known to work: a CUDA GPU of compute capability 8.0+
+    with Triton, the counter-based RNG (the fused head draws with that hash) and no top-k recording
+    (the fused head never holds full probabilities). Forcing path='fast' where it cannot run raises
+    InputError/DeviceError naming the fix; on a CPU it runs the same round without a graph, with the
+    kernels under TRITON_INTERPRET=1 or else their PyTorch references: slow, for tests."""
+    if path is None or path == "auto":
+        if device.type != "cuda":
+            return "torch", f"the fast path needs a CUDA GPU; this model is on {device.type!r}"
+        usable, why = triton_support(device)
+        if not usable:
+            return "torch", why
+        if fp8 and not has_fp8(device):
+            return "torch", "fp8 experts need a GPU with fp8 conversions (compute capability 8.9+)"
+        if rng != "counter":
+            return "torch", f"rng={rng!r} replays transformers' draws, which need full probabilities"
+        if record_topk:
+            return "torch", "record_topk needs full probabilities, which the fused head never holds"
+        return "fast", None
+    if path == "torch":
+        return "torch", None
+    if path != "fast":
+        raise InputError(f"path must be one of {PATHS} (None means 'auto'); got {path!r}.")
+    if rng != "counter":
+        raise InputError(f"path='fast' samples with the counter-based RNG inside the fused head; rng={rng!r} "
+                         "needs the PyTorch path: use rng='counter' or path='torch'.")
+    if record_topk:
+        raise InputError("path='fast' never materialises the probabilities, so record_topk is not available: "
+                         "use record_topk=0 or path='torch'.")
+    if device.type == "cuda":
+        usable, why = triton_support(device)
+        if not usable:
+            raise DeviceError(f"path='fast' needs the Triton kernels, but {why}; use path='torch' (or path=None).")
+        if fp8 and not has_fp8(device):
+            raise DeviceError("path='fast' with fp8 experts needs a GPU with fp8 conversions (compute capability "
+                              "8.9+: Ada, Hopper, Blackwell); use path='torch' or bf16 experts.")
+    elif device.type != "cpu":
+        raise DeviceError(f"path='fast' runs on CUDA GPUs (and, for tests, CPUs); not on {device.type!r}: "
+                          "use path='torch'.")
+    return "fast", None
+
+
+class Stepper:
+    """The step a generate() call runs, and which one it ran: `path` and `fallback_reason` end up in
+    the GenerationResult. With path=None/'auto' on a GPU the fast step runs unless its first round
+    fails (say, a kernel that does not compile on this GPU): then a one-line warning and the PyTorch
+    step for the rest of the call, and the failure becomes the result's fallback_reason. Nothing is
+    lost: the fast step writes the canvas state only after a round succeeds, and every round rewrites
+    the KV cache's canvas slots. A failure after the first round, or of a forced path='fast', is raised."""
+
+    def __init__(self, fast: FastStepper | None, *, may_fall_back: bool, reason: str | None = None) -> None:
+        self.fast, self.may_fall_back = fast, may_fall_back
+        self.path = "fast" if fast is not None else "torch"
+        self.fallback_reason = reason
+
+    def __call__(self, *args, **kwargs) -> dict[str, Any]:
+        if self.fast is not None:
+            try:
+                return self.fast(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - reported and recorded, then the reference path takes over
+                if not self.may_fall_back or self.fast.replays:
+                    raise
+                self.fallback_reason = f"the fast path failed on its first round: {type(e).__name__}: {str(e)[:300]}"
+                logging.getLogger("dgemma_helpers").warning(
+                    "%s; using the PyTorch path (path='torch' skips the attempt)", self.fallback_reason)
+                self.fast, self.path = None, "torch"
+        return denoise_step(*args, **kwargs)
+
+
+def stepper(path: str | None, model: DiffusionGemma, settings: GenerationSettings, rng: str,
+            record_topk: int) -> Stepper:
+    chosen, reason = select_path(path, model.device, rng, record_topk, fp8=is_quantized(model))
+    if chosen == "torch":
+        return Stepper(None, may_fall_back=False, reason=reason)
+    return Stepper(FastStepper(model, settings), may_fall_back=path in (None, "auto"))
+

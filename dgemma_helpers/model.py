@@ -20,15 +20,25 @@ from .config import FULL, SLIDING, ModelConfig
 
 
 class RMSNorm(nn.Module):
+    """rms_norm(x) * weight, optionally added to a residual and times a layer scalar:
+    (residual + rms_norm(x) * weight) * scale, each step rounded to x's dtype as separate PyTorch ops
+    round it. The residual and scale forms are how Layer calls its norms, so the fast path's fused
+    kernel (dgemma_helpers/fast/modules.py) replaces this module whole, with the same numerics."""
+
     def __init__(self, dim: int, eps: float, with_scale: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused op
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return self.scale(rms_normalize(x, self.eps), like=x)
+            y = F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        else:
+            y = self.scale(rms_normalize(x, self.eps), like=x)
+        if residual is not None:
+            y = residual + y
+        return y if scale is None else y * scale
 
     def scale(self, normed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Apply this norm's weight to an already normalised float32 tensor; round like `like`."""
@@ -225,7 +235,8 @@ class Layer(nn.Module):
         self.register_buffer("encoder_layer_scalar", torch.ones(1))
 
     def forward(self, x: torch.Tensor, rope, mask, cache, encoder: bool) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        attn = self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        x = self.post_attention_layernorm(attn, residual=x)
         # The dense MLP, the router and the experts each RMS-normalise the residual stream with their
         # own scale: normalise once, scale three times.
         normed = rms_normalize(x, self.pre_feedforward_layernorm.eps)
@@ -233,8 +244,10 @@ class Layer(nn.Module):
         flat, flat_normed = x.reshape(-1, x.shape[-1]), normed.reshape(-1, x.shape[-1])
         weights, experts = self.router(flat, flat_normed)
         moe = self.experts(self.pre_feedforward_layernorm_2.scale(flat_normed, like=flat), weights, experts).view_as(x)
-        x = x + self.post_feedforward_layernorm(dense + self.post_feedforward_layernorm_2(moe))
-        return x * (self.encoder_layer_scalar if encoder else self.layer_scalar)
+        # x + norm(dense + norm_2(moe)), then the layer scalar: two norms with their residual adds.
+        mixed = self.post_feedforward_layernorm_2(moe, residual=dense)
+        scalar = self.encoder_layer_scalar if encoder else self.layer_scalar
+        return self.post_feedforward_layernorm(mixed, residual=x, scale=scalar)
 
 
 class SelfConditioning(nn.Module):
@@ -264,13 +277,24 @@ class DiffusionGemma(nn.Module):
         self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_conditioning = SelfConditioning(config)
+        # sqrt(hidden) as a buffer in the weights' dtype (so casting the model rounds it as
+        # transformers' buffer is rounded), not part of the checkpoint; a device tensor, so that a
+        # CUDA graph of denoise() reads it instead of copying a Python float in on every call.
+        self.register_buffer("embed_scale", torch.empty(()), persistent=False)
+        self.init_buffers()
         # Kept out of the module's buffers so that casting the model never rounds them.
         self._inv_freq: dict[tuple[str, torch.device], torch.Tensor] = {}
-        self._rope_memo: tuple | None = None
         # Filled by load_model: sampler defaults and the tokenizer, when the checkpoint has them.
         self.generation_settings = None
         self.tokenizer = None
         self.path = None
+
+    def init_buffers(self) -> None:
+        """(Re)make the buffers that come from the config, not the checkpoint, beside the embedding
+        weights: after building the model, and after loading weights into a meta-built one."""
+        w = self.embed_tokens.weight
+        with torch.inference_mode(False):  # a plain tensor, usable by training's autograd too
+            self.embed_scale = torch.full((), self.config.embed_scale, dtype=w.dtype, device=w.device)
 
     @property
     def device(self) -> torch.device:
@@ -281,8 +305,7 @@ class DiffusionGemma(nn.Module):
         return self.embed_tokens.weight.dtype
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens.weight
-        return F.embedding(ids, w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
+        return F.embedding(ids, self.embed_tokens.weight) * self.embed_scale
 
     def soft_embedding(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(logits) @ E * sqrt(hidden): the self-conditioning input for the next step.
@@ -290,8 +313,7 @@ class DiffusionGemma(nn.Module):
         w = self.embed_tokens.weight
         if probs is None:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        probs = probs.to(w.dtype)
-        return (probs @ w) * torch.tensor(self.config.embed_scale, dtype=w.dtype, device=w.device)
+        return (probs.to(w.dtype) @ w) * self.embed_scale
 
     def inv_freq(self, layer_type: str, device: torch.device) -> torch.Tensor:
         key = (layer_type, device)
@@ -301,13 +323,9 @@ class DiffusionGemma(nn.Module):
         return self._inv_freq[key]
 
     def _run_layers(self, x: torch.Tensor, positions: torch.Tensor, masks, cache, encoder: bool) -> torch.Tensor:
-        # Every denoising round of a canvas gets the same positions tensor: build its tables once.
-        memo = self._rope_memo
-        if memo is not None and memo[0] is positions and memo[1] == x.dtype:
-            rope = memo[2]
-        else:
-            rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
-            self._rope_memo = (positions, x.dtype, rope)
+        # The tables are a few small ops per pass, recomputed from `positions` every time: a CUDA graph
+        # of denoise() then follows a static cache's positions from canvas to canvas.
+        rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
         for layer in self.layers:
             x = layer(x, rope[layer.layer_type], masks[layer.layer_type], cache, encoder)
         cache.end()

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import dgemma_helpers as dg
+import dgemma_helpers.generation as gen
+from dgemma_helpers import devices
 from dgemma_helpers.errors import DeviceError, InputError
-from dgemma_helpers.fast import select as sel
 from dgemma_helpers.fast.step import StaticStop
 from dgemma_helpers.sampler import StableAndConfident
 
@@ -23,41 +24,52 @@ def reference_kernels(monkeypatch):
 
 
 def test_auto_never_picks_fast_on_cpu():
-    assert sel.select_path(None, CPU, "counter", 0) == "torch"
-    assert sel.select_path("auto", CPU, "counter", 0) == "torch"
+    for path in (None, "auto"):
+        chosen, reason = gen.select_path(path, CPU, "counter", 0)
+        assert chosen == "torch" and "needs a CUDA GPU" in reason
 
 
 def test_auto_picks_fast_on_a_capable_gpu(monkeypatch):
-    monkeypatch.setattr(sel, "triton_status", lambda device: (True, "test"))
-    monkeypatch.setattr(sel, "_has_fp8", lambda device: False)
-    assert sel.select_path(None, CUDA, "counter", 0) == "fast"
-    assert sel.select_path(None, CUDA, "transformers", 0) == "torch"  # needs full probabilities
-    assert sel.select_path(None, CUDA, "counter", 5) == "torch"  # top-k recording likewise
-    assert sel.select_path(None, CUDA, "counter", 0, fp8=True) == "torch"  # no fp8 conversions on this GPU
-    assert sel.select_path("torch", CUDA, "counter", 0) == "torch"
-    monkeypatch.setattr(sel, "triton_status", lambda device: (False, "triton is not installed"))
-    assert sel.select_path(None, CUDA, "counter", 0) == "torch"
+    monkeypatch.setattr(gen, "triton_support", lambda device: (True, "test"))
+    monkeypatch.setattr(gen, "has_fp8", lambda device: False)
+    assert gen.select_path(None, CUDA, "counter", 0) == ("fast", None)
+    assert "full probabilities" in gen.select_path(None, CUDA, "transformers", 0)[1]  # torch, and why
+    assert gen.select_path(None, CUDA, "counter", 5)[0] == "torch"  # top-k recording likewise
+    assert "8.9" in gen.select_path(None, CUDA, "counter", 0, fp8=True)[1]  # no fp8 conversions on this GPU
+    assert gen.select_path("torch", CUDA, "counter", 0) == ("torch", None)  # asked for: no fallback reason
+    monkeypatch.setattr(gen, "triton_support", lambda device: (False, "triton is not installed"))
+    assert gen.select_path(None, CUDA, "counter", 0) == ("torch", "triton is not installed")
 
 
 def test_forced_fast_path_errors_name_the_fix(monkeypatch):
     with pytest.raises(InputError, match="rng='counter' or path='torch'"):
-        sel.select_path("fast", CPU, "transformers", 0)
+        gen.select_path("fast", CPU, "transformers", 0)
     with pytest.raises(InputError, match="record_topk=0"):
-        sel.select_path("fast", CPU, "counter", 3)
+        gen.select_path("fast", CPU, "counter", 3)
     with pytest.raises(InputError, match="'auto', 'torch', 'fast'"):
-        sel.select_path("cuda-graph", CPU, "counter", 0)
-    monkeypatch.setattr(sel, "triton_status", lambda device: (False, "triton is not installed (pip install triton"))
+        gen.select_path("cuda-graph", CPU, "counter", 0)
+    monkeypatch.setattr(gen, "triton_support", lambda device: (False, "triton is not installed (pip install triton"))
     with pytest.raises(DeviceError, match="pip install triton"):
-        sel.select_path("fast", CUDA, "counter", 0)
-    assert sel.select_path("fast", CPU, "counter", 0) == "fast"  # CPUs run it eagerly, for tests
+        gen.select_path("fast", CUDA, "counter", 0)
+    assert gen.select_path("fast", CPU, "counter", 0) == ("fast", None)  # CPUs run it eagerly, for tests
 
 
-def test_triton_status_on_cpu(monkeypatch):
-    ok, why = sel.triton_status(CPU)
+def test_triton_support_on_cpu(monkeypatch):
+    ok, why = devices.triton_support(CPU)
     assert not ok and why
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ok, why = sel.triton_status(CPU)
-    assert ok == (sel.importlib.util.find_spec("triton") is not None)
+    ok, why = devices.triton_support(CPU)
+    assert ok == (devices.importlib.util.find_spec("triton") is not None)
+
+
+def test_result_says_which_path_ran_and_why(checkpoint, ours):
+    model = ours(checkpoint("plain"))
+    kw = dict(input_ids=[5, 6, 7], seed=0, max_new_tokens=8, max_denoising_steps=2)
+    auto = dg.generate(model, **kw)
+    assert (auto.path, auto.fallback_reason) == ("torch", "the fast path needs a CUDA GPU; this model is on 'cpu'")
+    forced = dg.generate(model, path="fast", **kw)
+    assert (forced.path, forced.fallback_reason) == ("fast", None)
+    assert (dg.generate(model, path="torch", **kw).fallback_reason) is None
 
 
 def test_generate_rejects_bad_path(checkpoint, ours):
@@ -132,10 +144,6 @@ def test_fast_step_rows_stopping_at_different_rounds(checkpoint, ours):
 
 
 def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint, ours, capfd, monkeypatch):
-    import dgemma_helpers.generation as generation
-    from dgemma_helpers.fast import FallbackStepper
-    from dgemma_helpers.generation import denoise_step
-
     class Broken:
         replays = 0
 
@@ -143,15 +151,19 @@ def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint
             raise RuntimeError("kernel does not compile here")
 
     model = ours(checkpoint("plain"))
-    monkeypatch.setattr(generation, "stepper", lambda *a, **k: FallbackStepper(Broken(), denoise_step))
+    monkeypatch.setattr(gen, "stepper", lambda *a, **k: gen.Stepper(Broken(), may_fall_back=True))
     result = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4)
     monkeypatch.undo()
     expected = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4, path="torch")
     assert torch.equal(result.token_ids, expected.token_ids)
     assert "fast path failed on its first round" in capfd.readouterr().err
+    assert result.path == "torch"
+    assert result.fallback_reason == "the fast path failed on its first round: RuntimeError: kernel does not compile here"
 
     class BrokenLater(Broken):
         replays = 3
 
     with pytest.raises(RuntimeError, match="does not compile"):
-        FallbackStepper(BrokenLater(), denoise_step)()
+        gen.Stepper(BrokenLater(), may_fall_back=True)()
+    with pytest.raises(RuntimeError, match="does not compile"):  # forced path='fast': never a fallback
+        gen.Stepper(Broken(), may_fall_back=False)()

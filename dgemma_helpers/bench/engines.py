@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..devices import resolve_device, resolve_dtype, synchronize
+from ..devices import resolve_device, resolve_dtype, synchronize, triton_support
 from ..tokenizer import decode, load_tokenizer
 from .sweep import Config, Sweep
 
@@ -103,7 +103,9 @@ class Engine:
 # ---- the kit ----------------------------------------------------------------------------------
 class KitEngine(Engine):
     """dgemma_helpers.generate on one code path: "torch" (PyTorch, any device) or "fast" (fused
-    kernels + a CUDA graph, the "kit-cuda" engine); passed as generate(path=...)."""
+    kernels + a CUDA graph, the "kit-cuda" engine). The kit-cuda engine asks for path=None, what a
+    user gets by default, and a run that did not end on the fast path (a fallback) is a failed run
+    with its reason, never PyTorch timings under the fast path's name."""
 
     kind = DIFFUSION
     PATH_NAMES = {"torch": "PyTorch path", "fast": "fused-kernel CUDA path"}
@@ -112,6 +114,7 @@ class KitEngine(Engine):
         self.name, self.path = name, path
         self.description = f"this kit's engine, {self.PATH_NAMES.get(path, path)}"
         self.model = None
+        self.generate_path = path if path == "torch" else None
 
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         self.sweep, self.model = sweep, pool.kit_model()
@@ -123,7 +126,9 @@ class KitEngine(Engine):
         r = generate(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                      max_denoising_steps=config.steps, entropy_bound=config.entropy_bound, seed=seed,
                      eos_token_ids=() if s.ignore_eos else None, confidence_threshold=None if s.early_stop else 0.0,
-                     path=self.path)
+                     path=self.generate_path)
+        if r.path != self.path:
+            raise RuntimeError(f"generate() ran the {r.path} path instead of the {self.path} path: {r.fallback_reason}")
         pad = r.settings.pad_token_id
         steps = [n for canvas in r.steps_per_canvas for n in canvas]
         return Measurement(tokens=int((r.token_ids != pad).sum()), forwards=r.num_forwards, step_s=r.timings.denoise_s,
@@ -151,9 +156,7 @@ class KitCudaEngine(KitEngine):
         device = resolve_device(sweep.device)
         if device.type != "cuda":
             return False, f"runs on a CUDA GPU; this benchmark runs on {device} (--device)"
-        from ..fast.select import triton_status
-
-        usable, why = triton_status(device)
+        usable, why = triton_support(device)
         return usable, "" if usable else why
 
 

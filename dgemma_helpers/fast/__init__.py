@@ -1,16 +1,17 @@
-"""The optimised denoising path: fused Triton kernels and the whole denoising step captured in one
-CUDA graph. `generate(..., path=None)` picks it automatically on a CUDA GPU with Triton (sm80+)
-and never on a CPU; `path="torch"` / `path="fast"` force either. Same API, same results up to
-float rounding (the PyTorch path stays the reference).
+"""The optimised denoising path: the one model with kernel-backed parts swapped in, and the whole
+denoising round captured in one CUDA graph. `generate(..., path=None)` picks it on a CUDA GPU with
+Triton (sm80+) and never on a CPU; `path="torch"` / `path="fast"` force either (generation.py
+chooses). Same API, same results up to float rounding (the PyTorch path stays the reference).
 
-    select.py        which path a call takes, and why not (clear errors when forced)
-    ops.py           the kernels the path uses: Triton, or their PyTorch references
-    static_cache.py  the KV cache seen with fixed shapes, so one graph serves every canvas
-    layer.py         a transformer layer with fused RMSNorm(+residual) and the fused MoE
-    step.py          FastStepper: static buffers, the branch-free step, graph capture and replay
+    ops.py       the kernels the path uses: Triton, or their PyTorch references
+    modules.py   FusedRMSNorm, FusedExperts: drop-ins for model.RMSNorm / model.Experts
+    step.py      FastStepper: static buffers, the branch-free round, graph capture and replay
+    aot.py       the ahead-of-time compile check of every kernel for the real GPU targets
 """
 
-from .select import PATHS, FallbackStepper, select_path, stepper, triton_status
-from .step import FastStepper
+from .modules import FusedExperts, FusedRMSNorm, fused_modules
+from .ops import REFERENCE_OPS, Ops, kernel_ops
+from .step import FastStepper, StaticRound, fast_round
 
-__all__ = ["PATHS", "FallbackStepper", "FastStepper", "select_path", "stepper", "triton_status"]
+__all__ = ["FastStepper", "FusedExperts", "FusedRMSNorm", "Ops", "REFERENCE_OPS", "StaticRound", "fast_round",
+           "fused_modules", "kernel_ops"]

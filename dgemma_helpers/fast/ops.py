@@ -1,6 +1,6 @@
-"""The three kernels the fast path calls, as Triton kernels where Triton can run, else as their
-PyTorch references (same signatures, same results up to rounding). The references keep the fast
-path's step logic testable on any CPU, with or without triton installed."""
+"""The three kernels the fast path calls: the Triton kernels where Triton can run, else their
+PyTorch references (same signatures, same results up to rounding), so that the fast path's code
+runs, and is tested, on any CPU, with or without triton installed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from typing import Callable
 
 import torch
 
-from .select import triton_status
+from kernels.denoise_head_ref import reference_denoise_head
+from kernels.moe_ref import reference_moe
+from kernels.rmsnorm_ref import reference_rmsnorm
+
+from ..devices import triton_support
 
 
 @dataclass(frozen=True)
@@ -20,23 +24,16 @@ class Ops:
     denoise_head: Callable
 
 
+REFERENCE_OPS = Ops("reference", reference_rmsnorm, reference_moe, reference_denoise_head)
+
+
 def kernel_ops(device: torch.device) -> Ops:
-    if triton_status(device)[0]:
-        from kernels.denoise_head import denoise_head
-        from kernels.moe import moe
-        from kernels.rmsnorm import rmsnorm
+    if not triton_support(device)[0]:
+        return REFERENCE_OPS
+    # Imported here, not at the top: kernels/{rmsnorm,moe,denoise_head}.py need triton, an optional
+    # package, and decorate their kernels for the interpreter or a GPU as TRITON_INTERPRET says then.
+    from kernels.denoise_head import denoise_head
+    from kernels.moe import moe
+    from kernels.rmsnorm import rmsnorm
 
-        return Ops("triton", rmsnorm, moe, denoise_head)
-    from kernels.denoise_head_ref import reference_denoise_head
-    from kernels.moe_ref import reference_moe
-    from kernels.rmsnorm_ref import reference_rmsnorm
-
-    return Ops("reference", reference_rmsnorm, reference_moe, reference_denoise_head)
-
-
-def experts_forward(ops: Ops, experts, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """model.Experts / quant.Fp8Experts through the fused MoE kernel (fp8 bytes read directly)."""
-    if hasattr(experts, "gate_up_fp8"):
-        return ops.moe(x, weights, indices, experts.gate_up_fp8, experts.down_fp8, experts.gate_up_scale,
-                       experts.down_scale)
-    return ops.moe(x, weights, indices, experts.gate_up_proj, experts.down_proj)
+    return Ops("triton", rmsnorm, moe, denoise_head)

@@ -1,21 +1,23 @@
-"""FastStepper: one denoising round with fused kernels, captured once per generation as a CUDA
-graph and replayed for every round of every canvas.
+"""FastStepper: one denoising round with the kernel-backed modules swapped into the model, captured
+once per generation as a CUDA graph and replayed for every round of every canvas.
 
 It is a drop-in for generation.denoise_step (same call, same updates to the CanvasState, same
-record fields), with three differences that a graph needs:
+record fields). The round is the model's own `denoise` over a StaticCanvasCache, the fused head,
+and sampler.sampler_round, with what a graph needs:
   * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature and the two RNG
     stream keys live in tensors allocated once; each round copies its few scalars in (async
     fills, no host sync) and replays the graph;
-  * no branch on device values: rows that already stopped are kept with torch.where every round
-    (denoise_step tests `done.any()` on the host first), pins are a mask that may be all False;
+  * no branch on device values: rows that already stopped are kept with torch.where every round,
+    pins are a mask that may be all False, the first round's zero self-conditioning signal is a
+    zeroed buffer (the signal's MLP maps zeros to zeros, so this equals denoise(soft=None));
   * the sample comes from the fused head's Gumbel-max draw at every position, which at the
     accepted positions is CounterRNG's draw (same hash, same key), so the tokens are the same.
 The only host read per round is generate()'s `done.all()` stop test.
 
 Capture happens on the first round: a warm-up run on a side stream (compiles the Triton kernels,
 creates lazily cached tensors), the inputs restored, then the capture; the KV cache's canvas slots
-are rewritten by every round, so the warm-up leaves nothing behind. Without CUDA (tests) the same
-body runs eagerly.
+are rewritten by every round, so the warm-up leaves nothing behind. Without CUDA (tests, and the
+ahead-of-time compile check on meta tensors) the same body runs eagerly.
 """
 
 from __future__ import annotations
@@ -23,16 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ..cache import KVCache
+from ..cache import KVCache, StaticCanvasCache
 from ..config import GenerationSettings
 from ..model import DiffusionGemma
-from ..rng import _NOISE, _SAMPLE, CounterRNG, noise_ids, stream_key
+from ..rng import NOISE_STREAM, SAMPLE_STREAM, CounterRNG, noise_ids, stream_key
 from ..sampler import StableAndConfident, sampler_round
-from .layer import fused_layers
+from .modules import fused_modules
 from .ops import Ops, kernel_ops
-from .static_cache import StaticDenoiseView
 
 
 class StaticStop(StableAndConfident):
@@ -57,6 +57,61 @@ class StaticStop(StableAndConfident):
         return out
 
 
+class StaticRound:
+    """The state of a batch's canvas in buffers allocated once (the RoundInput sampler_round reads)."""
+
+    def __init__(self, model: DiffusionGemma, settings: GenerationSettings, cache: KVCache) -> None:
+        B, L, dev = cache.batch_size, cache.scratch, model.device
+        long = dict(dtype=torch.long, device=dev)
+        self.cache = StaticCanvasCache(cache)
+        self.canvas = torch.zeros(B, L, **long)
+        self.argmax = torch.zeros(B, L, **long)
+        self.pinned_ids = torch.zeros(B, L, **long)
+        self.pins = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        self.accepted = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.entropy = torch.zeros(B, L, dtype=torch.float32, device=dev)
+        self.soft = torch.zeros(B, L, model.config.hidden_size, dtype=model.dtype, device=dev)
+        self.temperature = torch.ones(1, dtype=torch.float32, device=dev)
+        self.sample_key = torch.zeros(1, **long)
+        self.noise_key = torch.zeros(1, **long)
+        self.stop = StaticStop(settings.stability_threshold, settings.confidence_threshold, (B, L), dev)
+
+    def load(self, state) -> None:
+        """A new canvas: its starting state into the buffers (outside any graph)."""
+        self.canvas.copy_(state.canvas)
+        self.argmax.copy_(state.argmax)
+        self.done.copy_(state.done)
+        if state.soft is None:
+            self.soft.zero_()
+        else:
+            self.soft.copy_(state.soft)
+        if state.pins is None:
+            self.pins.zero_()
+        else:
+            self.pins.copy_(state.pins)
+            self.pinned_ids.copy_(state.pinned_ids)
+        self.stop.reset()
+        self.cache.refresh()
+
+
+def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound, entropy_bound: float) -> None:
+    """One round on the static buffers: model.denoise (kernel-backed modules swapped in), the fused
+    head, sampler_round; the same update as generation.denoise_step. What a CUDA graph captures."""
+    b = buffers
+    B, L = b.canvas.shape
+    with fused_modules(model, ops):
+        hidden = model.denoise(b.canvas, b.cache, b.soft)
+    head = ops.denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, b.sample_key,
+                            model.config.final_logit_softcapping, model.embed_scale)
+    out = sampler_round(b, head.entropy.view(B, L), head.argmax.view(B, L), head.soft.view(B, L, -1),
+                        lambda accepted: head.sample.view(B, L),
+                        lambda: noise_ids(b.noise_key, B, L, model.config.vocab_size, b.canvas.device),
+                        entropy_bound, b.stop)
+    for name in ("canvas", "argmax", "soft", "done", "accepted", "entropy"):
+        getattr(b, name).copy_(getattr(out, name))
+
+
 class FastStepper:
     """Call it like generation.denoise_step. One instance per generate() call."""
 
@@ -67,118 +122,51 @@ class FastStepper:
         self.device = model.device
         self.ops = ops or kernel_ops(self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self.view: StaticDenoiseView | None = None
+        self.buffers: StaticRound | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._state = None
         self.replays = 0  # rounds run (for tests and benchmarks)
 
-    # ---- buffers ------------------------------------------------------------------------------
-    def _allocate(self, cache: KVCache, B: int, L: int) -> None:
-        dev, m = self.device, self.model
-        self.view = StaticDenoiseView(cache)
-        long = dict(dtype=torch.long, device=dev)
-        self.canvas = torch.zeros(B, L, **long)
-        self.argmax = torch.zeros(B, L, **long)
-        self.pinned_ids = torch.zeros(B, L, **long)
-        self.pins = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        self.accepted = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
-        self.entropy = torch.zeros(B, L, dtype=torch.float32, device=dev)
-        self.soft = torch.zeros(B, L, m.config.hidden_size, dtype=m.dtype, device=dev)
-        self.temperature = torch.ones(1, dtype=torch.float32, device=dev)
-        self.sample_key = torch.zeros(1, **long)
-        self.noise_key = torch.zeros(1, **long)
-        self.stop = StaticStop(self.settings.stability_threshold, self.settings.confidence_threshold, (B, L), dev)
-        w = m.embed_tokens.weight
-        self.embed_scale = torch.tensor(m.config.embed_scale, dtype=w.dtype, device=dev)
-
-    def _begin_canvas(self, state) -> None:
-        """A new canvas: load its starting state into the static buffers (outside the graph)."""
-        self.canvas.copy_(state.canvas)
-        self.argmax.copy_(state.argmax)
-        self.done.copy_(state.done)
-        if state.soft is None:  # the first round's zero signal: exactly model.denoise(soft=None)
-            self.soft.zero_()
-        else:
-            self.soft.copy_(state.soft)
-        if state.pins is None:
-            self.pins.zero_()
-        else:
-            self.pins.copy_(state.pins)
-            self.pinned_ids.copy_(state.pinned_ids)
-        self.stop.reset()
-        self.view.refresh()
-        self._state = state
-
-    # ---- the round ----------------------------------------------------------------------------
-    def _denoise(self) -> torch.Tensor:
-        """model.denoise over the static buffers. Its embedding scale is a tensor made once here,
-        because model.embed builds one per call (a host-to-device copy, which a graph cannot hold),
-        and the RoPE memo is dropped so that the tables are computed from the static positions."""
-        m = self.model
-        x = m.self_conditioning(F.embedding(self.canvas, m.embed_tokens.weight) * self.embed_scale, self.soft)
-        positions, masks = self.view.begin_denoise()
-        m._rope_memo = None
-        with fused_layers(m, self.ops):
-            hidden = m._run_layers(x, positions, masks, self.view, encoder=False)
-        m._rope_memo = None
-        return hidden
-
-    def _body(self) -> None:
-        """One round on the static buffers; the same update as generation.denoise_step."""
-        m, s = self.model, self.settings
-        B, L = self.canvas.shape
-        hidden = self._denoise()
-        head = self.ops.denoise_head(hidden.reshape(B * L, -1), m.embed_tokens.weight, self.temperature,
-                                     self.sample_key, m.config.final_logit_softcapping)
-        out = sampler_round(self, head.entropy.view(B, L), head.argmax.view(B, L), head.soft.view(B, L, -1),
-                            lambda accepted: head.sample.view(B, L),
-                            lambda: noise_ids(self.noise_key, B, L, m.config.vocab_size, self.device),
-                            s.entropy_bound, self.stop)
-        self.canvas.copy_(out.canvas)
-        self.argmax.copy_(out.argmax)
-        self.soft.copy_(out.soft)
-        self.done.copy_(out.done)
-        self.accepted.copy_(out.accepted)
-        self.entropy.copy_(out.entropy)
+    def round(self) -> None:
+        fast_round(self.model, self.ops, self.buffers, self.settings.entropy_bound)
 
     def _capture(self, state) -> None:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._body()  # warm-up: compiles kernels, fills lazy caches
+            self.round()  # warm-up: compiles kernels, fills lazy caches
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._begin_canvas(state)  # undo the warm-up's updates
+        self.buffers.load(state)  # undo the warm-up's updates
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._body()
+            self.round()
 
-    # ---- denoise_step's signature -------------------------------------------------------------
     def __call__(self, model: DiffusionGemma, cache: KVCache, state, temperature: float, settings: GenerationSettings,
                  stop: StableAndConfident, source: CounterRNG, canvas_index: int, step: int, record: bool = False,
                  topk: int = 0) -> dict[str, Any]:
-        B, L = state.canvas.shape
-        if self.view is None or self.view.cache is not cache:
-            self._allocate(cache, B, L)
+        if self.buffers is None or self.buffers.cache.cache is not cache:
+            self.buffers = StaticRound(self.model, self.settings, cache)
             self.graph = None
+        b = self.buffers
         if state is not self._state:
-            self._begin_canvas(state)
+            b.load(state)
+            self._state = state
         # Scalars of this round: fills are asynchronous kernel launches, no host sync.
-        self.temperature.fill_(temperature)
-        self.sample_key.fill_(stream_key(source.seed, _SAMPLE, canvas_index, step))
-        self.noise_key.fill_(stream_key(source.seed, _NOISE, canvas_index, step + 1))
+        b.temperature.fill_(temperature)
+        b.sample_key.fill_(stream_key(source.seed, SAMPLE_STREAM, canvas_index, step))
+        b.noise_key.fill_(stream_key(source.seed, NOISE_STREAM, canvas_index, step + 1))
         if not self.use_graph:
-            self._body()
+            self.round()
         elif self.graph is None:
             self._capture(state)
             self.graph.replay()
         else:
             self.graph.replay()
         self.replays += 1
-        state.canvas, state.argmax, state.soft, state.done = self.canvas, self.argmax, self.soft, self.done
+        state.canvas, state.argmax, state.soft, state.done = b.canvas, b.argmax, b.soft, b.done
         if not record:
             return {}
         # Copies, also on a CPU (where .cpu() would return the static buffer the next round overwrites).
         snap = lambda t: t.to("cpu", copy=True)  # noqa: E731
-        return dict(canvas_ids=snap(self.canvas), argmax_ids=snap(self.argmax), accepted=snap(self.accepted),
-                    entropy=snap(self.entropy), pinned=None if state.pins is None else state.pins.cpu())
+        return dict(canvas_ids=snap(b.canvas), argmax_ids=snap(b.argmax), accepted=snap(b.accepted),
+                    entropy=snap(b.entropy), pinned=None if state.pins is None else state.pins.cpu())
