@@ -88,13 +88,14 @@ def main() -> int:
 
     # ---- the fused denoise head -------------------------------------------------------------------
     embed = randn(V, H, scale=0.02)
+    scale = torch.tensor(H ** 0.5, dtype=dtype, device=dev)
     hidden = randn(canvas, H, scale=1.0 if args.cpu else 50.0)  # final norm outputs are O(1..100)
     for temperature in (0.8, 0.4):
         t = torch.tensor([temperature], device=dev)
         key = torch.tensor([123456789], device=dev)
         with gc.poisoned_outputs():
-            got = denoise_head(hidden, embed, t, key, 30.0)
-        ref = reference_denoise_head(hidden, embed, t, key, 30.0)
+            got = denoise_head(hidden, embed, t, key, 30.0, scale)
+        ref = reference_denoise_head(hidden, embed, t, key, 30.0, scale)
         agree = (got.argmax == ref.argmax).float().mean().item()
         sample_agree = (got.sample == ref.sample).float().mean().item()
         # bf16 GEMMs round differently: only near-ties may flip (tolerance 0.1% of positions + 1)
@@ -117,7 +118,7 @@ def main() -> int:
 
 def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: float, check) -> None:
     import dgemma_helpers as dg
-    from dgemma_helpers.fast.step import FastStepper
+    from dgemma_helpers.fast import FastStepper, StaticRound, fused_modules, kernel_ops
     from dgemma_helpers.generation import CanvasState, denoise_step
     from dgemma_helpers.rng import CounterRNG
     from dgemma_helpers.sampler import StableAndConfident
@@ -135,26 +136,32 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
         soft = model.soft_embedding(model.logits(model.denoise(noise, cache)) / 0.7)
         ref_logits = model.logits(model.denoise(noise, cache, soft))
 
-        stepper = FastStepper(model, settings)  # a graph on CUDA, eager on a CPU
         def fresh_state():
             return CanvasState(canvas=noise, argmax=noise, soft=soft, done=torch.zeros(B, dtype=torch.bool, device=dev))
 
-        state = fresh_state()
-        stepper._allocate(cache, B, canvas)
-        stepper._begin_canvas(state)
+        # model.denoise itself over the static cache, kernel-backed modules swapped in: a CUDA graph
+        # of it on a GPU (what the fast round captures), eager on a CPU.
+        buffers = StaticRound(model, settings, cache)
+        buffers.load(fresh_state())
+        ops = kernel_ops(torch.device(dev))
+
+        def fused_denoise():
+            with fused_modules(model, ops):
+                return model.denoise(buffers.canvas, buffers.cache, buffers.soft)
+
         if dev == "cuda":
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                stepper._denoise()
+                fused_denoise()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                hidden = stepper._denoise()
+                hidden = fused_denoise()
             hidden.fill_(float("nan"))  # poisoned: the replay must write every element
             graph.replay()
         else:
-            hidden = stepper._denoise()
+            hidden = fused_denoise()
         check("step: fused denoiser logits vs model.denoise", gc.rel_err(model.logits(hidden), ref_logits),
               limit=tol if args.cpu else 3e-2)
 

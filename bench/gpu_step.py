@@ -195,7 +195,7 @@ def kernel_bandwidth(model, canvas: int, dev: str) -> dict:
         res["rmsnorm_us"], res["rmsnorm_tb_s"] = 1e6 * sec, 3 * x.numel() * x.element_size() / sec / 1e12
         E = model.embed_tokens.weight
         t, key = torch.tensor([0.7], device=dev), torch.tensor([1], device=dev)
-        sec = gc.time_it(lambda: denoise_head(x, E, t, key, 30.0), dev, warm=2, reps=5)
+        sec = gc.time_it(lambda: denoise_head(x, E, t, key, 30.0, model.embed_scale), dev, warm=2, reps=5)
         res["head_ms"] = 1e3 * sec
         res["head_tb_s"] = E.numel() * E.element_size() / sec / 1e12
         res["head_tflop_s"] = 2 * 2 * canvas * E.numel() / sec / 1e12
@@ -205,10 +205,10 @@ def kernel_bandwidth(model, canvas: int, dev: str) -> dict:
 def fp8_run(model, prompt: torch.Tensor, steps: int, dev: str, rows: dict) -> dict:
     """Quantise the experts in place (frees the bf16 experts layer by layer), then time and compare."""
     from dgemma_helpers.cache import KVCache
-    from dgemma_helpers.fast.select import select_path
+    from dgemma_helpers.generation import select_path
     from dgemma_helpers.quant import quantize_experts
 
-    if dev == "cuda" and select_path(None, torch.device(dev), "counter", 0, fp8=True) != "fast":
+    if dev == "cuda" and select_path(None, torch.device(dev), "counter", 0, fp8=True)[0] != "fast":
         return dict(skipped="this GPU has no fp8 conversions (compute capability < 8.9)")
     cfg = model.config
     with torch.inference_mode():

@@ -41,9 +41,10 @@ def _generate(args: argparse.Namespace) -> None:
     for bar in bars.values():
         bar.close()
     print(result.text)
+    path = result.path + (f" ({result.fallback_reason})" if result.fallback_reason else "")
     print(f"\ntokens per forward: {result.tokens_per_forward:.2f} ({result.num_forwards} denoiser passes, "
-          f"steps per canvas {[row[0] for row in result.steps_per_canvas]}, {result.timings.total_s:.2f} s)",
-          file=sys.stderr)
+          f"steps per canvas {[row[0] for row in result.steps_per_canvas]}, {result.timings.total_s:.2f} s); "
+          f"path: {path}", file=sys.stderr)
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from .checkpoint import GET_MODEL_HINT, index_checkpoint, read_config, runtime_b
 from .config import ModelConfig
 from .devices import available_memory
 from .errors import CheckpointError, DGemmaError
+from .generation import select_path
 from .introspection import parameter_counts
 
 OFFICIAL_REPO = "google/diffusiongemma-26B-A4B-it"
@@ -266,11 +267,24 @@ def run_checks(r: EnvironmentReport) -> list[Check]:
     checks.append(Check("notebook packages", not missing,
                         "all installed" if not missing else f"missing: {', '.join(missing)}",
                         f"install them: {INSTALL_COMMAND}" if missing else ""))
+    checks.append(path_check(r))
     if r.gpus:
         checks.append(Check("triton", r.versions.get("triton") is not None,
                             f"triton {r.versions.get('triton')}" if r.versions.get("triton") else "not installed",
                             "" if r.versions.get("triton") else "pip install triton (the fused GPU kernels need it)."))
     return checks
+
+
+def path_check(r: EnvironmentReport) -> Check:
+    """Which denoising step generate(path=None) runs on this machine's default device, and why."""
+    device = torch.device("cuda:0" if r.gpus else "cpu")
+    chosen, reason = select_path(None, device, "counter", 0)
+    if chosen == "fast":
+        return Check("denoising path", True, f"fast: fused Triton kernels + a CUDA graph on {device}")
+    if device.type == "cpu":  # the PyTorch step is the CPU path: nothing to fix
+        return Check("denoising path", True, f"torch: the PyTorch step ({reason})")
+    return Check("denoising path", False, f"torch on {device}: {reason}",
+                 "pip install triton (the GPU kernels need it), or keep the PyTorch step (path='torch').")
 
 
 def gpu_check(r: EnvironmentReport) -> Check:

@@ -287,7 +287,7 @@ def select_path(path: str | None, device: torch.device, rng: str, record_topk: i
     kernels under TRITON_INTERPRET=1 or else their PyTorch references: slow, for tests."""
     if path is None or path == "auto":
         if device.type != "cuda":
-            return "torch", f"the fast path needs a CUDA GPU; this model is on {device.type!r}"
+            return "torch", f"the fast path needs a CUDA GPU; the model is on {device.type!r}"
         usable, why = triton_support(device)
         if not usable:
             return "torch", why

@@ -19,6 +19,8 @@ def test_cli_generate_prints_text_and_tokens_per_forward(checkpoint):
                   "--steps", "4", "--seed", "1")
     assert out.returncode == 0, out.stderr
     assert "tokens per forward:" in out.stderr
+    # which denoising step ran, and why auto did not take the fast one
+    assert "path: torch (the fast path needs a CUDA GPU; the model is on 'cpu')" in out.stderr
     assert "canvas 1" in out.stderr and "canvas 2" in out.stderr  # one progress bar per canvas
     assert out.stdout.strip()
 

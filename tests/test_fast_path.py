@@ -66,7 +66,7 @@ def test_result_says_which_path_ran_and_why(checkpoint, ours):
     model = ours(checkpoint("plain"))
     kw = dict(input_ids=[5, 6, 7], seed=0, max_new_tokens=8, max_denoising_steps=2)
     auto = dg.generate(model, **kw)
-    assert (auto.path, auto.fallback_reason) == ("torch", "the fast path needs a CUDA GPU; this model is on 'cpu'")
+    assert (auto.path, auto.fallback_reason) == ("torch", "the fast path needs a CUDA GPU; the model is on 'cpu'")
     forced = dg.generate(model, path="fast", **kw)
     assert (forced.path, forced.fallback_reason) == ("fast", None)
     assert (dg.generate(model, path="torch", **kw).fallback_reason) is None
