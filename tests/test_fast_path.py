@@ -167,3 +167,17 @@ def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint
         gen.Stepper(BrokenLater(), may_fall_back=True)()
     with pytest.raises(RuntimeError, match="does not compile"):  # forced path='fast': never a fallback
         gen.Stepper(Broken(), may_fall_back=False)()
+
+
+def test_kit_cuda_engine_records_a_fallback_as_a_failure_not_as_fast_timings(checkpoint, ours):
+    """kit-cuda asks for what users get (path=None); a run that ended on the PyTorch step raises with
+    the reason, which the harness records as a failed run."""
+    from types import SimpleNamespace
+
+    from dgemma_helpers.bench.engines import KitCudaEngine, Prompts
+    from dgemma_helpers.bench.sweep import Config
+
+    engine = KitCudaEngine()
+    engine.sweep, engine.model = SimpleNamespace(ignore_eos=True, early_stop=False), ours(checkpoint("plain"))
+    with pytest.raises(RuntimeError, match="ran the torch path instead of the fast path: the fast path needs a CUDA"):
+        engine.run(Prompts(texts=["x"], ids=[[5, 6, 7]]), Config(max_new_tokens=8, batch=1, steps=2), seed=0)
