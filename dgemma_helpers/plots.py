@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -20,7 +21,9 @@ from matplotlib.figure import Figure
 
 from .errors import InputError, MissingToolError
 from .atomic import atomic_file
-from .trace import DenoisingTrace
+
+if TYPE_CHECKING:  # for annotations only: trace.py imports this module (lazily, for matplotlib) to export GIF/MP4
+    from .trace import DenoisingTrace
 
 # The player's state colours (static/player.css).
 STATE_COLORS = {"noise": "#9aa0a6", "new": "#f29900", "kept": "#1e8e3e", "pinned": "#8430ce"}

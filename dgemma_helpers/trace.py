@@ -387,13 +387,13 @@ class DenoisingTrace:
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
-        from .plots import animate
+        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, path, fps=fps, canvases=canvases, writer="pillow")
 
     def save_mp4(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An MP4 of the rounds (matplotlib + ffmpeg; a clear error says how to install ffmpeg if missing)."""
-        from .plots import animate
+        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, path, fps=fps, canvases=canvases, writer="ffmpeg")
 

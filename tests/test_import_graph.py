@@ -1,0 +1,93 @@
+"""The package's imports form no cycle: every import statement of dgemma_helpers/ and kernels/,
+those inside functions included (a cycle dodged by importing late is still a cycle), read from the
+source. An import of a module's own parent package is no edge (Python runs the parent first
+anyway); imports under `if TYPE_CHECKING:` are for annotations only and never run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dgemma_helpers", "kernels")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imported(module: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level:
+        base = module.split(".")[: len(module.split(".")) - (node.level - 1) - (0 if is_package else 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    return [target] + [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+
+
+def is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        edges: set[str] = set()
+        todo = [ast.parse(path.read_text())]
+        while todo:
+            node = todo.pop()
+            for child in ast.iter_child_nodes(node):
+                if is_type_checking(child):
+                    continue
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    for target in imported(module, child, path.name == "__init__.py"):
+                        parts = target.split(".")
+                        for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+                            q = ".".join(parts[:i])
+                            if q in MODULES and q != module and not module.startswith(q + "."):
+                                edges.add(q)
+                todo.append(child)
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(u: str) -> None:
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == "open":
+                found.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = "done"
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checker_sees_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
+    assert "dgemma_helpers.model" in import_graph()["dgemma_helpers.fast.modules"]
+
+
+def test_kernels_import_nothing_of_the_kit():
+    """kernels/ is the lowest layer: the kit imports it, never the other way round."""
+    graph = import_graph()
+    assert all(not t.startswith("dgemma_helpers") for m, ts in graph.items() if m.startswith("kernels") for t in ts)
