@@ -62,6 +62,9 @@ from .ops import Ops  # noqa: E402
 from .step import StaticRound, fast_round  # noqa: E402
 
 KERNEL_MODULES = (kernels.rmsnorm, kernels.moe, kernels.denoise_head, kernels.tl_math)
+if not isinstance(kernels.rmsnorm._rmsnorm_kernel, JITFunction):
+    raise ImportError("the kernels were imported for the Triton interpreter (TRITON_INTERPRET=1) before this check: "
+                      "run it in a process of its own, `python -m dgemma_helpers.fast.aot`.")
 TRITON_OPS = Ops("triton", kernels.rmsnorm.rmsnorm, kernels.moe.moe, kernels.denoise_head.denoise_head)
 TARGETS = (80, 90, 100, 120)  # A100; H100/H200; B200; RTX Pro 6000 / RTX 50xx
 FP8_TARGETS = (89, 90, 100, 120)  # fp8 conversions exist from Ada (sm_89) on; the kit never runs fp8 below
