@@ -166,7 +166,7 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
               limit=tol if args.cpu else 3e-2)
 
         # one whole round, graph-replayed, against denoise_step on the same state
-        rng = CounterRNG(5)
+        rng = CounterRNG(5, B, dev)
         torch_state = fresh_state()
         denoise_step(model, cache, torch_state, 0.7, settings, StableAndConfident(1, 0.0), rng, 0, 3)
         fast_state = fresh_state()

@@ -152,7 +152,7 @@ def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> f
     with torch.inference_mode():
         cache = dg.KVCache(cfg, batch, prompt.shape[1], device=dev, dtype=model.dtype)
         model.encode(prompt, cache)
-        rng = CounterRNG(1)
+        rng = CounterRNG(1, batch, dev)
         noise = rng.canvas(0, batch, cfg.canvas_length, cfg.vocab_size, dev)
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         state = CanvasState(canvas=noise, argmax=noise, soft=None, done=done)

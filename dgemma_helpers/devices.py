@@ -18,10 +18,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The default is the first GPU when there is one, else the CPU; a device that does not exist is refused."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise DeviceError(f"device must be a string or a torch.device (got {type(device).__name__}); "
+                          "use 'cpu', 'cuda' or 'cuda:N'.")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DeviceError(f"{device!r} is not a device name ({e}); use 'cpu', 'cuda' or 'cuda:N'.") from None
+    except (RuntimeError, TypeError):  # torch's message lists every device type it knows: not helpful here
+        raise DeviceError(f"{device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":

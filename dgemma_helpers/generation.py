@@ -82,10 +82,13 @@ class GenerationResult:
     texts: list[str | None]
     prompt_ids: list[list[int]]
     tokens_per_forward: float  # mean over rows of row_tokens_per_forward
-    row_tokens_per_forward: list[float]  # transformers' definition: non-pad canvas tokens / denoiser passes
+    row_tokens_per_forward: list[float]  # tokens returned (non-pad, within max_new_tokens) / the row's denoiser passes
     steps_per_canvas: list[list[int]]  # [canvas][row] denoising rounds each row ran
     settings: GenerationSettings
     timings: Timings = field(default_factory=Timings)
+    # transformers' figure: non-pad tokens of the committed canvases / denoiser passes (mean over rows).
+    # It counts whole canvases, so max_new_tokens=1 still counts the 255 tokens cut off after the first.
+    canvas_tokens_per_forward: float | None = None
     path: str = "torch"  # the denoising step that ran: "fast" (fused kernels + CUDA graph) or "torch"
     fallback_reason: str | None = None  # why path=None/"auto" ran "torch"; None when it got the path asked for
 
@@ -122,7 +125,7 @@ def generate(
     stability_threshold: int | None = None,
     confidence_threshold: float | None = None,
     eos_token_ids: Sequence[int] | None = None,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     rng: str = "counter",
     initial_canvas: Sequence[int] | torch.Tensor | None = None,
     pinned: Sequence[int] | torch.Tensor | None = None,
@@ -137,7 +140,10 @@ def generate(
     Sampler settings default to the checkpoint's generation_config.json (else the published ones);
     `confidence_threshold=0` switches adaptive stopping off. `initial_canvas` [L] or [B, L] is the
     first canvas to start from; `pinned` (positions, or a bool mask) are never renoised: infilling.
-    `on_step` receives a StepRecord after every denoising round. `rng="transformers"` replays the
+    `on_step` receives a StepRecord after every denoising round. `seed`: one int for the batch (row i
+    draws from (seed, i); row 0 equals a batch-of-one run with that seed), or one int per prompt (row i
+    equals a batch-of-one run with seed[i]); any Python int is a distinct seed (see rng.py).
+    `rng="transformers"` replays the
     reference's random draws (same seed, same tokens as transformers' generate; slower).
     `path`: None/"auto" runs the fused-kernel CUDA-graph step (dgemma_helpers/fast) where it can
     (CUDA + Triton, counter RNG, no top-k), else the PyTorch step; "torch" or "fast" force one.
@@ -158,9 +164,7 @@ def generate(
     first_canvas, pin_mask = canvas_inputs(initial_canvas, pinned, B, L, V, device)
     if record_topk < 0 or record_topk > V:
         raise InputError(f"record_topk must be in 0..{V} (got {record_topk}).")
-    if seed is not None and not isinstance(seed, int):
-        raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
-    source = make_rng(rng, seed, device)
+    source = make_rng(rng, seed, B, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
     step_fn = stepper(path, model, settings, rng, record_topk)
 
@@ -216,13 +220,16 @@ def generate(
         timings.commit_s += time.perf_counter() - t0
 
     tokens = torch.cat(committed, dim=1)
-    valid_tokens = (tokens != settings.pad_token_id).sum(dim=1)
-    row_tpf = (valid_tokens.float() / forwards.clamp(min=1).float()).tolist()
-    tokens = tokens[:, :settings.max_new_tokens].cpu()
+    passes = forwards.clamp(min=1).float()
+    canvas_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).mean().item()
+    tokens = tokens[:, :settings.max_new_tokens]
+    row_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).tolist()
+    tokens = tokens.cpu()
     texts = [decode(model.tokenizer, _until_eos(row, settings)) for row in tokens.tolist()]
     timings.total_s = time.perf_counter() - t_start
     return GenerationResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids,
                             tokens_per_forward=sum(row_tpf) / B, row_tokens_per_forward=row_tpf,
+                            canvas_tokens_per_forward=canvas_tpf,
                             steps_per_canvas=steps_per_canvas, settings=settings, timings=timings,
                             path=step_fn.path, fallback_reason=step_fn.fallback_reason)
 

@@ -7,8 +7,9 @@ first: same algorithm, same e^-60 floor, applied per tile: a term below e^-60 of
 a tile below e^-60 of the running max, counts as 0), computing per position
     m    running max of z                         s = sum e^(z - m)
     t    sum e^(z - m) (z - m)                    acc = sum e^(z - m) E_v   (hidden-sized, see below)
-    the first argmax of z, and the Gumbel-max sample argmax(z + g) with g = gumbel(key, n, v), the
-    counter-based hash of dgemma_helpers/rng.py, so samples equal CounterRNG's draw for draw.
+    the first argmax of z, and the Gumbel-max sample argmax(z + g) with g = gumbel(key[row], position
+    in the canvas, v), the counter-based hash of kernels/hash_ref.py, so samples equal CounterRNG's
+    draw for draw.
 Then entropy = log s - t / s (no cancellation) and soft = acc / s * sqrt(hidden).
 
 Layout. The soft embedding is a second GEMM over the vocabulary whose accumulator is hidden-sized
@@ -51,7 +52,7 @@ FLOOR = tl.constexpr(LOG_PROB_FLOOR)
 
 @triton.jit
 def _logits_kernel(h_ptr, e_ptr, temp_ptr, key_ptr, p_ptr, tmax_ptr, targ_ptr, ts_ptr, tt_ptr, gmax_ptr, garg_ptr,
-                   N, V, H, first_tile, chunk_cols, cap,
+                   N, V, H, L, first_tile, chunk_cols, cap,
                    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -74,9 +75,9 @@ def _logits_kernel(h_ptr, e_ptr, temp_ptr, key_ptr, p_ptr, tmax_ptr, targ_ptr, t
     # the tile's max and first argmax (tl.argmax keeps the first of equal values)
     tmax = tl.max(z, axis=1)
     targ = tile * BLOCK_V + tl.argmax(z, axis=1, tie_break_left=True)
-    # Gumbel-max candidate: argmax(z + g), g = gumbel(key, flat position, token) as in rng.gumbel
-    key = tl.load(key_ptr).to(tl.uint32)
-    pos_hash = mix32(rows.to(tl.uint32) ^ key)
+    # Gumbel-max candidate: argmax(z + g), g = gumbel(key of the row, position in the canvas, token)
+    key = tl.load(key_ptr + rows // L, mask=row_ok, other=0).to(tl.uint32)
+    pos_hash = mix32((rows % L).to(tl.uint32) ^ key)
     u = uniform_from_hash(mix32(pos_hash[:, None] + cols.to(tl.uint32)[None, :]))
     zg = tl.where(col_ok[None, :], z - tl.log(-tl.log(u)), float("-inf"))
     gmax = tl.max(zg, axis=1)
@@ -147,12 +148,11 @@ def _plan(device: torch.device, dtype: torch.dtype) -> dict:
                 launch=dict(num_warps=4, num_stages=2))
 
 
-def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor, key: torch.Tensor,
+def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor,
                  softcap: float, embed_scale: torch.Tensor) -> HeadResult:
-    """The head for hidden [N, H] (N = batch * canvas positions, flattened row-major, which is the
-    flat position the sampler's hash uses). `embed` [V, H] is the tied embedding; `temperature` a
-    one-element float32 tensor and `key` a one-element int64 tensor (the sampler's stream key):
-    device tensors, so a CUDA graph can replay the head with new values. `embed_scale`: the model's
+    """The head for hidden [N, H] (N = B * L canvas positions, flattened row-major). `embed` [V, H] is
+    the tied embedding; `temperature` a one-element float32 tensor and `keys` [B] int64 the sampler's
+    stream key of each batch row: device tensors, so a CUDA graph can replay the head with new values. `embed_scale`: the model's
     sqrt(hidden) buffer, which multiplies the soft embedding."""
     N, H = hidden.shape
     V = embed.shape[0]
@@ -171,7 +171,7 @@ def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.T
     for c, first in enumerate(range(0, n_tiles, ct)):
         tiles = min(ct, n_tiles - first)
         _logits_kernel[(triton.cdiv(N, bn), tiles)](
-            hidden, embed, temperature, key, p, tmax, targ, ts, tt, gmax, garg, N, V, H, first, ct * bv,
+            hidden, embed, temperature, keys, p, tmax, targ, ts, tt, gmax, garg, N, V, H, N // keys.numel(), first, ct * bv,
             float(softcap), DOT_PRECISION=precision, BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, **launch)
         _soft_kernel[(triton.cdiv(N, bm), triton.cdiv(H, bh))](
             p, embed, tmax, m[c % 2], m[(c + 1) % 2], acc, N, V, H, first, tiles, ct * bv,

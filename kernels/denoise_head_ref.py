@@ -19,12 +19,12 @@ LOG_PROB_FLOOR = -60.0
 class HeadResult(NamedTuple):
     argmax: torch.Tensor  # [N] int64, first maximum of z
     entropy: torch.Tensor  # [N] float32, of softmax(z)
-    sample: torch.Tensor  # [N] int64, argmax(z + gumbel(key, n, v)): a draw from softmax(z)
+    sample: torch.Tensor  # [N] int64, argmax(z + gumbel(key of n's row, n's canvas position, v)): a draw from softmax(z)
     soft: torch.Tensor  # [N, hidden] softmax(z) @ E * embed_scale (sqrt(hidden) in E's dtype), in E's dtype
 
 
 def reference_denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor,
-                           key: torch.Tensor, softcap: float, embed_scale: torch.Tensor) -> HeadResult:
+                           keys: torch.Tensor, softcap: float, embed_scale: torch.Tensor) -> HeadResult:
     """The same in plain PyTorch, materialising [N, V] (model.logits, then the materialized head's
     entropy / soft embedding and CounterRNG's Gumbel-max draw at every position)."""
     z = (hidden @ embed.T).float().div_(softcap).tanh_().mul_(softcap).div_(temperature.float())
@@ -32,6 +32,7 @@ def reference_denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperatur
     probs = torch.nn.functional.threshold(log_probs, LOG_PROB_FLOOR, -math.inf).exp_()
     entropy = -(probs * log_probs).sum(-1)
     positions = torch.arange(z.shape[0], device=z.device)
-    sample = torch.argmax(z + gumbel(key.reshape(()), positions, z.shape[1]), dim=-1)
+    L = z.shape[0] // keys.numel()  # keys: one per batch row; positions are flat over B * L
+    sample = torch.argmax(z + gumbel(keys.reshape(-1)[positions // L], positions % L, z.shape[1]), dim=-1)
     soft = (probs @ embed.float()).to(embed.dtype) * embed_scale
     return HeadResult(z.argmax(dim=-1), entropy, sample, soft)

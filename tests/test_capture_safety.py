@@ -122,10 +122,10 @@ def fast_round_setup(model, *, pins: bool = False, done_row: bool = False):
         state.pinned_ids = noise
     stepper = FastStepper(model, settings, ops=kernel_ops(model.device))
     assert stepper.ops.name == "triton"
-    stepper(model, cache, state, 0.8, settings, None, CounterRNG(3), 0, 0)  # warm-up round
+    stepper(model, cache, state, 0.8, settings, None, CounterRNG([3, 4], B), 0, 0)  # warm-up round
     b = stepper.buffers
     static = [b.canvas, b.argmax, b.pinned_ids, b.pins, b.accepted, b.done, b.entropy, b.soft, b.temperature,
-              b.sample_key, b.noise_key, b.stop.buffer, b.cache.positions, b.cache.full_mask, b.cache.sliding_mask,
+              b.seed_words, b.canvas_index, b.step, b.stop.buffer, b.cache.positions, b.cache.full_mask, b.cache.sliding_mask,
               *cache.keys, *cache.values]
     return stepper, static
 
@@ -154,5 +154,5 @@ def test_the_check_finds_what_the_pytorch_step_does(checkpoint, ours):
     noise = torch.randint(0, V, (1, L), generator=torch.Generator().manual_seed(1))
     state = CanvasState(canvas=noise, argmax=noise, soft=None, done=torch.tensor([False]))
     with torch.inference_mode(), checked(GraphSafety()) as mode:
-        denoise_step(model, cache, state, 0.8, settings, StableAndConfident(1, 0.0), CounterRNG(3), 0, 0)
+        denoise_step(model, cache, state, 0.8, settings, StableAndConfident(1, 0.0), CounterRNG(3, 1), 0, 0)
     assert any("nonzero" in p for p in mode.problems)

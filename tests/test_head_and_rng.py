@@ -6,7 +6,21 @@ import pytest
 import torch
 
 from dgemma_helpers.head import materialized_head, tiled_head
-from dgemma_helpers.rng import CounterRNG, gumbel, mix32, mix32_int, noise_ids, stream_key
+from dgemma_helpers.rng import CounterRNG, gumbel, mix32, noise_ids, seed_words, stream_keys
+
+
+def mix32_int(x: int) -> int:
+    """Wellons' lowbias32 on a Python int: the reference for the tensor and Triton versions."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def keys(seed: int, tag: int = 7, rows: int = 1) -> torch.Tensor:
+    return stream_keys(torch.tensor([seed_words(seed, r) for r in range(rows)]), tag, 0, 0)
 
 
 @pytest.mark.parametrize("shape", ["plain", "confident"])
@@ -47,14 +61,14 @@ def test_mix32_matches_the_integer_reference():
 
 
 def test_noise_ids_are_uniform_and_keyed():
-    ids = noise_ids(stream_key(1, 7, 0, 0), 64, 256, 10, torch.device("cpu"))
+    ids = noise_ids(keys(1, rows=64), 256, 10)
     counts = torch.bincount(ids.flatten(), minlength=10).float()
     expected = ids.numel() / 10
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
     assert chi2 < 27.9  # 9 degrees of freedom, p = 0.001
     assert ids.min() >= 0 and ids.max() < 10
-    again = noise_ids(stream_key(1, 7, 0, 0), 64, 256, 10, torch.device("cpu"))
-    other = noise_ids(stream_key(2, 7, 0, 0), 64, 256, 10, torch.device("cpu"))
+    again = noise_ids(keys(1, rows=64), 256, 10)
+    other = noise_ids(keys(2, rows=64), 256, 10)
     assert torch.equal(ids, again) and not torch.equal(ids, other)
 
 
@@ -64,7 +78,7 @@ def test_gumbel_max_samples_follow_softmax():
     probs = torch.softmax(logits, dim=0)
     n = 20000
     positions = torch.arange(n)
-    draws = torch.argmax(logits[None, :] + gumbel(stream_key(3, 1, 0, 0), positions, 6), dim=-1)
+    draws = torch.argmax(logits[None, :] + gumbel(keys(3, tag=1), positions, 6), dim=-1)
     counts = torch.bincount(draws, minlength=6).double()
     expected = probs.double() * n
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
@@ -78,7 +92,7 @@ def test_counter_rng_samples_only_accepted_positions(checkpoint, ours):
         head = tiled_head(model, hidden, 0.7)
     accepted = torch.zeros(1, model.config.canvas_length, dtype=torch.bool)
     accepted[0, [1, 4]] = True
-    rng = CounterRNG(seed=5)
+    rng = CounterRNG(seed=5, batch=1)
     sampled = rng.sample(model, head, accepted, canvas=0, step=0)
     assert sampled.shape == accepted.shape and (sampled[~accepted] == 0).all()
     assert torch.equal(sampled, rng.sample(model, head, accepted, canvas=0, step=0))  # a pure function
@@ -92,3 +106,12 @@ def test_uniform_from_hash_is_open_interval():
     assert 0 < u[0] < 1e-7 and 1 - 1e-7 < u[1] < 1
     g = -torch.log(-torch.log(u))
     assert torch.isfinite(g).all()
+
+
+def test_every_int_is_its_own_seed():
+    """Hashed whole: no folding to 32 or 64 bits, negative seeds distinct, rows keyed apart."""
+    seeds = [0, 1, 2**32, 1 + 2**32, 7, 7 << 32, -1, 2**64 - 1, 2**64, -(2**64), 10**40, -(10**40)]
+    words = {tuple(seed_words(s)) for s in seeds}
+    assert len(words) == len(seeds)
+    assert seed_words(5, 0) == seed_words(5) and seed_words(5, 1) != seed_words(5)
+    assert len({tuple(seed_words(s, r)) for s in range(50) for r in range(8)}) == 400

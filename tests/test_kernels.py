@@ -23,7 +23,7 @@ from kernels.rmsnorm_ref import reference_rmsnorm  # noqa: E402
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers.head import tiled_head  # noqa: E402
 from dgemma_helpers.quant import Fp8Experts, quantize_experts, quantize_fp8  # noqa: E402
-from dgemma_helpers.rng import SAMPLE_STREAM, CounterRNG, stream_key  # noqa: E402
+from dgemma_helpers.rng import SAMPLE_STREAM, CounterRNG  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -99,7 +99,7 @@ def _head_inputs(N=40, H=48, V=1000, seed=0, scale=3.0):
 @pytest.mark.parametrize("temperature", [0.8, 0.1])
 def test_denoise_head_matches_reference(temperature):
     hidden, embed = _head_inputs()  # vocab 1000 = 16 tiles of 64 in 4 chunks, the last one partial
-    t, key = torch.tensor([temperature]), torch.tensor([stream_key(7, SAMPLE_STREAM, 0, 1)])
+    t, key = torch.tensor([temperature]), CounterRNG(7, batch=2).keys(SAMPLE_STREAM, 0, 1)  # 40 positions: 2 rows
     scale = torch.tensor(embed.shape[1] ** 0.5)
     got = denoise_head(hidden, embed, t, key, 30.0, scale)
     ref = reference_denoise_head(hidden, embed, t, key, 30.0, scale)
@@ -118,11 +118,11 @@ def test_denoise_head_is_the_models_head_and_counter_rng(checkpoint, ours):
     hidden = torch.randn(B, L, H, generator=gen(3)) * 3
     with torch.no_grad():
         ref = tiled_head(model, hidden, 0.6)
-        key = stream_key(11, SAMPLE_STREAM, 2, 5)
+        rng = CounterRNG([11, 12], batch=B)
         got = denoise_head(hidden.view(B * L, H), model.embed_tokens.weight, torch.tensor([0.6]),
-                           torch.tensor([key]), model.config.final_logit_softcapping, model.embed_scale)
+                           rng.keys(SAMPLE_STREAM, 2, 5), model.config.final_logit_softcapping, model.embed_scale)
         accepted = torch.rand(B, L, generator=gen(4)) < 0.5
-        drawn = CounterRNG(11).sample(model, ref, accepted, canvas=2, step=5)
+        drawn = rng.sample(model, ref, accepted, canvas=2, step=5)
     assert torch.equal(got.argmax.view(B, L), ref.argmax)
     torch.testing.assert_close(got.entropy.view(B, L), ref.entropy, atol=2e-5, rtol=1e-4)
     assert rel_err(got.soft.view(B, L, H), ref.soft) < 1e-5

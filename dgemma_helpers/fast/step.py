@@ -4,9 +4,10 @@ once per generation as a CUDA graph and replayed for every round of every canvas
 It is a drop-in for generation.denoise_step (same call, same updates to the CanvasState, same
 record fields). The round is the model's own `denoise` over a StaticCanvasCache, the fused head,
 and sampler.sampler_round, with what a graph needs:
-  * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature and the two RNG
-    stream keys live in tensors allocated once; each round copies its few scalars in (async
-    fills, no host sync) and replays the graph;
+  * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature, the rows' seed
+    words and the canvas and step numbers live in tensors allocated once; each round copies its
+    few scalars in (async fills, no host sync) and replays the graph, which derives the rows'
+    stream keys from them with the CPU path's own tensor hash (rng.stream_keys);
   * no branch on device values: rows that already stopped are kept with torch.where every round,
     pins are a mask that may be all False, the first round's zero self-conditioning signal is a
     zeroed buffer (the signal's MLP maps zeros to zeros, so this equals denoise(soft=None));
@@ -29,7 +30,7 @@ import torch
 from ..cache import KVCache, StaticCanvasCache
 from ..config import GenerationSettings
 from ..model import DiffusionGemma
-from ..rng import NOISE_STREAM, SAMPLE_STREAM, CounterRNG, noise_ids, stream_key
+from ..rng import NOISE_STREAM, SAMPLE_STREAM, CounterRNG, noise_ids, stream_keys
 from ..sampler import StableAndConfident, sampler_round
 from .modules import fused_modules
 from .ops import Ops, kernel_ops
@@ -73,8 +74,9 @@ class StaticRound:
         self.entropy = torch.zeros(B, L, dtype=torch.float32, device=dev)
         self.soft = torch.zeros(B, L, model.config.hidden_size, dtype=model.dtype, device=dev)
         self.temperature = torch.ones(1, dtype=torch.float32, device=dev)
-        self.sample_key = torch.zeros(1, **long)
-        self.noise_key = torch.zeros(1, **long)
+        self.seed_words = torch.zeros(B, 4, **long)  # CounterRNG.words of this generation
+        self.canvas_index = torch.zeros(1, **long)
+        self.step = torch.zeros(1, **long)
         self.stop = StaticStop(settings.stability_threshold, settings.confidence_threshold, (B, L), dev)
 
     def load(self, state) -> None:
@@ -102,11 +104,13 @@ def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound, entropy_bo
     B, L = b.canvas.shape
     with fused_modules(model, ops):
         hidden = model.denoise(b.canvas, b.cache, b.soft)
-    head = ops.denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, b.sample_key,
+    sample_keys = stream_keys(b.seed_words, SAMPLE_STREAM, b.canvas_index, b.step)
+    head = ops.denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, sample_keys,
                             model.config.final_logit_softcapping, model.embed_scale)
     out = sampler_round(b, head.entropy.view(B, L), head.argmax.view(B, L), head.soft.view(B, L, -1),
                         lambda accepted: head.sample.view(B, L),
-                        lambda: noise_ids(b.noise_key, B, L, model.config.vocab_size, b.canvas.device),
+                        lambda: noise_ids(stream_keys(b.seed_words, NOISE_STREAM, b.canvas_index, b.step + 1), L,
+                                          model.config.vocab_size),
                         entropy_bound, b.stop)
     for name in ("canvas", "argmax", "soft", "done", "accepted", "entropy"):
         getattr(b, name).copy_(getattr(out, name))
@@ -124,7 +128,7 @@ class FastStepper:
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.buffers: StaticRound | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._state = None
+        self._state = self._source = None
         self.replays = 0  # rounds run (for tests and benchmarks)
 
     def round(self) -> None:
@@ -146,15 +150,18 @@ class FastStepper:
                  topk: int = 0) -> dict[str, Any]:
         if self.buffers is None or self.buffers.cache.cache is not cache:
             self.buffers = StaticRound(self.model, self.settings, cache)
-            self.graph = None
+            self.graph = self._source = None
         b = self.buffers
         if state is not self._state:
             b.load(state)
             self._state = state
         # Scalars of this round: fills are asynchronous kernel launches, no host sync.
         b.temperature.fill_(temperature)
-        b.sample_key.fill_(stream_key(source.seed, SAMPLE_STREAM, canvas_index, step))
-        b.noise_key.fill_(stream_key(source.seed, NOISE_STREAM, canvas_index, step + 1))
+        if source is not self._source:
+            b.seed_words.copy_(source.words)
+            self._source = source
+        b.canvas_index.fill_(canvas_index)
+        b.step.fill_(step)
         if not self.use_graph:
             self.round()
         elif self.graph is None:
