@@ -31,7 +31,7 @@ from .devices import has_fp8, synchronize, triton_support
 from .errors import DeviceError, InputError
 from .fast import FastStepper
 from .head import materialized_head, tiled_head
-from .inputs import canvas_inputs, prompt_batch
+from .inputs import canvas_inputs, check_call, prompt_batch, token_id_list
 from .model import DiffusionGemma
 from .quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
@@ -106,7 +106,7 @@ def resolve_settings(model: DiffusionGemma, overrides: dict[str, Any]) -> Genera
     base = model.generation_settings or GenerationSettings(eos_token_ids=model.config.eos_token_ids,
                                                            pad_token_id=model.config.pad_token_id)
     if overrides.get("eos_token_ids") is not None:
-        overrides["eos_token_ids"] = tuple(overrides["eos_token_ids"])
+        overrides["eos_token_ids"] = token_id_list("eos_token_ids", overrides["eos_token_ids"], model.config.vocab_size)
     return base.replace(**overrides)
 
 
@@ -162,8 +162,7 @@ def generate(
         raise InputError(f"the prompt ({P} tokens) plus {n_canvases} canvas(es) of {L} tokens exceeds the model's "
                          f"context of {config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
     first_canvas, pin_mask = canvas_inputs(initial_canvas, pinned, B, L, V, device)
-    if record_topk < 0 or record_topk > V:
-        raise InputError(f"record_topk must be in 0..{V} (got {record_topk}).")
+    check_call(record_topk, on_step, V)
     source = make_rng(rng, seed, B, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
     step_fn = stepper(path, model, settings, rng, record_topk)

@@ -1,4 +1,6 @@
-"""Turn what a caller passes to `generate` into checked tensors: prompts, initial canvas, pins."""
+"""Turn what a caller passes to `generate` into checked tensors: prompts, initial canvas, pins.
+Every check raises InputError naming the argument, what it got and what it takes; a wrong type
+never reaches torch, the tokenizer or the chat template."""
 
 from __future__ import annotations
 
@@ -14,25 +16,19 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
     given = [name for name, v in (("prompt", prompt), ("messages", messages), ("input_ids", input_ids)) if v is not None]
     if len(given) != 1:
         raise InputError(f"give exactly one of prompt, messages or input_ids (got {given or 'none'}).")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise InputError(f"thinking must be True, False or None (got {thinking!r}).")
     if prompt is not None:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError("prompt must be a string or a non-empty list of strings.")
+            raise InputError(f"prompt must be a string or a non-empty list of strings (got {_shown(prompt)}).")
         if any(not p.strip() for p in prompts):
             raise InputError("a prompt is empty: give some text to continue (or messages=... for a chat).")
         rows = encode_prompts(model.tokenizer, prompts, None, thinking)
     elif messages is not None:
-        chats = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        if not chats or not all(chat and all(isinstance(m, dict) and "role" in m and "content" in m for m in chat)
-                                for chat in chats):
-            raise InputError("messages must be a chat ([{'role': 'user', 'content': '...'}]) or a list of chats.")
-        rows = encode_prompts(model.tokenizer, None, chats, thinking)
+        rows = encode_prompts(model.tokenizer, None, check_chats(messages), thinking)
     else:
-        if isinstance(input_ids, torch.Tensor):
-            input_ids = input_ids.tolist() if input_ids.ndim == 2 else [input_ids.tolist()]
-        rows = [list(input_ids)] if input_ids and isinstance(input_ids[0], int) else [list(r) for r in input_ids]
-        if not rows or any(not isinstance(t, int) for r in rows for t in r):
-            raise InputError("input_ids must be a list of token ids, a list of such lists, or an integer tensor.")
+        rows = _id_rows(input_ids)
     if any(len(r) == 0 for r in rows):
         raise InputError("a prompt encodes to zero tokens: give some text or ids to continue.")
     V = model.config.vocab_size
@@ -49,6 +45,71 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
     return ids.to(device), valid.to(device), rows
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_chats(messages) -> list[list[dict]]:
+    """One chat ([{'role': ..., 'content': '...'}, ...]) or a list of chats, checked message by message."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError(f"messages must be a chat ([{{'role': 'user', 'content': '...'}}]) or a list of chats "
+                         f"(got {_shown(messages)}).")
+    chats = [messages] if isinstance(messages[0], dict) else list(messages)
+    for c, chat in enumerate(chats):
+        if not isinstance(chat, (list, tuple)) or not chat:
+            raise InputError(f"chat {c} must be a non-empty list of messages (got {_shown(chat)}).")
+        for i, m in enumerate(chat):
+            where = f"message {i}" + (f" of chat {c}" if len(chats) > 1 else "")
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise InputError(f"{where} must be a dict with 'role' and 'content' (got {_shown(m)}).")
+            if m["role"] not in ROLES:
+                raise InputError(f"{where} has role {m['role']!r}; the chat template knows {', '.join(ROLES)}.")
+            if not isinstance(m["content"], str):
+                raise InputError(f"{where} has content {_shown(m['content'])}; give the message text as a string.")
+    return [list(chat) for chat in chats]
+
+
+def _id_rows(input_ids) -> list[list[int]]:
+    what = "input_ids must be a list of token ids, a list of such lists, or an integer tensor"
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool \
+                or input_ids.ndim not in (1, 2):
+            raise InputError(f"{what} (got a {input_ids.dtype} tensor of shape {list(input_ids.shape)}).")
+        input_ids = input_ids.tolist() if input_ids.ndim == 2 else [input_ids.tolist()]
+    if not isinstance(input_ids, (list, tuple)) or not input_ids:
+        raise InputError(f"{what} (got {_shown(input_ids)}).")
+    rows = [list(input_ids)] if _is_int(input_ids[0]) else input_ids
+    if any(not isinstance(r, (list, tuple)) or not all(_is_int(t) for t in r) for r in rows):
+        raise InputError(f"{what} (got {_shown(input_ids)}).")
+    return [[int(t) for t in r] for r in rows]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def check_call(record_topk, on_step, vocab: int) -> None:
+    """generate()'s arguments that are neither inputs nor sampler settings."""
+    if not _is_int(record_topk) or not 0 <= record_topk <= vocab:
+        raise InputError(f"record_topk must be an int in 0..{vocab} (got {_shown(record_topk)}).")
+    if on_step is not None and not callable(on_step):
+        raise InputError(f"on_step must be a function that takes a StepRecord, or None (got {_shown(on_step)}).")
+
+
+def token_id_list(name: str, value, vocab: int) -> tuple[int, ...]:
+    """A list of token ids (e.g. eos_token_ids), each an int inside the vocabulary."""
+    if not isinstance(value, (list, tuple, range)) or not all(_is_int(t) for t in value):
+        raise InputError(f"{name} must be a list of token ids (got {_shown(value)}); [] for none.")
+    bad = [t for t in value if not 0 <= t < vocab]
+    if bad:
+        raise InputError(f"{name} {bad[:5]} are outside the vocabulary 0..{vocab - 1}.")
+    return tuple(value)
+
+
 def canvas_inputs(initial_canvas, pinned, batch: int, length: int, vocab: int,
                   device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The first canvas [B, L] and the pinned mask [B, L], checked against the canvas shape."""
@@ -56,9 +117,10 @@ def canvas_inputs(initial_canvas, pinned, batch: int, length: int, vocab: int,
         if pinned is not None:
             raise InputError("pinned positions need initial_canvas=..., which says what they hold.")
         return None, None
-    canvas = torch.as_tensor(initial_canvas)
-    if canvas.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
-        raise InputError(f"initial_canvas must hold integer token ids (got dtype {canvas.dtype}).")
+    canvas = _int_tensor("initial_canvas", initial_canvas, "integer token ids")
+    if canvas.dtype == torch.bool:
+        raise InputError("initial_canvas must hold integer token ids (got a bool tensor).")
+    canvas = canvas.long()  # before any comparison: a uint8 canvas would wrap the vocabulary size
     shape = list(canvas.shape)
     if canvas.ndim == 1:
         canvas = canvas[None].expand(batch, -1)
@@ -73,8 +135,29 @@ def canvas_inputs(initial_canvas, pinned, batch: int, length: int, vocab: int,
     return canvas.to(device=device, dtype=torch.long).contiguous(), None if mask is None else mask.to(device)
 
 
+def _int_tensor(name: str, value, what: str) -> torch.Tensor:
+    """A tensor of ints or bools from a tensor or a (nested) list; anything else is refused by name."""
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, (list, tuple, range)):
+        flat = list(value)
+        while flat and isinstance(flat[0], (list, tuple)):
+            flat = [x for row in flat for x in row]
+        if not all(isinstance(x, int) for x in flat):  # bools are ints: a mask
+            raise InputError(f"{name} must hold {what} (got {_shown(value)}).")
+        try:
+            t = torch.tensor(value)
+        except (ValueError, TypeError, RuntimeError):  # ragged nesting
+            raise InputError(f"{name} must be a rectangular list of {what} (got {_shown(value)}).") from None
+    else:
+        raise InputError(f"{name} must be a tensor or a list of {what} (got {_shown(value)}).")
+    if t.is_floating_point() or t.is_complex():
+        raise InputError(f"{name} must hold {what} (got dtype {t.dtype}).")
+    return t
+
+
 def _pin_mask(pinned, batch: int, length: int) -> torch.Tensor:
-    p = torch.as_tensor(pinned) if not isinstance(pinned, torch.Tensor) else pinned
+    p = _int_tensor("pinned", pinned, "canvas positions or a boolean mask")
     if p.dtype == torch.bool:
         shape = list(p.shape)
         if p.ndim == 1:
@@ -82,8 +165,8 @@ def _pin_mask(pinned, batch: int, length: int) -> torch.Tensor:
         if tuple(p.shape) != (batch, length):
             raise InputError(f"pinned mask has shape {shape}; expected [{length}] or [{batch}, {length}].")
         return p.clone()
-    if p.ndim != 1 or p.is_floating_point():
-        raise InputError("pinned must be a list of canvas positions or a boolean mask over the canvas.")
+    if p.ndim != 1:
+        raise InputError(f"pinned positions must be a flat list (got shape {list(p.shape)}), or a boolean mask.")
     out_of_range = [int(i) for i in p.tolist() if not 0 <= int(i) < length]
     if out_of_range:
         raise InputError(f"pinned position(s) {out_of_range[:5]} are outside the canvas 0..{length - 1}.")

@@ -80,7 +80,9 @@ def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[lis
                 ids = ids["input_ids"]
             out.append(list(ids))
         return out
-    return [tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+    # verbose=False: a prompt longer than the tokenizer's model_max_length is the kit's to refuse (with
+    # the context length and the fix), not a transformers warning printed first.
+    return [tokenizer.encode(p, add_special_tokens=True, verbose=False) for p in prompts]
 
 
 def decode(tokenizer, ids: list[int]) -> str | None:
