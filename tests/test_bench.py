@@ -89,7 +89,7 @@ def test_continuation_nll_prefers_the_models_own_tokens(checkpoint, ours):
 
 # ---- sweeps: refused before anything runs ----------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(engines="kit,nope"), r"unknown engine\(s\) 'nope'.*choose from kit, kit-cuda, transformers, ar, ar-hf"),
+    (dict(engines="kit,nope"), r"unknown engine\(s\) 'nope'.*choose from kit, kit-cuda, transformers, ar, ar-hf, vllm, vllm-server"),
     (dict(engines=" , "), r"no engines given"),
     (dict(engines="kit,kit"), r"listed twice"),
     (dict(max_new_tokens="64,abc"), r"--max-new-tokens: 'abc' is not an integer"),
@@ -102,7 +102,7 @@ def test_continuation_nll_prefers_the_models_own_tokens(checkpoint, ours):
     (dict(entropy_bounds="0"), r"--entropy-bounds: 0.0 is not a number > 0"),
     (dict(repeats=0), r"repeats must be an integer >= 1"),
     (dict(warmup=-1), r"warmup"),
-    (dict(reference="vllm"), r"reference engine 'vllm' is unknown"),
+    (dict(reference="sglang"), r"reference engine 'sglang' is unknown"),
     (dict(ar_model="/no/such/dir"), r"--ar-model '/no/such/dir' is not a directory"),
     (dict(colour="blue"), r"unknown benchmark option"),
 ])

@@ -87,6 +87,8 @@ def test_report_holds_the_expected_engines_and_metrics(report):
     assert [status[n]["status"] for n in ("kit", "transformers", "ar")] == ["ok"] * 3
     assert status["ar-hf"]["status"] == "skipped" and status["ar-hf"]["reason"]
     assert status["kit-cuda"]["status"] == "skipped" and status["kit-cuda"]["reason"]
+    for name in ("vllm", "vllm-server"):  # the kit's venv has no vLLM: listed, with the fix
+        assert status[name]["status"] == "skipped" and "make setup-vllm" in status[name]["reason"]
     ok = [r for r in results["rows"] if r["status"] == "ok"]
     assert {r["engine"] for r in ok} == {"kit", "transformers", "ar"}
     assert len([r for r in ok if r["engine"] == "kit"]) == 2 * 2 * 2  # lengths x steps x entropy bounds
@@ -101,7 +103,7 @@ def test_report_holds_the_expected_engines_and_metrics(report):
     with open(report / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == bench.ROW_FIELDS and len(rows) == len(results["rows"])
-    assert {r["engine"] for r in rows} == {"kit", "kit-cuda", "transformers", "ar", "ar-hf"}
+    assert {r["engine"] for r in rows} == {"kit", "kit-cuda", "transformers", "ar", "ar-hf", "vllm", "vllm-server"}
 
 
 def test_make_report_runs_that_command():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,8 @@ def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".
     unknown = set(options) - known
     if unknown:
         raise InputError(f"unknown benchmark option(s) {sorted(unknown)}; valid: {sorted(known)}.")
+    if isinstance(options.get("vllm_args"), str) or options.get("vllm_args", 0) is None:
+        options["vllm_args"] = _json_object(options["vllm_args"] or "{}", "vllm-args")
     names = [e.strip() for e in engines.split(",") if e.strip()] if isinstance(engines, str) else list(engines)
     sweep = Sweep(model=_locate(model), engines=names,
                   max_new_tokens=parse_list(max_new_tokens, int, "max-new-tokens"),
@@ -41,6 +44,17 @@ def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".
     if sweep.ar_model:  # looked up the same way, but the sweep's own check names a missing one
         sweep.ar_model = str(next((c for c in model_candidates(sweep.ar_model) if c.exists()), sweep.ar_model))
     return sweep.validate(list(ENGINES))
+
+
+def _json_object(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--{flag} {text!r} is not JSON ({e}): give an object, e.g. "
+                         f"--{flag} '{{\"tensor_parallel_size\": 2}}'.") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--{flag} {text!r} is not a JSON object: give one, e.g. --{flag} '{{\"max_num_seqs\": 4}}'.")
+    return value
 
 
 def _locate(path: str) -> str:
@@ -71,6 +85,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--vllm-args", default="{}",
+                   help='vLLM engine arguments as JSON for the vllm engines, e.g. \'{"tensor_parallel_size": 2}\'')
 
 
 def _csv(values: Sequence) -> str:
@@ -82,7 +98,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
                       repeats=args.repeats, warmup=args.warmup, reference=args.reference, baseline=args.baseline,
                       ar_model=args.ar_model, ignore_eos=not args.respect_eos, early_stop=not args.no_early_stop,
                       interleave=args.interleave, device=args.device, dtype=args.dtype, threads=args.threads,
-                      seed=args.seed)
+                      seed=args.seed, vllm_args=args.vllm_args)
 
 
 def run_bench(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
     engine.available(sweep) -> (ok, reason)   cheap: nothing is loaded
     engine.prepare(sweep, pool)               load weights (once per benchmark)
+    engine.configure(config)                  untimed, before each grid point (vLLM restarts here)
     engine.run(prompts, config, seed) -> Measurement
     engine.release()                          drop the weights
 
@@ -9,7 +10,8 @@ Engines: "kit" (this kit's engine, PyTorch path), "kit-cuda" (the same generate(
 CUDA path: a KitEngine with path="fast", skipped where it cannot run), "transformers"
 (DiffusionGemmaForBlockDiffusion on the same checkpoint), "ar" (the checkpoint's own encoder
 writing one token per forward pass) and "ar-hf" (an autoregressive checkpoint through
-transformers, when --ar-model is given). More join with `register_engine(name, factory)`.
+transformers, when --ar-model is given); "vllm" and "vllm-server" (vLLM's DiffusionGemma, in
+bench/vllm_bench.py, registered by the package). More join with `register_engine(name, factory)`.
 
 The harness times each run() from outside (synchronised); an engine reports what only it can
 see: tokens, forward passes and the time inside them, and when its first output appeared.
@@ -83,11 +85,18 @@ class Engine:
     kind = DIFFUSION
     description = ""
 
+    # False for engines that run in other processes (vLLM): this process cannot see their memory.
+    in_process_memory = True
+
     def available(self, sweep: Sweep) -> tuple[bool, str]:
         return True, ""
 
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         raise NotImplementedError
+
+    def configure(self, config: Config) -> None:
+        """Called untimed before each grid point's warm-up: engines whose settings are fixed when they
+        start (vLLM's entropy bound) restart here, so no timed run pays for it."""
 
     def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
         raise NotImplementedError

@@ -133,7 +133,9 @@ def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], 
     for e in engines:
         for config in sweep.configs(e.kind == AUTOREGRESSIVE):
             keys.setdefault(config.key(), []).append((e, config))
-    for todo in keys.values():
+    # Grid points in (entropy bound, steps) order: engines that fix those when they start (vLLM)
+    # restart once per pair rather than at every point. Rows are reported in the sweep's order.
+    for todo in sorted(keys.values(), key=lambda t: _start_key(t[0][1])):
         label = todo[0][1].label()
         batch = todo[0][1].batch
         prompts = Prompts(texts=[sweep.prompts[i % len(sweep.prompts)] for i in range(batch)],
@@ -141,6 +143,7 @@ def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], 
         alive = []
         for e, config in todo:
             try:
+                e.configure(config)
                 for w in range(sweep.warmup):
                     e.run(prompts, config, seed=sweep.seed + 1000 + w)
                 alive.append((e, config))
@@ -168,8 +171,12 @@ def _timed_run(engine: Engine, prompts: Prompts, config: Config, seed: int, devi
     synchronize(device)
     m.total_s = time.perf_counter() - t
     m.prompt_ids = prompts.ids
-    m.peak_memory_bytes = read_peak_memory(device)
+    m.peak_memory_bytes = read_peak_memory(device) if engine.in_process_memory else None
     return m
+
+
+def _start_key(config: Config) -> tuple:
+    return tuple((v is None, v or 0) for v in (config.entropy_bound, config.steps))
 
 
 def _fail(engine: Engine, config: Config, ex: BaseException, failures: dict, device: torch.device,
@@ -245,7 +252,8 @@ def _aggregate(engine: Engine, config: Config, ms: list[Measurement], device: to
                 steps_per_canvas=None if engine.kind == AUTOREGRESSIVE else med(m.steps_per_canvas for m in ms),
                 first_canvas_ms=med(first), first_canvas_ms_min=min(first), first_canvas_ms_max=max(first),
                 first_token_ms=1000 * med(m.first_token_s for m in ms),
-                peak_mem_mb=max(peaks) / 2**20 if peaks else None, peak_mem_kind=peak_memory_kind(device, short=True),
+                peak_mem_mb=max(peaks) / 2**20 if peaks else None,
+                peak_mem_kind=peak_memory_kind(device, short=True) if engine.in_process_memory else "not_measured",
                 quality=score(ms) if score else None, quality_metric=quality_metric,
                 sample_text=(" ".join(texts[0].split())[:300] if texts else None))  # one line: CSV-safe
 

@@ -13,6 +13,7 @@ parameters (the names of the CLI flags), so `papermill -p max_new_tokens 64,128 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def notebook_parameters(sweep: Sweep, out_dir: str | os.PathLike) -> dict:
                 ar_model=str(Path(sweep.ar_model).resolve()) if sweep.ar_model else None,
                 ignore_eos=sweep.ignore_eos, early_stop=sweep.early_stop, interleave=sweep.interleave,
                 device=sweep.device, dtype=sweep.dtype, threads=sweep.threads, seed=sweep.seed,
-                out_dir=str(Path(out_dir).resolve()))
+                vllm_args=json.dumps(sweep.vllm_args), out_dir=str(Path(out_dir).resolve()))
 
 
 def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,

@@ -25,6 +25,11 @@ DEFAULT_PROMPTS = (
 )
 
 
+# Settings the sweep gives every engine; vllm_args may not override them for vLLM alone.
+VLLM_SAMPLER_KEYS = {"max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                     "confidence_threshold", "eos_token_ids", "generation_config", "diffusion_config"}
+
+
 @dataclass
 class Config:
     """One point of the grid. Autoregressive engines ignore `steps` and `entropy_bound` (None)."""
@@ -51,7 +56,8 @@ class Sweep:
     # The defaults are `make report`'s: every engine (those that cannot run here are listed as
     # skipped), and a grid small enough for a 2-core CPU and models/dgemma-tiny in a few minutes.
     model: str = "models/dgemma-tiny"
-    engines: list[str] = field(default_factory=lambda: ["kit", "kit-cuda", "transformers", "ar", "ar-hf"])
+    engines: list[str] = field(default_factory=lambda: ["kit", "kit-cuda", "transformers", "ar", "ar-hf", "vllm",
+                                                        "vllm-server"])
     max_new_tokens: list[int] = field(default_factory=lambda: [64, 128])
     steps: list[int] = field(default_factory=lambda: [8, 16])
     batch: list[int] = field(default_factory=lambda: [1])
@@ -69,6 +75,9 @@ class Sweep:
     ar_model: str | None = None  # an autoregressive (Gemma 4) checkpoint for the "ar-hf" engine
     interleave: bool | None = None  # engines alternate per repeat (None: when all models fit in memory)
     seed: int = 0
+    # vLLM engine arguments for the "vllm"/"vllm-server" engines, e.g. {"tensor_parallel_size": 2,
+    # "quantization": "fp8", "gpu_memory_utilization": 0.5}
+    vllm_args: dict[str, Any] = field(default_factory=dict)
 
     def configs(self, autoregressive: bool) -> Iterator[Config]:
         """The grid, as an engine sees it: autoregressive engines have no steps or entropy bound."""
@@ -110,6 +119,14 @@ class Sweep:
             raise InputError(f"threads must be a positive integer or None (got {self.threads!r}).")
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             raise InputError("prompts must be a non-empty list of non-empty strings.")
+        if not isinstance(self.vllm_args, dict) or not all(isinstance(k, str) and k.isidentifier()
+                                                            for k in self.vllm_args):
+            raise InputError(f"vllm_args must map vLLM engine argument names to values, e.g. "
+                             f'{{"tensor_parallel_size": 2}} (got {self.vllm_args!r}).')
+        sampler = sorted(set(self.vllm_args) & VLLM_SAMPLER_KEYS)
+        if sampler:
+            raise InputError(f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike "
+                             "(--steps, --entropy-bounds, --no-early-stop); leave them out of --vllm-args.")
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
             raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
                              "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")
