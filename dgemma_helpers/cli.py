@@ -7,10 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from . import vllm_cli
 from .errors import DGemmaError
 
 
 def _generate(args: argparse.Namespace) -> None:
+    if args.engine != "kit":
+        return vllm_cli.generate(args)
     from tqdm.auto import tqdm
 
     from .checkpoint import load_model
@@ -32,8 +35,9 @@ def _generate(args: argparse.Namespace) -> None:
         bar.set_postfix(accepted=int(record.accepted[0].sum()))
 
     kwargs = dict(max_new_tokens=args.max_new_tokens, max_denoising_steps=args.steps, entropy_bound=args.entropy_bound,
-                  t_min=args.t_min, t_max=args.t_max, seed=args.seed, on_step=progress,
-                  confidence_threshold=0.0 if args.no_early_stop else None)
+                  t_min=args.t_min, t_max=args.t_max, seed=0 if args.seed is None else args.seed, on_step=progress,
+                  stability_threshold=args.stability_threshold, rng=args.rng, path=args.path,
+                  confidence_threshold=0.0 if args.no_early_stop else args.confidence_threshold)
     if args.chat:
         result = generate(model, messages=[{"role": "user", "content": args.chat}], thinking=args.thinking, **kwargs)
     else:
@@ -74,6 +78,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgemma_helpers", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text block by block")
@@ -83,15 +88,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     what.add_argument("--chat", help="a user message, sent through the checkpoint's chat template")
     g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                    help="thinking on/off, where the chat template supports it")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--steps", type=int, help="max denoising steps per canvas")
-    g.add_argument("--entropy-bound", type=float)
-    g.add_argument("--t-min", type=float)
-    g.add_argument("--t-max", type=float)
-    g.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device")
-    g.add_argument("--dtype")
+    ckpt = "default: the checkpoint's generation_config.json, else the published"
+    g.add_argument("--max-new-tokens", type=int, help=f"tokens to generate ({ckpt} 256)")
+    g.add_argument("--steps", type=int, help=f"max denoising steps per canvas ({ckpt} 48)")
+    g.add_argument("--entropy-bound", type=float, help=f"nats of entropy accepted per round ({ckpt} 0.1)")
+    g.add_argument("--t-min", type=float, help=f"temperature of the last step ({ckpt} 0.4)")
+    g.add_argument("--t-max", type=float, help=f"temperature of the first step ({ckpt} 0.8)")
+    g.add_argument("--stability-threshold", type=int,
+                   help=f"rounds the argmax canvas must stay unchanged to stop early ({ckpt} 1)")
+    g.add_argument("--confidence-threshold", type=float,
+                   help=f"mean entropy below which a stable canvas stops early; 0 never stops ({ckpt} 0.005)")
+    g.add_argument("--no-early-stop", action="store_true", help="run every denoising step (confidence threshold 0)")
+    g.add_argument("--rng", choices=["counter", "transformers"], default="counter",
+                   help="counter: the kit's hash-based sampler; transformers: replays the reference's random draws "
+                        "(default: %(default)s)")
+    g.add_argument("--path", choices=["auto", "torch", "fast"], default="auto",
+                   help="denoising step: fast (fused kernels + CUDA graph), torch, or auto: fast where it runs "
+                        "(default: %(default)s)")
+    g.add_argument("--seed", type=int, help="the kit's seed (default 0); vLLM takes none")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: the first GPU, else the CPU)")
+    g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on a GPU, float32 on the CPU)")
+    vllm_cli.add_generate_arguments(g)
     g.set_defaults(func=_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's text config")
@@ -117,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--no-measure", action="store_true", help="skip the quality measurement for the model card")
     t.set_defaults(func=_train)
 
+    vllm_cli.add_serve_parser(sub)
+
     from .bench.command import add_sweep_arguments, run_bench, run_report
 
     b = sub.add_parser("bench", help="benchmark engines side by side: kit, transformers, autoregressive")
@@ -133,7 +152,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except DGemmaError as e:
+    except DGemmaError as e:  # the kit's own errors name the problem and the fix: one line says it all
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (a bug in the kit: rerun with --debug for the traceback "
+              "and report it)", file=sys.stderr)
+        return 1
     return 0

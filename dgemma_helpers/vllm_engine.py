@@ -179,6 +179,14 @@ class VLLMBase(StartSettings):
         L, n, pad = self.config.canvas_length, req.max_new_tokens, req.settings.pad_token_id
         trimmed = sum(max(len(o) - n, 0) for o in outputs)
         notes = list(req.notes)
+        # vLLM holds pinned positions as the denoiser's input every round (and zeroes their
+        # self-conditioning) but commits its own prediction there; the kit commits the pinned token.
+        moved = [(i, p) for i, x in enumerate(req.extra_args) for p in x.get("diffusion_pinned", [])
+                 if p < len(outputs[i]) and outputs[i][p] != x["diffusion_seed_canvas"][p]]
+        if moved:
+            notes.append(f"vLLM held the pinned positions as inputs but committed other tokens at {len(moved)} of "
+                         f"them ((row, position): {moved[:8]}{' ...' if len(moved) > 8 else ''}); the kit's "
+                         "generate commits the pinned tokens")
         if trimmed:
             notes.append(f"vLLM returned {trimmed} token(s) beyond max_new_tokens={n}: trimmed")
             log.info("vLLM returned %d token(s) beyond max_new_tokens=%d; trimmed them", trimmed, n)

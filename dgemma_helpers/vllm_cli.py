@@ -1,0 +1,118 @@
+"""The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve`.
+
+    python -m dgemma_helpers generate --engine vllm --model PATH --prompt "..." [--steps 16]
+    python -m dgemma_helpers vllm-serve --model PATH --steps 16 --port 8000     # until Ctrl-C
+    python -m dgemma_helpers generate --engine vllm-server --url http://127.0.0.1:8000 --model PATH --prompt "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import InputError
+from .vllm_engine import VLLMEngine
+from .vllm_server import LOOPBACK, VLLMServer, VLLMServerClient
+
+ENGINES = ("kit", "vllm", "vllm-server")
+# Engine arguments a user may pass for scale and precision, with their types.
+ENGINE_FLAGS = {"tensor_parallel_size": int, "quantization": str, "max_num_seqs": int,
+                "gpu_memory_utilization": float, "max_model_len": int, "dtype": str}
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, serving: bool = False) -> None:
+    """vLLM's engine arguments (--dtype is the kit's own flag on `generate`)."""
+    for name, kind in ENGINE_FLAGS.items():
+        if name != "dtype" or serving:
+            p.add_argument("--" + name.replace("_", "-"), type=kind, help="vLLM engine argument")
+    p.add_argument("--enable-expert-parallel", action="store_true", default=None, help="vLLM engine argument")
+
+
+def add_generate_arguments(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--engine", choices=ENGINES, default="kit",
+                   help="kit (default), vllm (vllm.LLM in this process) or vllm-server (a running server, --url)")
+    g.add_argument("--url", help="the vLLM server for --engine vllm-server, e.g. http://127.0.0.1:8000")
+    g.add_argument("--stream", action="store_true", help="vllm-server: stream (vLLM sends one chunk per canvas)")
+    add_engine_arguments(g)
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    names = list(ENGINE_FLAGS) + ["enable_expert_parallel"]
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _start_settings(args: argparse.Namespace) -> dict:
+    return dict(max_denoising_steps=args.steps, entropy_bound=args.entropy_bound, t_min=args.t_min,
+                t_max=args.t_max, confidence_threshold=0.0 if args.no_early_stop else None)
+
+
+def generate(args: argparse.Namespace) -> None:
+    """`generate --engine vllm|vllm-server`: the same prompt flags, the text, then vLLM's figures."""
+    if args.device is not None:
+        raise InputError("--device is the kit's: vLLM places the model itself (GPUs when it has them; "
+                         "--tensor-parallel-size spreads it): leave --device out.")
+    if args.seed is not None:
+        raise InputError("--seed is not available with vLLM (it rejects per-request seeds): leave it out, or use "
+                         "--engine kit, which takes it.")
+    if args.engine == "vllm-server":
+        if not args.url:
+            raise InputError("--engine vllm-server needs --url (a running server, e.g. one started with "
+                             f"`python -m dgemma_helpers vllm-serve --model {args.model}`).")
+        fixed = [f for f, v in (("--entropy-bound", args.entropy_bound), ("--t-min", args.t_min),
+                                ("--t-max", args.t_max), ("--no-early-stop", args.no_early_stop or None))
+                 if v is not None]
+        if fixed or _engine_kwargs(args):
+            raise InputError(f"{', '.join(fixed + sorted(_engine_kwargs(args)))}: a server fixes these when it starts; "
+                             "give them to `python -m dgemma_helpers vllm-serve` instead.")
+        engine = VLLMServerClient(args.url, args.model)
+        per_call = dict(max_denoising_steps=args.steps, stream=args.stream)
+    else:
+        if args.stream:
+            raise InputError("--stream needs a server: --engine vllm-server --url URL.")
+        engine = VLLMEngine(args.model, **_start_settings(args), **_engine_kwargs(args))
+        per_call = {}
+    try:
+        prompt = dict(messages=[{"role": "user", "content": args.chat}], thinking=args.thinking) if args.chat else \
+            dict(prompt=args.prompt)
+        result = engine.generate(**prompt, max_new_tokens=args.max_new_tokens, **per_call)
+    finally:
+        if isinstance(engine, VLLMEngine):
+            engine.close()
+    print(result.text)
+    steps = result.mean_steps_per_canvas
+    print(f"\ntokens per forward: {result.tokens_per_forward:.2f} ({result.denoising_steps} denoising steps"
+          f"{f', {steps:.1f} per canvas' if steps is not None else ''}, {result.timings.total_s:.2f} s); "
+          f"path: {result.path}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("vllm-serve", help="start vLLM's OpenAI-compatible server for a checkpoint with the kit's settings")
+    s.add_argument("--model", required=True, help="checkpoint directory")
+    s.add_argument("--steps", type=int, help="max denoising steps per canvas (also vLLM's temperature schedule)")
+    s.add_argument("--entropy-bound", type=float)
+    s.add_argument("--t-min", type=float)
+    s.add_argument("--t-max", type=float)
+    s.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
+    s.add_argument("--host", default=LOOPBACK, help="address to bind (default %(default)s: this machine only)")
+    s.add_argument("--port", type=int, help="port (default: a free one)")
+    s.add_argument("--python", help="the Python that has vLLM (default: this one), e.g. .venv-vllm/bin/python")
+    add_engine_arguments(s, serving=True)
+    s.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> None:
+    server = VLLMServer(args.model, host=args.host, port=args.port, python=args.python, **_start_settings(args),
+                        **_engine_kwargs(args))
+    print(f"starting vLLM for {server.path} (about a minute on a CPU) ...", file=sys.stderr)
+    server.start()
+    print(f"command: {' '.join(server.cmd)}", file=sys.stderr)
+    print(f"vLLM serves {server.path} at {server.url} (Ctrl-C stops it); try:\n  python -m dgemma_helpers generate "
+          f"--engine vllm-server --url {server.url} --model {server.path} --prompt 'ROMEO:'", file=sys.stderr)
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
