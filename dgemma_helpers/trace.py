@@ -16,18 +16,16 @@ File format (version 1): JSON, gzip-compressed unless the name ends in ".json":
                 "top_ids": ARRAY [R, L, k] | null, "top_probs"}}
 where ARRAY is {"dtype", "shape", "data": base64 of the little-endian bytes} (exact, compact). The
 vocabulary holds only the ids that occur, decoded one by one, so a file never carries the
-tokenizer.
+tokenizer. Reading and checking the file is trace_file.py's: loading refuses every malformed field with a
+TraceError that names it, and a gzip bomb after inflating at most a bounded size.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
 import json
 import os
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +34,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file
-from .errors import InputError, TraceError
+from .errors import InputError
 from .sampler import finalize_canvas
-
-FORMAT = "dgemma-denoising-trace"
-VERSION = 1
-# The settings a trace keeps from a run: enough to explain it and to derive the committed canvases.
-SETTING_KEYS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
-                "confidence_threshold", "eos_token_ids", "pad_token_id")
-ARRAY_DTYPES = {"canvas_ids": "int32", "argmax_ids": "int32", "accepted": "bool", "entropy": "float32",
-                "pinned": "bool", "top_ids": "int32", "top_probs": "float32"}
-SCALAR_FIELDS = ("canvas_index", "step", "remaining", "temperature")
+from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, encode_array,
+                         parse_document, read_document, settings_problem)
 
 
 @dataclass
@@ -72,8 +63,15 @@ class DenoisingTrace:
     def __init__(self, canvas_length: int | None = None, *, tokenizer: Any = None, vocab_size: int | None = None,
                  prompt: str | None = None, prompt_ids: list[int] | None = None,
                  settings: dict[str, Any] | Any = None, row: int = 0, title: str | None = None) -> None:
-        if not isinstance(row, int) or row < 0:
+        if type(row) is not int or row < 0:
             raise InputError(f"row must be a batch row index >= 0 (got {row!r}).")
+        for name, value in (("canvas_length", canvas_length), ("vocab_size", vocab_size)):
+            if value is not None and (type(value) is not int or not 1 <= value <= INT32_MAX + 1):
+                raise InputError(f"{name} must be a positive integer or None (got {value!r}): take it from the "
+                                 "model (DenoisingTrace.from_model(model)).")
+        if prompt_ids is not None and (not isinstance(prompt_ids, (list, tuple)) or any(
+                type(t) is not int or not 0 <= t <= INT32_MAX for t in prompt_ids)):
+            raise InputError(f"prompt_ids must be a list of token ids (got {prompt_ids!r:.80}).")
         self.canvas_length = canvas_length  # None: taken from the first recorded round
         self.tokenizer = tokenizer  # not saved: the file keeps only `vocab`
         self.vocab_size = vocab_size
@@ -304,7 +302,7 @@ class DenoisingTrace:
         rounds: dict[str, Any] = {name: self.stack(name).tolist() for name in SCALAR_FIELDS}
         for name, dtype in ARRAY_DTYPES.items():
             arr = self.stack(name)
-            rounds[name] = None if arr is None else _encode_array(arr, dtype)
+            rounds[name] = None if arr is None else encode_array(arr, dtype)
         meta = {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
                 "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings,
                 "title": self.title, "complete": self.complete}
@@ -325,57 +323,24 @@ class DenoisingTrace:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DenoisingTrace:
-        """Read a trace saved by `save`; refuses a corrupt, truncated, other-version or inconsistent file."""
-        path = Path(path)
-        fix = "record and save the trace again with this version of dgemma_helpers"
-        if not path.is_file():
-            raise TraceError(f"no trace file at {str(path)!r}: save one with trace.save(path) first, or check the "
-                             "path.")
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            try:
-                raw = gzip.decompress(raw)
-            except (EOFError, OSError, zlib.error) as e:
-                raise TraceError(f"{path} is a truncated or corrupt gzip file ({e}): {fix}.") from e
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TraceError(f"{path} is not valid JSON ({e}): the file is corrupt or truncated; {fix}.") from e
-        return cls.from_document(doc, source=str(path))
+    def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> DenoisingTrace:
+        """Read a trace saved by `save`; refuses a corrupt, truncated, other-version, oversized or inconsistent
+        file, and any field of the wrong type or range, with a TraceError naming it. `max_bytes` raises
+        the limit on the inflated JSON (default: trace_file.inflate_limit of the file's size)."""
+        return cls.from_document(read_document(path, max_bytes), source=str(path))
 
     @classmethod
     def from_document(cls, doc: Any, source: str = "the trace") -> DenoisingTrace:
-        fix = "record and save the trace again with this version of dgemma_helpers"
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise TraceError(f"{source} is not a dgemma denoising trace (no \"format\": \"{FORMAT}\"): "
-                             "load a file written by DenoisingTrace.save.")
-        if doc.get("version") != VERSION:
-            raise TraceError(f"{source} is trace format version {doc.get('version')!r}, but this dgemma_helpers reads "
-                             f"version {VERSION}: {fix}, or use the dgemma_helpers version that wrote it.")
-        try:
-            meta, vocab, rounds = doc["meta"], doc["vocab"], doc["rounds"]
-            L, R = int(meta["canvas_length"]), len(rounds["canvas_index"])
-            trace = cls(L, vocab_size=meta.get("vocab_size"), prompt=meta.get("prompt"),
-                        prompt_ids=meta.get("prompt_ids"), settings=meta.get("settings") or {},
-                        row=int(meta.get("row", 0)), title=meta.get("title"))
-            trace.complete = bool(meta.get("complete", False))
-            trace.vocab = {int(k): (None if v is None else str(v)) for k, v in vocab.items()}
-            scalars = {name: list(rounds[name]) for name in SCALAR_FIELDS}
-            arrays = {name: _decode_array(rounds[name], ARRAY_DTYPES[name], name) if rounds.get(name) is not None
-                      else None for name in ARRAY_DTYPES}
-        except TraceError as e:
-            raise TraceError(f"{source}: {e}") from e
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TraceError(f"{source} is missing or has malformed fields ({type(e).__name__}: {e}): {fix}.") from e
-        problems = _check_shapes(scalars, arrays, R, L, trace.vocab_size)
-        if problems:
-            raise TraceError(f"{source} is inconsistent: {problems}. The file was edited or damaged: {fix}.")
-        for i in range(R):
+        """A trace from its document (the JSON value of a file), every field checked first."""
+        f = parse_document(doc, source)
+        trace = cls(f.canvas_length, vocab_size=f.vocab_size, prompt=f.prompt, prompt_ids=f.prompt_ids,
+                    settings=f.settings, row=f.row, title=f.title)
+        trace.complete = f.complete
+        trace.vocab = dict(f.vocab)
+        for i in range(f.num_rounds):
             trace.rounds.append(TraceRound(
-                canvas_index=int(scalars["canvas_index"][i]), step=int(scalars["step"][i]),
-                remaining=int(scalars["remaining"][i]), temperature=float(scalars["temperature"][i]),
-                **{name: None if arrays[name] is None else arrays[name][i] for name in ARRAY_DTYPES}))
+                **{name: f.scalars[name][i] for name in SCALAR_FIELDS},
+                **{name: None if f.arrays[name] is None else f.arrays[name][i] for name in ARRAY_DTYPES}))
         return trace
 
     # ---- exports (the drawing lives in plots.py and player_html.py) ---------------------------------
@@ -411,50 +376,10 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
     else:
         source = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
     out = {key: source[key] for key in SETTING_KEYS if key in source}
-    if "eos_token_ids" in out:
-        out["eos_token_ids"] = [int(t) for t in out["eos_token_ids"]]
+    if isinstance(out.get("eos_token_ids"), tuple):  # GenerationSettings keeps a tuple; JSON has lists
+        out["eos_token_ids"] = list(out["eos_token_ids"])
+    # Checked as a file's settings are, so that what save writes, load reads back.
+    problem = settings_problem(out)
+    if problem:
+        raise InputError(f"trace settings: {problem}. Pass the run's GenerationSettings (result.settings).")
     return out
-
-
-def _encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
-    arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
-    return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
-
-
-def _decode_array(spec: Any, dtype: str, name: str) -> np.ndarray:
-    if not isinstance(spec, dict) or spec.get("dtype") != dtype or not isinstance(spec.get("shape"), list):
-        raise TraceError(f"field {name!r} is not a {dtype} array record")
-    try:
-        data = base64.b64decode(spec["data"], validate=True)
-    except (binascii.Error, TypeError, ValueError) as e:
-        raise TraceError(f"field {name!r} has corrupt base64 data ({e})") from e
-    shape = tuple(int(s) for s in spec["shape"])
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(data) != expected:
-        raise TraceError(f"field {name!r} holds {len(data)} bytes but its shape {list(shape)} needs {expected} "
-                         "(truncated or mismatched)")
-    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
-
-
-def _check_shapes(scalars: dict[str, list], arrays: dict[str, np.ndarray | None], R: int, L: int,
-                  vocab_size: int | None) -> str:
-    for name, values in scalars.items():
-        if len(values) != R:
-            return f"{name} has {len(values)} entries but canvas_index has {R}"
-    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
-        if arrays[name] is None or arrays[name].shape != (R, L):
-            got = None if arrays[name] is None else list(arrays[name].shape)
-            return f"{name} has shape {got}, expected [{R}, {L}] (rounds x canvas_length)"
-    top_ids, top_probs = arrays["top_ids"], arrays["top_probs"]
-    if (top_ids is None) != (top_probs is None):
-        return "top_ids and top_probs must both be present or both be null"
-    if top_ids is not None and (top_ids.ndim != 3 or top_ids.shape[:2] != (R, L) or top_ids.shape != top_probs.shape):
-        return f"top_ids {list(top_ids.shape)} / top_probs {list(top_probs.shape)} must both be [{R}, {L}, k]"
-    ids = [a for a in (arrays["canvas_ids"], arrays["argmax_ids"], top_ids) if a is not None and a.size]
-    if ids:
-        low, high = min(int(a.min()) for a in ids), max(int(a.max()) for a in ids)
-        if low < 0 or (vocab_size is not None and high >= vocab_size):
-            return f"token ids span {low}..{high}, outside the vocabulary 0..{(vocab_size or 0) - 1}"
-    if any(b < a for a, b in zip(scalars["canvas_index"], scalars["canvas_index"][1:])):
-        return "canvas_index goes backwards"
-    return ""

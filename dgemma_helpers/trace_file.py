@@ -1,0 +1,404 @@
+"""The denoising-trace file (format version 1): reading it within a memory bound, and checking every field.
+
+    doc = read_document(path)                 # gzip or plain JSON -> a JSON value, never more than a limit
+    fields = parse_document(doc, source)      # every field typed and checked -> TraceFields
+
+DenoisingTrace.load / from_document (trace.py) are built on these two; this module knows nothing of
+DenoisingTrace (trace.py imports it, never the other way round). A file that passes parse_document is
+safe for everything a trace does later (plots, save_html, committed canvases), so those never meet a
+raw TypeError on a field that came from a file.
+
+Memory: a trace's JSON must be inflated to be parsed, so the inflated size is capped before parsing:
+at most INFLATE_RATIO times the compressed size (real traces inflate 2-4x; at least INFLATE_FLOOR)
+and never more than MAX_TRACE_BYTES. A gzip bomb is refused after inflating at most that limit.
+The array shapes a file declares are checked against its data (sizes computed with Python ints, so
+nothing wraps) before any base64 is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import math
+import os
+import re
+import reprlib
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from .errors import TraceError
+
+FORMAT = "dgemma-denoising-trace"
+VERSION = 1
+# The settings a trace keeps from a run: enough to explain it and to derive the committed canvases.
+SETTING_KEYS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                "confidence_threshold", "eos_token_ids", "pad_token_id")
+ARRAY_DTYPES = {"canvas_ids": "int32", "argmax_ids": "int32", "accepted": "bool", "entropy": "float32",
+                "pinned": "bool", "top_ids": "int32", "top_probs": "float32"}
+SCALAR_FIELDS = ("canvas_index", "step", "remaining", "temperature")
+
+# Inflated-size limits. Real traces inflate 2-4x (base64 arrays); 64x leaves room for very regular
+# ones (all pinned, all accepted), the floor lets any small file through, and the cap bounds the rest.
+INFLATE_RATIO = 64
+INFLATE_FLOOR = 32 << 20
+MAX_TRACE_BYTES = 1 << 30
+_CHUNK = 1 << 20
+INT32_MAX = 2**31 - 1  # ids, counts and sizes are stored as int32 (stack() makes int32 arrays of them)
+FIX = "record and save the trace again with this version of dgemma_helpers"
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
+@dataclass
+class TraceFields:
+    """A checked trace file: every field typed, every array decoded, all of them consistent."""
+
+    canvas_length: int | None
+    vocab_size: int | None
+    row: int
+    prompt: str | None
+    prompt_ids: list[int] | None
+    settings: dict[str, Any]
+    title: str | None
+    complete: bool
+    vocab: dict[int, str | None]
+    scalars: dict[str, list]  # SCALAR_FIELDS, R entries each (ints; temperature floats)
+    arrays: dict[str, np.ndarray | None]  # ARRAY_DTYPES, [R, L] or [R, L, k] (top-k fields may be None)
+
+    @property
+    def num_rounds(self) -> int:
+        return len(self.scalars["canvas_index"])
+
+
+class _Invalid(Exception):
+    """One field's problem, as a phrase; parse_document turns it into a TraceError naming the file."""
+
+
+class _Missing(Exception):
+    """A required field is absent (its name)."""
+
+
+# ---- reading the bytes -------------------------------------------------------------------------------
+def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
+    """The most bytes a file of `compressed_size` may inflate to (`max_bytes` overrides)."""
+    if max_bytes is not None:
+        return max_bytes
+    return min(MAX_TRACE_BYTES, max(INFLATE_FLOOR, INFLATE_RATIO * compressed_size))
+
+
+def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
+    """The JSON value in a trace file (gzip, or plain JSON), read within inflate_limit()."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {_show(path)}): pass the file's path, "
+                         "e.g. DenoisingTrace.load(\"trace.json.gz\").")
+    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+        raise TraceError(f"max_bytes must be a positive integer number of bytes (got {_show(max_bytes)}), or None "
+                         "for the default limit.")
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"no trace file at {str(path)!r}: save one with trace.save(path) first, or check the path.")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise TraceError(f"cannot read {path} ({e.strerror or e}): check the file's permissions.") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            raw = _inflate(f, path, size, inflate_limit(size, max_bytes)) if gzipped else _read_plain(
+                f, path, size, max_bytes or MAX_TRACE_BYTES)
+        except OSError as e:  # a read error on an opened file (I/O error, a file system gone away)
+            raise TraceError(f"cannot read {path} ({e.strerror or e}): check the file and the disk.") from None
+    try:
+        text = raw.decode("utf-8")
+        del raw  # the bytes and their text need not both stay alive while the JSON is parsed
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and Python's limit on the digits of an
+        # integer; RecursionError, nesting deeper than the parser allows. None is in a file save() wrote.
+        raise TraceError(f"{path} is not valid JSON ({type(e).__name__}: {_clip(str(e))}): the file is corrupt or "
+                         f"truncated; {FIX}.") from None
+
+
+def _inflate(f: Any, path: Path, size: int, limit: int) -> bytearray:
+    """Inflate chunk by chunk, asking for no more than limit + 1 bytes in all: a bomb stops at the limit."""
+    out = bytearray()
+    try:
+        with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+            while True:
+                chunk = gz.read(min(_CHUNK, limit + 1 - len(out)))
+                if not chunk:
+                    return out
+                out += chunk
+                if len(out) > limit:
+                    raise TraceError(_too_big(path, f"inflates to more than {limit:,} bytes from {size:,} "
+                                                    "compressed", limit))
+    except (EOFError, OSError, zlib.error) as e:
+        raise TraceError(f"{path} is a truncated or corrupt gzip file ({e}): {FIX}.") from None
+
+
+def _read_plain(f: Any, path: Path, size: int, limit: int) -> bytes:
+    if size > limit:
+        raise TraceError(_too_big(path, f"is {size:,} bytes", limit))
+    raw = f.read(limit + 1)  # the file may have grown since the size was taken
+    if len(raw) > limit:
+        raise TraceError(_too_big(path, f"is more than {limit:,} bytes", limit))
+    return raw
+
+
+def _too_big(path: Path, what: str, limit: int) -> str:
+    return (f"{path} {what}, over the {limit:,}-byte limit for a trace (real traces inflate 2-4x; at most "
+            f"{INFLATE_RATIO}x, and {MAX_TRACE_BYTES:,} bytes, are read): it is not a file DenoisingTrace.save "
+            "wrote, or it is damaged. If it is a genuine trace, pass a larger limit: "
+            f"DenoisingTrace.load(path, max_bytes={2 * limit}).")
+
+
+# ---- checking the fields -----------------------------------------------------------------------------
+def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
+    """Check every field of a trace document (the JSON value of a file) and decode its arrays."""
+    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
+        raise TraceError(f"{source} is not a dgemma denoising trace (no \"format\": \"{FORMAT}\"): "
+                         "load a file written by DenoisingTrace.save.")
+    version = doc.get("version")
+    if type(version) is not int or version != VERSION:
+        raise TraceError(f"{source} is trace format version {version!r}, but this dgemma_helpers reads version "
+                         f"{VERSION}: {FIX}, or use the dgemma_helpers version that wrote it.")
+    for key in ("meta", "vocab", "rounds"):
+        if key not in doc:
+            raise TraceError(f"{source} is missing or has malformed fields ({key!r} is missing): {FIX}.")
+    try:
+        fields = _parse(doc)
+        problem = _consistency(fields)
+    except _Invalid as e:
+        raise TraceError(f"{source} has a malformed field: {e}. The file was edited or damaged: {FIX}.") from None
+    except _Missing as e:
+        raise TraceError(f"{source} is missing or has malformed fields ({e} is missing): {FIX}.") from None
+    if problem:
+        raise TraceError(f"{source} is inconsistent: {problem}. The file was edited or damaged: {FIX}.")
+    return fields
+
+
+def settings_problem(settings: Mapping[str, Any]) -> str:
+    """Why `settings` (a trace's settings dict) is not valid, as a phrase; "" when it is."""
+    try:
+        _settings(settings, "settings")
+    except _Invalid as e:
+        return str(e)
+    return ""
+
+
+def _parse(doc: Mapping[str, Any]) -> TraceFields:
+    meta = _mapping(doc["meta"], "meta")
+    if "canvas_length" not in meta:
+        raise _Missing("meta.canvas_length")
+    rounds = _mapping(doc["rounds"], "rounds")
+    for name in SCALAR_FIELDS:
+        if name not in rounds:
+            raise _Missing(f"rounds.{name}")
+    R = len(_sequence(rounds["canvas_index"], "rounds.canvas_index"))
+    L = _int(meta["canvas_length"], "meta.canvas_length", low=1, null=R == 0,
+             want=f"an integer in 1..{INT32_MAX} (the canvas length)" + (" or null (no rounds)" if R == 0 else ""))
+    V = _int(meta.get("vocab_size"), "meta.vocab_size", low=1, high=INT32_MAX + 1, null=True,
+             want="an integer >= 1 (the model's vocabulary size) or null")
+    prompt_ids = meta.get("prompt_ids")
+    if prompt_ids is not None:
+        prompt_ids = [_token(t, f"meta.prompt_ids[{i}]")
+                      for i, t in enumerate(_sequence(prompt_ids, "meta.prompt_ids"))]
+    settings = meta.get("settings")
+    settings = {} if settings is None else _settings(_mapping(settings, "meta.settings"), "meta.settings")
+    vocab = {}
+    for key, text in _mapping(doc["vocab"], "vocab").items():
+        # int() alone would also take " 5", "+5", "٥" and refuse 5000 digits with a raw ValueError
+        if not isinstance(key, str) or len(key) > 10 or not _DECIMAL.fullmatch(key) or int(key) > INT32_MAX:
+            raise _Invalid(f"vocab has the key {_show(key)}, but its keys must be token ids in 0..{INT32_MAX} "
+                           "written in decimal")
+        vocab[int(key)] = _text(text, f"vocab[{key!r}]")
+    scalars = {
+        "canvas_index": _ints(rounds["canvas_index"], "rounds.canvas_index", low=0),
+        "step": _ints(rounds["step"], "rounds.step", low=1),
+        "remaining": _ints(rounds["remaining"], "rounds.remaining", low=0),
+        "temperature": [_number(t, f"rounds.temperature[{i}]", low=0.0) for i, t in
+                        enumerate(_sequence(rounds["temperature"], "rounds.temperature"))],
+    }
+    arrays = {name: None if rounds.get(name) is None else _array(rounds[name], name) for name in ARRAY_DTYPES}
+    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
+        if name not in rounds:
+            raise _Missing(f"rounds.{name}")
+    complete = meta.get("complete", False)
+    if not isinstance(complete, bool):
+        raise _Invalid(f"meta.complete is {_show(complete)}, but it must be true or false")
+    return TraceFields(
+        canvas_length=L, vocab_size=V, row=_int(meta.get("row", 0), "meta.row", low=0, want="a batch row index >= 0"),
+        prompt=_text(meta.get("prompt"), "meta.prompt"), prompt_ids=prompt_ids, settings=settings,
+        title=_text(meta.get("title"), "meta.title"), complete=complete, vocab=vocab, scalars=scalars, arrays=arrays)
+
+
+def _settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    unknown = [k for k in settings if k not in SETTING_KEYS]
+    if unknown:
+        raise _Invalid(f"{where} has unknown key(s) {[_clip(repr(k)) for k in unknown[:5]]}; a trace keeps "
+                       f"{list(SETTING_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        field = f"{where}.{key}"
+        if key in ("max_new_tokens", "max_denoising_steps"):
+            out[key] = _int(value, field, low=1, high=None)
+        elif key == "stability_threshold":
+            out[key] = _int(value, field, low=0, high=None)
+        elif key == "pad_token_id":
+            out[key] = _token(value, field)
+        elif key == "eos_token_ids":
+            out[key] = None if value is None else [_token(t, f"{field}[{i}]")
+                                                   for i, t in enumerate(_sequence(value, field))]
+        else:  # entropy_bound, t_min, t_max, confidence_threshold
+            out[key] = _number(value, field, low=0.0)
+    return out
+
+
+def _array(spec: Any, name: str) -> np.ndarray:
+    """Decode one ARRAY record; its declared size is checked against its data before any decoding."""
+    dtype, field = ARRAY_DTYPES[name], f"rounds.{name}"
+    if not isinstance(spec, Mapping) or spec.get("dtype") != dtype or not isinstance(spec.get("shape"), list):
+        raise _Invalid(f"{field} is not a {dtype} array record ({{\"dtype\": \"{dtype}\", \"shape\": [...], "
+                       "\"data\": base64}})")
+    if len(spec["shape"]) > 3:
+        raise _Invalid(f"{field}.shape has {len(spec['shape'])} dimensions, but a trace array has 2 or 3")
+    # Each size within int32 too: a zero elsewhere would let [0, 10**30] match no data, and numpy refuses it.
+    shape = tuple(_int(s, f"{field}.shape[{i}]", low=0, want=f"an integer in 0..{INT32_MAX} (an array size)")
+                  for i, s in enumerate(spec["shape"]))
+    data = spec.get("data")
+    if not isinstance(data, str) or len(data) % 4:
+        raise _Invalid(f"field {name!r} has corrupt base64 data (not a base64 string)")
+    held = len(data) // 4 * 3 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)
+    needed = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow, however large the shape
+    if held != needed:
+        raise _Invalid(f"field {name!r} holds {held} bytes but its shape {list(shape)} needs {needed} bytes "
+                       "(truncated or mismatched)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _Invalid(f"field {name!r} has corrupt base64 data ({e})") from None
+    if dtype == "bool":
+        as_bytes = np.frombuffer(raw, dtype=np.uint8)
+        if as_bytes.size and int(as_bytes.max()) > 1:
+            raise _Invalid(f"field {name!r} holds bytes other than 0 and 1, but it is a bool array")
+        return as_bytes.astype(bool).reshape(shape)
+    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
+
+
+def _consistency(f: TraceFields) -> str:
+    """What does not fit together (shapes, id ranges, order), as a phrase; "" when all does."""
+    R, L, V = f.num_rounds, f.canvas_length or 0, f.vocab_size
+    for name, values in f.scalars.items():
+        if len(values) != R:
+            return f"{name} has {len(values)} entries but canvas_index has {R}"
+    arrays = f.arrays
+    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
+        if arrays[name] is None or arrays[name].shape != (R, L):
+            got = None if arrays[name] is None else list(arrays[name].shape)
+            return f"{name} has shape {got}, expected [{R}, {L}] (rounds x canvas_length)"
+    top_ids, top_probs = arrays["top_ids"], arrays["top_probs"]
+    if (top_ids is None) != (top_probs is None):
+        return "top_ids and top_probs must both be present or both be null"
+    if top_ids is not None and (top_ids.ndim != 3 or top_ids.shape[:2] != (R, L) or top_ids.shape != top_probs.shape
+                                or (R * L and top_ids.shape[2] < 1)):
+        return f"top_ids {list(top_ids.shape)} / top_probs {list(top_probs.shape)} must both be [{R}, {L}, k], k >= 1"
+    ids = [a for a in (arrays["canvas_ids"], arrays["argmax_ids"], top_ids) if a is not None and a.size]
+    if ids:
+        low, high = min(int(a.min()) for a in ids), max(int(a.max()) for a in ids)
+        if low < 0 or (V is not None and high >= V):
+            return f"token ids span {low}..{high}, outside the vocabulary 0..{(V or 0) - 1}"
+    if V is not None:
+        eos = f.settings.get("eos_token_ids") or []
+        for field, values in (("meta.prompt_ids", f.prompt_ids or []), ("vocab", list(f.vocab)),
+                              ("meta.settings.eos_token_ids", eos),
+                              ("meta.settings.pad_token_id", [f.settings.get("pad_token_id", 0)])):
+            outside = [t for t in values if t >= V]
+            if outside:
+                return f"{field} holds token id {outside[0]}, outside the vocabulary 0..{V - 1} (meta.vocab_size)"
+    if not np.isfinite(arrays["entropy"]).all():
+        return "entropy holds NaN or infinite values (entropies are finite)"
+    if top_probs is not None and not (np.isfinite(top_probs).all() and ((top_probs >= 0) & (top_probs <= 1.001)).all()):
+        return "top_probs holds values outside 0..1 (or NaN): they are probabilities"
+    if any(b < a for a, b in zip(f.scalars["canvas_index"], f.scalars["canvas_index"][1:])):
+        return "canvas_index goes backwards"
+    return ""
+
+
+# ---- typed values ------------------------------------------------------------------------------------
+def _fail(field: str, value: Any, want: str) -> NoReturn:
+    raise _Invalid(f"{field} is {_show(value)}, but it must be {want}")
+
+
+def _int(value: Any, field: str, *, low: int, high: int | None = INT32_MAX, null: bool = False,
+         want: str | None = None) -> Any:
+    # bool is an int subclass: true/false where a count belongs is a damaged file, not 1/0.
+    if value is None and null:
+        return None
+    if type(value) is not int or value < low or (high is not None and value > high):
+        _fail(field, value, want or (f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")))
+    return value
+
+
+def _ints(value: Any, field: str, *, low: int) -> list[int]:
+    return [_int(v, f"{field}[{i}]", low=low) for i, v in enumerate(_sequence(value, field))]
+
+
+def _token(value: Any, field: str) -> int:
+    return _int(value, field, low=0, want=f"a token id (an integer in 0..{INT32_MAX})")
+
+
+def _number(value: Any, field: str, *, low: float) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < low:
+        _fail(field, value, f"a finite number >= {low:g}")
+    return float(value)
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        _fail(field, value, "a string or null")
+    try:
+        value.encode("utf-8")  # a lone surrogate (\ud800) parses but could never be saved or shown
+    except UnicodeEncodeError:
+        _fail(field, value, "valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(field, value, "a JSON object")
+    return value
+
+
+def _sequence(value: Any, field: str) -> list | tuple:
+    if not isinstance(value, (list, tuple)):
+        _fail(field, value, "a list")
+    return value
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
+
+
+def _show(value: Any) -> str:
+    """A field's value for a message: a short repr (a hostile value can be a list of millions)."""
+    return _clip(_REPR.repr(value))
+
+
+def encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
+    """One ARRAY record: dtype, shape and base64 of the little-endian bytes (exact, compact)."""
+    arr = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "shape": list(arr.shape), "data": base64.b64encode(arr.tobytes()).decode("ascii")}
