@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -312,7 +313,7 @@ class DenoisingTrace:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace (gzip JSON, or plain JSON for a name ending in .json), atomically."""
-        path = Path(path)
+        path = _out_path(path)
         data = json.dumps(self.to_document(), ensure_ascii=False, separators=(",", ":")).encode()
         with atomic_file(path) as tmp:
             if path.name.endswith(".json"):
@@ -348,22 +349,41 @@ class DenoisingTrace:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
         from .player_html import write_player_html
 
-        return write_player_html(self.to_payload(), path, speed=speed)
+        return write_player_html(self.to_payload(), _out_path(path), speed=_rate(speed, "speed"))
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
         from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
 
-        return animate(self, path, fps=fps, canvases=canvases, writer="pillow")
+        return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="pillow")
 
     def save_mp4(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An MP4 of the rounds (matplotlib + ffmpeg; a clear error says how to install ffmpeg if missing)."""
         from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
 
-        return animate(self, path, fps=fps, canvases=canvases, writer="ffmpeg")
+        return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="ffmpeg")
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+def _out_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"an output path must be a non-empty str or pathlib.Path (got {path!r:.80}).")
+    return Path(path)
+
+
+def _rate(value: Any, name: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} must be a finite number > 0, in rounds per second (got {value!r:.80}).")
+    return float(value)
+
+
+def _canvases(canvases: Any) -> list[int] | None:
+    if canvases is not None and (not isinstance(canvases, (list, tuple, range)) or any(
+            type(c) is not int for c in canvases)):
+        raise InputError(f"canvases must be a list of canvas indices, or None for all (got {canvases!r:.80}).")
+    return None if canvases is None else list(canvases)
+
+
 def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
     return t.detach().cpu().numpy().astype(dtype)
 

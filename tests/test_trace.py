@@ -505,3 +505,17 @@ def test_a_trace_refuses_settings_it_could_not_save_and_load():
         DenoisingTrace("16")
     with pytest.raises(dg.InputError, match="row must be"):
         DenoisingTrace(4, row=True)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t, d: t.save(None), "an output path must be"),
+    (lambda t, d: t.save_html(d / "x.html", speed="fast"), "speed must be a finite number > 0"),
+    (lambda t, d: t.save_html(d / "x.html", speed=float("nan")), "speed must be a finite number > 0"),
+    (lambda t, d: t.save_html(5), "an output path must be"),
+    (lambda t, d: t.save_gif(d / "x.gif", fps=True), "fps must be a finite number > 0"),
+    (lambda t, d: t.save_gif(d / "x.gif", canvases="0"), "canvases must be a list"),
+])
+def test_exports_refuse_arguments_of_the_wrong_type(recorded, tmp_path, call, message):
+    with pytest.raises(dg.InputError, match=message):
+        call(recorded[0], tmp_path)
+    assert list(tmp_path.iterdir()) == []
