@@ -16,9 +16,32 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, InputError
+from .validate import Fields, is_int, is_number, shown
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
+# Far above any real model (the official one has 30): a typo like 30000 fails here, not after
+# building thirty thousand empty layers.
+MAX_LAYERS = 1024
+DEFAULT_FULL_ROPE = {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}
+# ModelConfig field -> where config.json keeps it, for messages that name the file's field.
+JSON_NAMES = {
+    "vocab_size": "text_config.vocab_size", "hidden_size": "text_config.hidden_size",
+    "intermediate_size": "text_config.intermediate_size", "num_layers": "text_config.num_hidden_layers",
+    "num_heads": "text_config.num_attention_heads", "sliding_kv_heads": "text_config.num_key_value_heads",
+    "sliding_head_dim": "text_config.head_dim", "sliding_window": "text_config.sliding_window",
+    "full_kv_heads": "text_config.num_global_key_value_heads (or per_layer_config.N.num_key_value_heads)",
+    "full_head_dim": "text_config.global_head_dim (or per_layer_config.N.head_dim)",
+    "num_experts": "text_config.num_experts", "top_k_experts": "text_config.top_k_experts",
+    "moe_intermediate_size": "text_config.moe_intermediate_size", "rms_norm_eps": "text_config.rms_norm_eps",
+    "final_logit_softcapping": "text_config.final_logit_softcapping",
+    "sliding_rope_theta": f"text_config.rope_parameters.{SLIDING}.rope_theta",
+    "full_rope_theta": f"text_config.rope_parameters.{FULL}.rope_theta",
+    "full_rope_fraction": f"text_config.rope_parameters.{FULL}.partial_rotary_factor",
+    "max_position_embeddings": "text_config.max_position_embeddings", "layer_types": "text_config.layer_types",
+    "pad_token_id": "text_config.pad_token_id", "bos_token_id": "text_config.bos_token_id",
+    "eos_token_ids": "text_config.eos_token_id", "canvas_length": "canvas_length",
+}
 
 
 @dataclass(frozen=True)
@@ -74,95 +97,138 @@ class ModelConfig:
 
     # ---- transformers' config.json ----------------------------------------------------------
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
-        """Build from a parsed config.json of `DiffusionGemmaForBlockDiffusion`."""
+    def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        """Build from a parsed config.json of `DiffusionGemmaForBlockDiffusion`.
+
+        Every field is checked for its JSON type and range before use (`source` names the file in
+        the messages): a wrong value is a CheckpointError naming the field, never a raw error later.
+        """
+        fix = f"Correct it in {source}, or re-download the checkpoint's config.json."
         model_type = cfg.get("model_type")
         if model_type != "diffusion_gemma":
             raise CheckpointError(
-                f"config.json has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs "
+                f"{source} has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs "
                 "DiffusionGemma checkpoints only (google/diffusiongemma-26B-A4B-it or models/dgemma-tiny)."
             )
         text = cfg.get("text_config")
         if not isinstance(text, dict):
-            raise CheckpointError("config.json has no 'text_config' section: it is not a DiffusionGemma config.")
+            raise CheckpointError(f"{source} has no 'text_config' section: it is not a DiffusionGemma config.")
+        top, t = Fields(cfg, source, "", fix), Fields(text, source, "text_config.", fix)
+        if not (top.flag("tie_word_embeddings", True) and t.flag("tie_word_embeddings", True)):
+            raise CheckpointError(f"{source} sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser "
+                                  "share their weights, which this engine requires.")
         # These two flags are omitted by the official config; transformers treats both as on.
-        if text.get("enable_moe_block", True) is False:
-            raise CheckpointError("config.json sets enable_moe_block=false: this engine (like transformers) needs the MoE block.")
-        if text.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise CheckpointError(f"unsupported hidden_activation {text['hidden_activation']!r}: expected gelu_pytorch_tanh.")
-        if text.get("use_bidirectional_attention") == "all":
+        if not t.flag("enable_moe_block", True, nullable=True):
+            raise CheckpointError(f"{source} sets enable_moe_block=false: this engine (like transformers) needs the "
+                                  "MoE block.")
+        activation = t.string("hidden_activation", "gelu_pytorch_tanh")
+        if activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            raise CheckpointError(f"{source}: unsupported hidden_activation {activation!r}: expected "
+                                  "gelu_pytorch_tanh.")
+        bidirectional = t.string("use_bidirectional_attention", "vision", nullable=True)
+        if bidirectional == "all":
             raise CheckpointError("use_bidirectional_attention='all' is not supported: the encoder must be causal.")
+        if bidirectional != "vision":
+            raise t.error("use_bidirectional_attention", bidirectional, "null or \"vision\"")
         required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim", "num_experts", "top_k_experts", "moe_intermediate_size"]
         missing = [k for k in required if text.get(k) is None]
         if missing:
-            raise CheckpointError(f"config.json text_config lacks {missing}: the file is incomplete or not a DiffusionGemma config.")
+            raise CheckpointError(f"{source} text_config lacks {missing}: the file is incomplete or not a "
+                                  "DiffusionGemma config.")
 
-        n_layers = int(text["num_hidden_layers"])
-        layer_types = text.get("layer_types") or [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(n_layers)]
-        if len(layer_types) != n_layers or set(layer_types) - {SLIDING, FULL}:
-            raise CheckpointError(f"config.json layer_types {layer_types} does not list {n_layers} sliding/full layers.")
-        layer_types = list(layer_types)
-        layer_types[-1] = FULL  # transformers forces the last layer to full attention
+        vocab = t.integer("vocab_size")
+        n_layers = t.integer("num_hidden_layers", high=MAX_LAYERS)
+        layer_types = _layer_types(t, n_layers)
+        head_dim = t.integer("head_dim", low=2)
+        kv_heads = t.integer("num_key_value_heads")
+        full_head_dim, full_kv_heads = _full_attention_shape(t, layer_types, head_dim, kv_heads)
 
-        full_head_dim = text.get("global_head_dim", 512)
-        full_kv_heads = text.get("num_global_key_value_heads")
-        per_layer = text.get("per_layer_config") or {}
-        full_layers = [i for i, t in enumerate(layer_types) if t == FULL]
-        overrides = per_layer.get(str(full_layers[0])) or per_layer.get(full_layers[0]) or per_layer.get(FULL) or {}
-        full_head_dim = overrides.get("head_dim", full_head_dim)
-        if text.get("attention_k_eq_v", True):
-            full_kv_heads = overrides.get("num_key_value_heads", full_kv_heads)
-        if full_kv_heads is None:
-            full_kv_heads = text["num_key_value_heads"]
+        rope = t.section("rope_parameters")
+        sliding = rope.section(SLIDING)
+        full = rope.section(FULL) if rope.has(FULL) else Fields(DEFAULT_FULL_ROPE, source, f"{rope.where}{FULL}.", fix)
+        if sliding.string("rope_type", "default") != "default" or sliding.number("partial_rotary_factor", 1.0) != 1.0:
+            raise CheckpointError(f"{source}: unsupported sliding-layer RoPE {sliding.data}: expected default RoPE "
+                                  "over the whole head.")
+        if full.string("rope_type", "") != "proportional" or full.number("factor", 1.0) != 1.0:
+            raise CheckpointError(f"{source}: unsupported full-layer RoPE {full.data}: expected unscaled "
+                                  "proportional RoPE.")
 
-        rope = text.get("rope_parameters") or {}
-        sliding_rope = rope.get(SLIDING, {"rope_type": "default", "rope_theta": 10_000.0})
-        full_rope = rope.get(FULL, {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6})
-        if sliding_rope.get("rope_type", "default") != "default" or sliding_rope.get("partial_rotary_factor", 1.0) != 1.0:
-            raise CheckpointError(f"unsupported sliding-layer RoPE {sliding_rope}: expected default RoPE over the whole head.")
-        if full_rope.get("rope_type") != "proportional" or full_rope.get("factor", 1.0) != 1.0:
-            raise CheckpointError(f"unsupported full-layer RoPE {full_rope}: expected unscaled proportional RoPE.")
-
-        eos = text.get("eos_token_id", 1)
-        eos = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
         config = cls(
-            vocab_size=int(text["vocab_size"]),
-            hidden_size=int(text["hidden_size"]),
-            intermediate_size=int(text["intermediate_size"]),
+            vocab_size=vocab,
+            hidden_size=t.integer("hidden_size"),
+            intermediate_size=t.integer("intermediate_size"),
             num_layers=n_layers,
-            num_heads=int(text["num_attention_heads"]),
-            sliding_kv_heads=int(text["num_key_value_heads"]),
-            sliding_head_dim=int(text["head_dim"]),
-            sliding_window=int(text.get("sliding_window", 512)),
-            sliding_rope_theta=float(sliding_rope.get("rope_theta", 10_000.0)),
-            full_kv_heads=int(full_kv_heads),
-            full_head_dim=int(full_head_dim),
-            full_rope_theta=float(full_rope.get("rope_theta", 1e6)),
-            full_rope_fraction=float(full_rope.get("partial_rotary_factor", 1.0)),
-            layer_types=tuple(layer_types),
-            num_experts=int(text["num_experts"]),
-            top_k_experts=int(text["top_k_experts"]),
-            moe_intermediate_size=int(text["moe_intermediate_size"]),
-            rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-            final_logit_softcapping=float(text.get("final_logit_softcapping") or 30.0),
-            max_position_embeddings=int(text.get("max_position_embeddings", 131_072)),
-            canvas_length=int(cfg.get("canvas_length") or 256),
-            pad_token_id=int(text.get("pad_token_id") if text.get("pad_token_id") is not None else 0),
-            bos_token_id=int(text.get("bos_token_id") if text.get("bos_token_id") is not None else 2),
-            eos_token_ids=tuple(int(e) for e in eos if e is not None),
+            num_heads=t.integer("num_attention_heads"),
+            sliding_kv_heads=kv_heads,
+            sliding_head_dim=head_dim,
+            sliding_window=t.integer("sliding_window", 512, low=2),
+            sliding_rope_theta=sliding.number("rope_theta", 10_000.0, above=0),
+            full_kv_heads=full_kv_heads,
+            full_head_dim=full_head_dim,
+            full_rope_theta=full.number("rope_theta", 1e6, above=0),
+            full_rope_fraction=full.number("partial_rotary_factor", 1.0, above=0, at_most=1),
+            layer_types=layer_types,
+            num_experts=t.integer("num_experts"),
+            top_k_experts=t.integer("top_k_experts"),
+            moe_intermediate_size=t.integer("moe_intermediate_size"),
+            rms_norm_eps=t.number("rms_norm_eps", 1e-6, above=0),
+            final_logit_softcapping=t.number("final_logit_softcapping", 30.0, above=0, nullable=True),
+            max_position_embeddings=t.integer("max_position_embeddings", 131_072),
+            canvas_length=top.integer("canvas_length", 256, nullable=True),
+            pad_token_id=t.integer("pad_token_id", 0, low=0, high=vocab - 1, nullable=True),
+            bos_token_id=t.integer("bos_token_id", 2, low=0, high=vocab - 1, nullable=True),
+            eos_token_ids=t.token_ids("eos_token_id", (1,), vocab, nullable=True),
         )
-        config.validate()
+        config.validate(source)
         return config
 
-    def validate(self) -> None:
-        for heads, name in ((self.sliding_kv_heads, "num_key_value_heads"), (self.full_kv_heads, "num_global_key_value_heads")):
-            if heads <= 0 or self.num_heads % heads:
-                raise CheckpointError(f"num_attention_heads={self.num_heads} is not a multiple of {name}={heads}.")
-        if not 0 < self.top_k_experts <= self.num_experts:
-            raise CheckpointError(f"top_k_experts={self.top_k_experts} must be in 1..num_experts={self.num_experts}.")
-        if self.canvas_length <= 0:
-            raise CheckpointError(f"canvas_length={self.canvas_length} must be positive.")
+    def validate(self, source: str | None = None) -> None:
+        """Cross-field checks (and, for a config built in code, types and ranges).
+
+        With `source` (the config.json it came from) fields are named as that file writes them.
+        """
+        def name(f: str) -> str:
+            return JSON_NAMES.get(f, f) if source else f
+
+        def check(ok: bool, msg: str, fix: str) -> None:
+            if not ok:
+                where = f"{source}: " if source else "ModelConfig: "
+                raise CheckpointError(where + msg + (f"; {fix}" if fix else "") + ".")
+
+        fix = f"correct it in {source}, or re-download the checkpoint's config.json" if source else ""
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "sliding_kv_heads",
+                  "sliding_head_dim", "sliding_window", "full_kv_heads", "full_head_dim", "num_experts",
+                  "top_k_experts", "moe_intermediate_size", "max_position_embeddings", "canvas_length"):
+            v = getattr(self, f)
+            check(is_int(v) and v > 0, f"{name(f)}={v!r} must be a positive integer", fix)
+        for heads, f in ((self.sliding_kv_heads, "sliding_kv_heads"), (self.full_kv_heads, "full_kv_heads")):
+            check(self.num_heads % heads == 0,
+                  f"{name('num_heads')}={self.num_heads} is not a multiple of {name(f)}={heads} (each key/value head "
+                  "serves a whole number of query heads)", fix)
+        for dim, f in ((self.sliding_head_dim, "sliding_head_dim"), (self.full_head_dim, "full_head_dim")):
+            check(dim % 2 == 0, f"{name(f)}={dim} must be even (rotary embeddings rotate pairs of dimensions)", fix)
+        check(0 < self.top_k_experts <= self.num_experts,
+              f"{name('top_k_experts')}={self.top_k_experts} must be in 1..{name('num_experts')}="
+              f"{self.num_experts}", fix)
+        check(self.sliding_window >= 2, f"{name('sliding_window')}={self.sliding_window} must be >= 2", fix)
+        check(self.canvas_length <= self.max_position_embeddings,
+              f"{name('canvas_length')}={self.canvas_length} exceeds {name('max_position_embeddings')}="
+              f"{self.max_position_embeddings}: "
+              "not even one canvas fits in the context", fix)
+        for v, f in ((self.rms_norm_eps, "rms_norm_eps"), (self.final_logit_softcapping, "final_logit_softcapping"),
+                     (self.sliding_rope_theta, "sliding_rope_theta"), (self.full_rope_theta, "full_rope_theta")):
+            check(is_number(v) and math.isfinite(v) and v > 0, f"{name(f)}={v!r} must be a finite number > 0", fix)
+        check(is_number(self.full_rope_fraction) and 0 < self.full_rope_fraction <= 1,
+              f"{name('full_rope_fraction')}={self.full_rope_fraction!r} must be in (0, 1]", fix)
+        check(len(self.layer_types) == self.num_layers and set(self.layer_types) <= {SLIDING, FULL},
+              f"{name('layer_types')} must list {self.num_layers} layers, each {SLIDING!r} or {FULL!r}", fix)
+        special = [("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id)]
+        special += [("eos_token_ids", e) for e in self.eos_token_ids]
+        for f, v in special:
+            check(is_int(v) and 0 <= v < self.vocab_size,
+                  f"{name(f)}={v!r} is outside the vocabulary 0..{self.vocab_size - 1} "
+                  f"({name('vocab_size')}={self.vocab_size} is smaller than the special token ids)", fix)
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json transformers writes for this text model (vision tower left minimal)."""
@@ -194,7 +260,7 @@ class ModelConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "pad_token_id": self.pad_token_id,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else self.eos_token_ids[0],
+            "eos_token_id": self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids),
             "tie_word_embeddings": True,
             "attention_bias": False,
             "attention_dropout": 0.0,
@@ -211,12 +277,67 @@ class ModelConfig:
         }
 
 
+def _layer_types(t: Fields, n_layers: int) -> tuple[str, ...]:
+    """text_config.layer_types, checked; absent or null: transformers' default (every 6th layer full)."""
+    raw = t.data.get("layer_types")
+    need = f"a list of {n_layers} layer kinds (one per layer), each {SLIDING!r} or {FULL!r}"
+    if raw is None:
+        types = [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(n_layers)]
+    elif not isinstance(raw, list):
+        raise t.error("layer_types", raw, need)
+    elif len(raw) != n_layers:
+        raise CheckpointError(f"{t.file}: text_config.layer_types lists {len(raw)} layers but "
+                              f"text_config.num_hidden_layers is {n_layers}; it must be {need}. {t.fix}")
+    else:
+        unknown = sorted({shown(k) for k in raw if k not in (SLIDING, FULL)})
+        if unknown:
+            raise CheckpointError(f"{t.file}: text_config.layer_types holds unknown layer kind(s) "
+                                  f"{', '.join(unknown)}; it must be {need}. {t.fix}")
+        types = list(raw)
+    types[-1] = FULL  # transformers forces the last layer to full attention
+    return tuple(types)
+
+
+def _full_attention_shape(t: Fields, layer_types: tuple[str, ...], head_dim: int, kv_heads: int) -> tuple[int, int]:
+    """(head_dim, kv heads) of the full-attention layers, from either config layout.
+
+    The engine has one shape per layer kind, so per-layer overrides that differ between full
+    layers, or give a sliding layer its own shape, are refused rather than silently ignored.
+    """
+    default_dim = t.integer("global_head_dim", 512, low=2)
+    default_kv = t.integer("num_global_key_value_heads", kv_heads, nullable=True)
+    k_eq_v = t.flag("attention_k_eq_v", True, nullable=True)
+    per = t.section("per_layer_config")
+    shapes: set[tuple[int, int]] = set()
+    for i, kind in enumerate(layer_types):
+        key = str(i) if per.has(str(i)) else FULL if kind == FULL and per.has(FULL) else None
+        o = per.section(key) if key else Fields({}, t.file)
+        if kind == SLIDING:
+            shape = (o.integer("head_dim", head_dim, low=2), o.integer("num_key_value_heads", kv_heads))
+            if shape != (head_dim, kv_heads):
+                raise CheckpointError(f"{t.file}: text_config.per_layer_config.{i} gives sliding layer {i} its own "
+                                      f"shape ({shown(o.data)}); this engine needs every sliding layer to have "
+                                      f"head_dim={head_dim} and num_key_value_heads={kv_heads}. {t.fix}")
+            continue
+        kv = o.integer("num_key_value_heads", default_kv) if k_eq_v else default_kv
+        shapes.add((o.integer("head_dim", default_dim, low=2), kv))
+    if len(shapes) > 1:
+        raise CheckpointError(f"{t.file}: text_config.per_layer_config gives the full-attention layers different "
+                              f"(head_dim, key/value heads) {sorted(shapes)}; this engine needs one shape for all "
+                              f"of them. {t.fix}")
+    return shapes.pop()
+
+
 # The smallest vision tower transformers accepts: checkpoints this kit writes are text-only in
 # practice, but keep the official layout so `DiffusionGemmaForBlockDiffusion` loads them.
 TINY_VISION_CONFIG = {
     "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
 }
+
+
+# GenerationSettings field -> its key in generation_config.json (transformers' names), for messages.
+GENERATION_FILE_KEYS = {"entropy_bound": "sampler_config.entropy_bound", "eos_token_ids": "eos_token_id"}
 
 
 @dataclass
@@ -236,22 +357,39 @@ class GenerationSettings:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_hf(cls, gen: dict[str, Any], model_config: ModelConfig | None = None) -> GenerationSettings:
-        """Defaults from a generation_config.json; unset (null) entries keep the published defaults."""
+    def from_hf(cls, gen: dict[str, Any], model_config: ModelConfig | None = None,
+                source: str = "generation_config.json") -> GenerationSettings:
+        """Defaults from a generation_config.json; unset (null) entries keep the published defaults.
+
+        Values are taken as the file has them and checked by `validate(source=...)`, so a wrong
+        type or range is a CheckpointError naming the file and its field, at load time.
+        """
         s = cls()
         if model_config is not None:
             s.eos_token_ids = model_config.eos_token_ids
             s.pad_token_id = model_config.pad_token_id
-        for key, kind in (("max_new_tokens", int), ("max_denoising_steps", int), ("stability_threshold", int),
-                          ("pad_token_id", int), ("t_min", float), ("t_max", float), ("confidence_threshold", float)):
+        for key in ("max_new_tokens", "max_denoising_steps", "stability_threshold", "pad_token_id", "t_min", "t_max",
+                    "confidence_threshold"):
             if gen.get(key) is not None:
-                setattr(s, key, kind(gen[key]))
+                setattr(s, key, gen[key])
         sampler = gen.get("sampler_config")
-        if isinstance(sampler, dict) and sampler.get("entropy_bound") is not None:
-            s.entropy_bound = float(sampler["entropy_bound"])
+        if sampler is not None:
+            fields = Fields(gen, source, fix=f"Correct it in {source}, or delete it to use the published default.")
+            if not isinstance(sampler, dict):
+                raise fields.error("sampler_config", sampler, 'an object like {"entropy_bound": 0.1, '
+                                   '"_cls_name": "EntropyBoundSamplerConfig"}')
+            if sampler.get("_cls_name", "EntropyBoundSamplerConfig") != "EntropyBoundSamplerConfig":
+                raise fields.section("sampler_config").error(
+                    "_cls_name", sampler["_cls_name"],
+                    '"EntropyBoundSamplerConfig", the one sampler DiffusionGemma has')
+            if sampler.get("entropy_bound") is not None:
+                s.entropy_bound = sampler["entropy_bound"]
         eos = gen.get("eos_token_id")
         if eos is not None:
-            s.eos_token_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+            s.eos_token_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+        s.validate(vocab_size=model_config.vocab_size if model_config is not None else None, source=source)
+        for key in ("t_min", "t_max", "confidence_threshold", "entropy_bound"):
+            setattr(s, key, float(getattr(s, key)))
         return s
 
     def replace(self, **overrides: Any) -> GenerationSettings:
@@ -263,24 +401,52 @@ class GenerationSettings:
         new.validate()
         return new
 
-    def validate(self) -> None:
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise InputError(msg)
+    def validate(self, *, vocab_size: int | None = None, source: str | None = None) -> None:
+        """Check every setting's type and range, and t_max > t_min; with `vocab_size`, the token ids too.
 
-        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens > 0,
-              f"max_new_tokens must be a positive integer (got {self.max_new_tokens!r}).")
-        check(isinstance(self.max_denoising_steps, int) and self.max_denoising_steps > 0,
-              f"max_denoising_steps must be a positive integer (got {self.max_denoising_steps!r}).")
-        check(isinstance(self.entropy_bound, (int, float)) and math.isfinite(self.entropy_bound) and self.entropy_bound > 0,
-              f"entropy_bound must be > 0 (got {self.entropy_bound!r}); the default is 0.1, larger accepts more tokens per step.")
-        check(self.t_min >= 0 and self.t_max >= 0, f"t_min and t_max must be >= 0 (got t_min={self.t_min}, t_max={self.t_max}).")
-        check(self.t_max > self.t_min,
-              f"t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max}); the defaults are 0.4 and 0.8.")
-        check(isinstance(self.stability_threshold, int) and self.stability_threshold >= 0,
-              f"stability_threshold must be an integer >= 0 (got {self.stability_threshold!r}).")
-        check(isinstance(self.confidence_threshold, (int, float)) and self.confidence_threshold >= 0,
-              f"confidence_threshold must be >= 0, 0 switching adaptive stopping off (got {self.confidence_threshold!r}).")
+        Settings given in code (`source=None`, e.g. generate()'s arguments through replace()) raise
+        InputError naming the argument; settings read from a file (`source` = its path) raise
+        CheckpointError naming the file and the field as the file spells it.
+        """
+        def check(ok: bool, name: str, rule: str, hint: str = "") -> None:
+            if ok:
+                return
+            value = getattr(self, name)
+            if source is None:
+                raise InputError(f"{name} {rule} (got {value!r})" + (f"; {hint}" if hint else "") + ".")
+            raise CheckpointError(f"{source}: {GENERATION_FILE_KEYS.get(name, name)} is {shown(value)}; it {rule}"
+                                  + (f" ({hint})" if hint else "") + f". Correct it in {Path(source).name}, or "
+                                  "delete the field to use the published default.")
+
+        def real(v: Any, low: float) -> bool:
+            return is_number(v) and math.isfinite(v) and v >= low
+
+        check(is_int(self.max_new_tokens) and self.max_new_tokens > 0, "max_new_tokens", "must be a positive integer")
+        check(is_int(self.max_denoising_steps) and self.max_denoising_steps > 0, "max_denoising_steps",
+              "must be a positive integer")
+        check(real(self.entropy_bound, 0) and self.entropy_bound > 0, "entropy_bound", "must be > 0 and finite",
+              "the default is 0.1, larger accepts more tokens per step")
+        check(real(self.t_min, 0), "t_min", "must be a finite number >= 0", "the default is 0.4")
+        check(real(self.t_max, 0), "t_max", "must be a finite number >= 0", "the default is 0.8")
+        if not self.t_max > self.t_min:
+            where = f"{source}: " if source else ""
+            fix = (f"Correct t_min or t_max in {Path(source).name}, or delete both to use the published defaults "
+                   "0.4 and 0.8." if source else "The defaults are 0.4 and 0.8.")
+            error = CheckpointError if source else InputError
+            raise error(f"{where}t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max}): the "
+                        f"temperature falls from t_max to t_min over the rounds. {fix}")
+        check(is_int(self.stability_threshold) and self.stability_threshold >= 0, "stability_threshold",
+              "must be an integer >= 0")
+        check(real(self.confidence_threshold, 0), "confidence_threshold", "must be >= 0 and finite",
+              "0 switches adaptive stopping off")
+        top = f"0..{vocab_size - 1}" if vocab_size else ">= 0"
+
+        def token(v: Any) -> bool:
+            return is_int(v) and v >= 0 and (vocab_size is None or v < vocab_size)
+
+        check(isinstance(self.eos_token_ids, (tuple, list)) and all(token(e) for e in self.eos_token_ids),
+              "eos_token_ids", f"must be a list of integer token ids in {top}")
+        check(token(self.pad_token_id), "pad_token_id", f"must be an integer token id in {top}")
 
     def temperature(self, remaining: int) -> float:
         """Linear schedule: t_max on the first step (remaining == N), falling towards t_min."""
@@ -288,11 +454,16 @@ class GenerationSettings:
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; anything else (unreadable, not UTF-8, not JSON) is a CheckpointError."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}): the {what} is corrupt; re-download or re-save it.") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} is not valid JSON ({e}): the {what} is corrupt; re-download or re-save "
+                              "it.") from e
+    except OSError as e:
+        raise CheckpointError(f"{path} could not be read ({e.strerror or e}): the {what} must be a readable "
+                              "file.") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object: the {what} is corrupt.")
     return data
