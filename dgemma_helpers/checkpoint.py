@@ -1,10 +1,11 @@
 """Read and write DiffusionGemmaForBlockDiffusion checkpoint directories (safetensors only).
 
-Loading checks everything before it allocates anything: config, every shard's header (a
-truncated or corrupt file is named), every tensor's name and shape against the config, and the
-memory the device has. Then the model is built empty on the target device and each tensor is
-copied in straight from the memory-mapped shard, in the target dtype: there is never a full CPU
-copy of the weights. Pickle files (.bin) are refused, never opened.
+Loading checks everything before it allocates anything: config.json and generation_config.json
+field by field, that every file it reads lies inside the checkpoint directory (symlinks followed),
+every shard's header (a truncated or corrupt file is named), every tensor's name, dtype and shape
+against the config, and the memory the device has. Then the model is built empty on the target
+device and each tensor is copied in straight from the memory-mapped shard, in the target dtype:
+there is never a full CPU copy of the weights. Pickle files (.bin) are refused, never opened.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_dir
 from .config import GenerationSettings, ModelConfig, read_json
+from .validate import is_int, shown
 from .devices import available_memory, resolve_device, resolve_dtype
-from .errors import CheckpointError, DeviceError
+from .errors import CheckpointError, DeviceError, InputError
 from .model import DiffusionGemma
 
 log = logging.getLogger("dgemma_helpers")
@@ -32,9 +34,17 @@ GET_MODEL_HINT = (
     "Download the official checkpoint with `hf download google/diffusiongemma-26B-A4B-it --local-dir PATH` "
     "(about 50 GB), or use the kit's small model in models/dgemma-tiny."
 )
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# What model weights may be stored as. The kit's own checkpoints are never fp8: quantize_experts()
+# quantises at load time (quant.py), so an fp8 or integer tensor is someone else's layout.
+FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
+TEXT_PREFIXES = ("model.decoder.", "model.encoder.language_model.")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+PICKLE_HINT = ("which this kit never opens (unpickling runs arbitrary code). If you trust the file, convert it once "
+               "with transformers: `DiffusionGemmaForBlockDiffusion.from_pretrained(SRC).save_pretrained(DST)` writes "
+               "safetensors.")
 
 
 @dataclass
@@ -65,11 +75,51 @@ def kit_to_hf(name: str) -> str:
     return "model.decoder." + name
 
 
+# ---- files inside the checkpoint ----------------------------------------------------------------
+def _allowed_roots(root: Path) -> tuple[Path, ...]:
+    """Where a checkpoint's files may resolve to: the directory itself and, for a Hugging Face cache
+    snapshot (models--ORG--NAME/snapshots/REV, whose files are symlinks into the cached repo's
+    blobs/), that one repo's blob store, which is where its files really are."""
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root, root.parent.parent / "blobs"
+    return (root,)
+
+
+def inside_checkpoint(path: Path, name: str, what: str) -> Path:
+    """path/name, refused unless it resolves (symlinks followed) inside the checkpoint directory:
+    a name like '../elsewhere/x' or a link out of the directory would read someone else's file."""
+    root = path.resolve()
+    target = (root / name).resolve()
+    if not any(target.is_relative_to(r) for r in _allowed_roots(root)):
+        raise CheckpointError(f"{what} {name!r} of {path} resolves to {target}, outside the checkpoint directory: "
+                              "this kit never reads a file outside the checkpoint. Copy the file into the directory "
+                              "(in place of the link), or fix the name.")
+    return path / name
+
+
+def check_links(path: Path) -> None:
+    """Every symlink at the top of the checkpoint directory must stay inside it, because loaders
+    (the tokenizer's included) read files there by name. Model cards (*.md) are never read."""
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() and entry.suffix != ".md":
+            inside_checkpoint(path, entry.name, "the link")
+
+
 # ---- safetensors headers --------------------------------------------------------------------------
 def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse and check one file's header without reading its data."""
-    size = path.stat().st_size
+    """Parse and check one file's header without reading its data: the same layout rules the
+    safetensors library enforces (contiguous tensors covering the file), so that it never fails later."""
     fix = f"re-download or re-save {path.name}"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file: a safetensors shard must be one; {fix}.")
+    try:
+        return _parse_header(path, fix)
+    except OSError as e:  # unreadable (permissions, I/O error): name the file, not a traceback
+        raise CheckpointError(f"{path} could not be read ({e.strerror or e}); {fix}.") from e
+
+
+def _parse_header(path: Path, fix: str) -> dict[str, TensorEntry]:
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -80,57 +130,97 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
                                   f"{size}; {fix}.")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{path} has a corrupt safetensors header ({e}); {fix}.") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object); {fix}.")
     header.pop("__metadata__", None)
-    entries, end = {}, 0
+    entries, spans = {}, []
     for name, info in header.items():
         try:
             dtype, shape, (start, stop) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt header entry for {name!r}; {fix}.") from e
-        numel = 1
-        for d in shape:
-            numel *= d
-        if dtype not in DTYPE_BYTES or stop - start != numel * DTYPE_BYTES[dtype]:
+        if not (isinstance(dtype, str) and all(is_int(d) and d >= 0 for d in shape)
+                and is_int(start) and is_int(stop) and 0 <= start <= stop):
+            raise CheckpointError(f"{path}: corrupt header entry for {name!r} ({shown(info)}); {fix}.")
+        if dtype not in DTYPE_BYTES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which this kit cannot read (model "
+                                  f"weights are {', '.join(FLOAT_DTYPES)}); re-save the checkpoint in bfloat16 or "
+                                  "float32.")
+        if stop - start != _numel(shape) * DTYPE_BYTES[dtype]:
             raise CheckpointError(f"{path}: header entry for {name!r} is inconsistent ({dtype}, {shape}, "
                                   f"{stop - start} bytes); {fix}.")
         entries[name] = TensorEntry(path, dtype, shape)
-        end = max(end, stop)
+        spans.append((start, stop, name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise CheckpointError(f"{path}: tensor {name!r} starts at byte {start} of the data, expected {end} "
+                                  f"(tensors overlap or leave a gap): the file is corrupt; {fix}.")
+        end = stop
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: its header needs {8 + n + end} bytes, the file has {size}; {fix}.")
+    if 8 + n + end < size:
+        raise CheckpointError(f"{path} has {size - 8 - n - end} bytes after its last tensor: it is corrupt or was not "
+                              f"written by safetensors; {fix}.")
     return entries
 
 
 def index_checkpoint(path: Path) -> dict[str, TensorEntry]:
-    """Every tensor of a checkpoint directory, from model.safetensors or a sharded index."""
+    """Every tensor of a checkpoint directory, from model.safetensors or a sharded index.
+
+    Shard names are data from the index: each must be a .safetensors file inside the directory.
+    """
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if index.exists():
+        inside_checkpoint(path, index.name, "the shard index")
         weight_map = read_json(index, "shard index").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no 'weight_map': the shard index is corrupt; re-download it.")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+            raise CheckpointError(f"{index} has no 'weight_map' of tensor name -> shard file name: the shard index is "
+                                  "corrupt; re-download it.")
         files = sorted(set(weight_map.values()))
+        for f in files:
+            inside_checkpoint(path, f, f"shard {index.name} names")
+        pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise CheckpointError(f"{index} names pickle shard(s) {pickles[:3]}: a PyTorch pickle checkpoint, "
+                                  + PICKLE_HINT)
+        foreign = [f for f in files if not f.endswith(".safetensors")]
+        if foreign:
+            raise CheckpointError(f"{index} names shard(s) {foreign[:3]} that are not .safetensors files: this kit "
+                                  "reads safetensors weights only. Re-download the checkpoint, or fix the index.")
         missing = [f for f in files if not (path / f).exists()]
         if missing:
             raise CheckpointError(f"{path} lacks shard(s) {missing[:3]}{'...' if len(missing) > 3 else ''} listed in "
                                   f"{index.name}: the download is incomplete. {GET_MODEL_HINT}")
         entries: dict[str, TensorEntry] = {}
         for f in files:
-            entries.update(read_safetensors_header(path / f))
+            for name, entry in read_safetensors_header(path / f).items():
+                if name in entries:
+                    raise CheckpointError(f"tensor {name!r} is in both {entries[name].file.name} and {f}: the shards "
+                                          "overlap; re-download the checkpoint.")
+                entries[name] = entry
+        stale = [n for n, f in weight_map.items() if n not in entries or entries[n].file != path / f]
+        if stale:
+            raise CheckpointError(f"{index} places {len(stale)} tensor(s) in shards that do not hold them, e.g. "
+                                  f"{stale[:3]}: the index and the shards are from different downloads; re-download "
+                                  "the checkpoint.")
         return entries
     if single.exists():
-        return read_safetensors_header(single)
+        return read_safetensors_header(inside_checkpoint(path, single.name, "the weights file"))
     pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     if pickles:
-        raise CheckpointError(
-            f"{path} holds only pickle weights ({', '.join(pickles[:3])}), which this kit never opens (unpickling runs "
-            "arbitrary code). If you trust the file, convert it once with transformers: "
-            "`DiffusionGemmaForBlockDiffusion.from_pretrained(SRC).save_pretrained(DST)` writes safetensors.")
+        raise CheckpointError(f"{path} holds only pickle weights ({', '.join(pickles[:3])}), " + PICKLE_HINT)
     raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json. {GET_MODEL_HINT}")
 
 
 # ---- loading ----------------------------------------------------------------------------------------
 def read_config(path: str | os.PathLike) -> tuple[Path, ModelConfig]:
+    """The checkpoint directory and its checked config.json (no weights are read)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"the model path must be a checkpoint directory (a str or Path), got {shown(path)} "
+                         f"({type(path).__name__}). {GET_MODEL_HINT}")
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist. {GET_MODEL_HINT}")
@@ -139,11 +229,17 @@ def read_config(path: str | os.PathLike) -> tuple[Path, ModelConfig]:
                               "config.json and the safetensors files.")
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path} has no config.json: it is not a checkpoint directory. {GET_MODEL_HINT}")
-    raw = read_json(path / "config.json", "model config")
-    if raw.get("tie_word_embeddings", True) is False:
-        raise CheckpointError("config.json sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser "
-                              "share their weights, which this engine requires.")
-    return path, ModelConfig.from_hf(raw)
+    check_links(path)
+    return path, ModelConfig.from_hf(read_json(path / "config.json", "model config"), source=str(path / "config.json"))
+
+
+def read_generation_settings(path: Path, config: ModelConfig) -> GenerationSettings:
+    """The checkpoint's sampler defaults from generation_config.json (checked), else the published ones."""
+    gen_file = path / "generation_config.json"
+    if not gen_file.exists():
+        return GenerationSettings.from_hf({}, config)
+    gen = read_json(inside_checkpoint(path, gen_file.name, "the file"), "generation config")
+    return GenerationSettings.from_hf(gen, config, source=str(gen_file))
 
 
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -166,6 +262,62 @@ def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, 
     return logits + KVCache.bytes_needed(config, batch_size, context, dtype)
 
 
+def plan_tensors(path: Path, entries: dict[str, TensorEntry],
+                 config: ModelConfig) -> tuple[dict[str, TensorEntry], int]:
+    """Model parameter name -> checkpoint tensor, with every name, dtype and shape checked against
+    the config (nothing is read but the headers); also the number of vision tensors skipped."""
+    expected = expected_tensors(config)
+    plan: dict[str, TensorEntry] = {}
+    unknown: list[str] = []
+    skipped_vision = 0
+    for hf_name, entry in entries.items():
+        if hf_name.startswith(VISION_PREFIXES):
+            skipped_vision += 1
+            continue
+        if hf_name == "lm_head.weight":  # tied to the embedding, which the engine reads once
+            continue
+        if not hf_name.startswith(TEXT_PREFIXES):
+            unknown.append(hf_name)
+            continue
+        name = hf_to_kit(hf_name)
+        if name is None:  # an encoder tensor tied to the denoiser's: known if the denoiser has it
+            if hf_name[len("model.encoder.language_model."):] not in expected:
+                unknown.append(hf_name)
+            continue
+        if name not in expected:
+            unknown.append(hf_name)
+            continue
+        plan[name] = entry
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {path} has {len(unknown)} tensor(s) that a DiffusionGemma with this config.json "
+            f"({config.num_layers} layers, {config.num_experts} experts) does not have: {_listed(unknown)}. The "
+            "weights and the config do not match (or this is not a DiffusionGemmaForBlockDiffusion checkpoint): use the "
+            "config.json that came with these weights, or re-download the checkpoint.")
+    bad_dtype = [(n, e) for n, e in plan.items() if e.dtype not in FLOAT_DTYPES]
+    if bad_dtype:
+        name, entry = bad_dtype[0]
+        what = "fp8" if entry.dtype.startswith("F8") else "boolean" if entry.dtype == "BOOL" else "integer"
+        fix = ("this kit's checkpoints hold floating-point weights and quantise at load time "
+               "(dg.quantize_experts(model) after load_model): de-quantise it with the tool that wrote it, or use "
+               "the original bfloat16 checkpoint" if what == "fp8" else
+               "model weights are floating point, so the file was written wrongly: re-download the checkpoint, or "
+               "re-save it in bfloat16 or float32 (save_pretrained, or dg.save_checkpoint)")
+        raise CheckpointError(
+            f"tensor {kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} ({what})"
+            + (f", and {len(bad_dtype) - 1} more tensor(s) are not floating point" if len(bad_dtype) > 1 else "")
+            + f": {fix}. Weights must be {', '.join(FLOAT_DTYPES.values())}.")
+    for name, entry in plan.items():
+        if entry.shape != expected[name]:
+            raise CheckpointError(f"tensor {kit_to_hf(name)!r} has shape {list(entry.shape)} but config.json implies "
+                                  f"{list(expected[name])}: the weights and the config do not match.")
+    missing = [kit_to_hf(n) for n in expected if n not in plan]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s), e.g. {missing[:3]}: the download is "
+                              f"incomplete or the weights belong to another config. {GET_MODEL_HINT}")
+    return plan, skipped_vision
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None) -> DiffusionGemma:
     """Load a DiffusionGemmaForBlockDiffusion checkpoint directory (official or tiny) for generation.
@@ -174,30 +326,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     dtype: "bfloat16", "float32", ... (default: bfloat16 on GPU, float32 on CPU).
     """
     path, config = read_config(path)
+    settings = read_generation_settings(path, config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    entries = index_checkpoint(path)
-
-    # Map and check names and shapes before allocating anything.
-    expected = expected_tensors(config)
-    plan: dict[str, TensorEntry] = {}
-    skipped_vision = 0
-    for hf_name, entry in entries.items():
-        name = hf_to_kit(hf_name)
-        if name is None:
-            skipped_vision += hf_name.startswith(VISION_PREFIXES)
-            continue
-        if name not in expected:
-            raise CheckpointError(f"tensor {hf_name!r} does not exist in a model with this config.json "
-                                  f"({config.num_layers} layers): the weights and the config do not match.")
-        if entry.shape != expected[name]:
-            raise CheckpointError(f"tensor {hf_name!r} has shape {list(entry.shape)} but config.json implies "
-                                  f"{list(expected[name])}: the weights and the config do not match.")
-        plan[name] = entry
-    missing = [kit_to_hf(n) for n in expected if n not in plan]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s), e.g. {missing[:3]}: the download is "
-                              f"incomplete or the weights belong to another config. {GET_MODEL_HINT}")
+    # Map and check names, dtypes and shapes before allocating anything.
+    plan, skipped_vision = plan_tensors(path, index_checkpoint(path), config)
     if skipped_vision:
         log.info("text-only engine: skipped the %d vision-tower tensors", skipped_vision)
 
@@ -213,22 +346,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         model = DiffusionGemma(config)
     model = model.to(dtype).to_empty(device=device)
     model.init_buffers()
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for hf_name, entry in entries.items():
-        name = hf_to_kit(hf_name)
-        if name is not None:
-            by_file.setdefault(entry.file, []).append((hf_name, name))
+    by_file: dict[Path, list[str]] = {}
+    for name, entry in plan.items():
+        by_file.setdefault(entry.file, []).append(name)
     state = model.state_dict()
     with torch.no_grad():
         for file, names in by_file.items():
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for hf_name, name in names:
-                    state[name].copy_(f.get_tensor(hf_name))
+            try:
+                with safe_open(file, framework="pt", device="cpu") as f:
+                    for name in names:
+                        state[name].copy_(f.get_tensor(kit_to_hf(name)))
+            except (SafetensorError, OSError) as e:  # the file changed since its header was checked
+                raise CheckpointError(f"{file} could not be read ({e}); re-download or re-save it.") from e
     model.eval().requires_grad_(False)
     model.path = path
-    gen_file = path / "generation_config.json"
-    gen = read_json(gen_file, "generation config") if gen_file.exists() else {}
-    model.generation_settings = GenerationSettings.from_hf(gen, config)
+    model.generation_settings = settings
     from .tokenizer import load_tokenizer
 
     model.tokenizer = load_tokenizer(path)
@@ -243,6 +375,13 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
     Everything is written to a temporary sibling directory that replaces `path` only once complete,
     so an interrupted save never leaves a half-written checkpoint.
     """
+    # The format holds floating-point weights only: a quantised model (fp8 experts from
+    # quantize_experts) would be written in a layout that no loader reads back.
+    extra = sorted(set(model.state_dict()) - set(expected_tensors(model.config)))
+    if extra:
+        raise InputError(f"save_checkpoint writes floating-point weights only, and this model has tensors the "
+                         f"checkpoint format lacks ({_listed(extra, 3)}; quantize_experts makes these): save the model "
+                         "before quantising it, or load the checkpoint again and quantise after load_model.")
     path = Path(path)
     with atomic_dir(path) as tmp:
         tensors = {kit_to_hf(n): t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
@@ -296,6 +435,10 @@ def _vision_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
 @dataclass
 class _TextDims:
     hidden_size: int
+
+
+def _listed(names: list[str], limit: int = 8) -> str:
+    return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
