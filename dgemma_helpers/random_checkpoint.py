@@ -36,11 +36,14 @@ _SAMPLE_TEXT = (
 
 
 def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, seed: int = 0, canvas_length: int = 16,
-                           tokenizer: bool = True, embed_std: float | None = None, **overrides: Any) -> Path:
+                           tokenizer: bool = True, embed_std: float | None = None, shared_layer_scalars: bool = False,
+                           **overrides: Any) -> Path:
     """Write an untrained checkpoint with transformers' `save_pretrained`, atomically.
 
     `embed_std` widens the tied embedding so that the random model is confident (large logit gaps),
     which makes near-greedy sampling decisions robust to float rounding in comparisons.
+    `shared_layer_scalars` gives the encoder's layer scalars the denoiser's values, as trained
+    checkpoints have them: vLLM loads one per layer for both passes (the kit and transformers keep two).
     """
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
@@ -58,9 +61,14 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         for name, p in model.named_parameters():
             if p.ndim == 1 and "vision" not in name:
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        for name, b in model.named_buffers():
+        buffers = dict(model.named_buffers())
+        for name, b in buffers.items():
             if name.endswith("layer_scalar"):
                 b.copy_(1 + 0.2 * torch.randn(b.shape, generator=g))
+        if shared_layer_scalars:
+            for name, b in buffers.items():
+                if name.endswith("layer_scalar") and "encoder" in name:
+                    b.copy_(buffers[name.replace("encoder.language_model.", "decoder.")])
         if embed_std is not None:
             model.model.decoder.embed_tokens.weight.normal_(0.0, embed_std, generator=g)
     path = Path(path)

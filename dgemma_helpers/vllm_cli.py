@@ -43,7 +43,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
 def _start_settings(args: argparse.Namespace) -> dict:
     return dict(max_denoising_steps=args.steps, entropy_bound=args.entropy_bound, t_min=args.t_min,
-                t_max=args.t_max, confidence_threshold=0.0 if args.no_early_stop else None)
+                t_max=args.t_max, stability_threshold=args.stability_threshold,
+                confidence_threshold=0.0 if args.no_early_stop else args.confidence_threshold)
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -54,13 +55,18 @@ def generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         raise InputError("--seed is not available with vLLM (it rejects per-request seeds): leave it out, or use "
                          "--engine kit, which takes it.")
+    for flag, value, default in (("--rng", args.rng, "counter"), ("--path", args.path, "auto")):
+        if value != default:
+            raise InputError(f"{flag} {value} chooses among the kit's own samplers and steps; vLLM has its own: "
+                             f"leave {flag} out, or use --engine kit.")
     if args.engine == "vllm-server":
         if not args.url:
             raise InputError("--engine vllm-server needs --url (a running server, e.g. one started with "
                              f"`python -m dgemma_helpers vllm-serve --model {args.model}`).")
         fixed = [f for f, v in (("--entropy-bound", args.entropy_bound), ("--t-min", args.t_min),
-                                ("--t-max", args.t_max), ("--no-early-stop", args.no_early_stop or None))
-                 if v is not None]
+                                ("--t-max", args.t_max), ("--no-early-stop", args.no_early_stop or None),
+                                ("--stability-threshold", args.stability_threshold),
+                                ("--confidence-threshold", args.confidence_threshold)) if v is not None]
         if fixed or _engine_kwargs(args):
             raise InputError(f"{', '.join(fixed + sorted(_engine_kwargs(args)))}: a server fixes these when it starts; "
                              "give them to `python -m dgemma_helpers vllm-serve` instead.")
@@ -94,6 +100,8 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--entropy-bound", type=float)
     s.add_argument("--t-min", type=float)
     s.add_argument("--t-max", type=float)
+    s.add_argument("--stability-threshold", type=int)
+    s.add_argument("--confidence-threshold", type=float)
     s.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
     s.add_argument("--host", default=LOOPBACK, help="address to bind (default %(default)s: this machine only)")
     s.add_argument("--port", type=int, help="port (default: a free one)")

@@ -17,7 +17,10 @@ vLLM reads the sampler's settings at two moments, and the kit's names map onto b
 What vLLM cannot do (per-round callbacks, top-k records, seeds, the kit's RNGs, per-call
 temperatures or entropy bounds) is refused with InputError naming the kit path that can.
 Prompts are tokenized by the kit (the checkpoint's tokenizer and chat template) and sent as ids,
-so every engine sees the same tokens.
+so every engine sees the same tokens. Where vLLM behaves otherwise than the kit, the result's
+`notes` say so: fewer steps than the engine's on its temperature schedule, pinned positions vLLM
+held as inputs but committed its own tokens at, prompt + canvas beyond the sliding window (vLLM's
+denoiser windows it, transformers' does not), output trimmed to max_new_tokens.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ class VLLMBase(StartSettings):
         texts = [decode(self.tokenizer, _until_eos(r, eos, pad)) for r in ids.tolist()]
         return VLLMResult(token_ids=ids, texts=texts, prompt_ids=req.rows, tokens_per_forward=tpf,
                           row_tokens_per_forward=[tpf] * len(rows), steps_per_canvas=[], settings=req.settings,
+                          canvas_tokens_per_forward=committed / denoise if committed and denoise else None,
                           timings=timings, path=self.path_name, denoising_steps=denoise,
                           mean_steps_per_canvas=denoise / canvases if denoise is not None and canvases else None,
                           trimmed_tokens=trimmed, notes=notes)
@@ -249,6 +253,8 @@ class VLLMEngine(VLLMBase):
     max_num_seqs, gpu_memory_utilization, max_model_len, dtype, enforce_eager, and any other of
     vllm.LLM's in **engine_args. On a CPU the defaults are float32, eager mode, 15% of RAM."""
 
+    counters_owner: VLLMEngine | None = None  # the engine whose counters vLLM's registry holds
+
     def __init__(self, model_path: str | Path, *, max_denoising_steps: int | None = None,
                  entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
                  stability_threshold: int | None = None, confidence_threshold: float | None = None,
@@ -275,6 +281,8 @@ class VLLMEngine(VLLMBase):
             raise EngineError(f"vLLM could not start on {self.path} ({type(e).__name__}: {e}); the engine arguments "
                               f"were {self.args}.") from e
         self.start_s = time.perf_counter() - t
+        # vLLM keeps its counters in one process-wide registry, which the engine started last takes over.
+        VLLMEngine.counters_owner = self
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
@@ -285,14 +293,17 @@ class VLLMEngine(VLLMBase):
             raise EngineError("this vLLM engine is closed: start a new VLLMEngine.")
         params = [self._vllm.SamplingParams(max_tokens=req.max_new_tokens, temperature=1.0, ignore_eos=req.ignore_eos,
                                             extra_args=x) for x in req.extra_args]
-        before = self.counters()
+        own = VLLMEngine.counters_owner is self
+        if not own:
+            req.notes.append("no step counts: vLLM's counters belong to the engine started last in this process")
+        before = self.counters() if own else {}
         t = time.perf_counter()
         try:
             outs = self.llm.generate([{"prompt_token_ids": r} for r in req.rows], params, use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - vLLM's validation and engine errors, as the kit's
             raise EngineError(f"vLLM refused or failed the request ({type(e).__name__}: {e}).") from e
         total = time.perf_counter() - t
-        after = self.counters()
+        after = self.counters() if own else {}
         # vLLM's first output of a request is its first committed canvas; the batch's is the last row's.
         first = [o.metrics.first_token_latency for o in outs if getattr(o, "metrics", None) is not None]
         nan = float("nan")
@@ -318,6 +329,8 @@ class VLLMEngine(VLLMBase):
             except Exception as e:  # noqa: BLE001 - shutting down: say it, do not mask the caller's own error
                 log.warning("vLLM did not shut down cleanly: %s", e)
             del llm
+        if VLLMEngine.counters_owner is self:
+            VLLMEngine.counters_owner = None
         self.remove_generation_dir()
 
     def __enter__(self) -> VLLMEngine:
