@@ -86,9 +86,10 @@ class GenerationResult:
     steps_per_canvas: list[list[int]]  # [canvas][row] denoising rounds each row ran
     settings: GenerationSettings
     timings: Timings = field(default_factory=Timings)
-    # transformers' figure: non-pad tokens of the committed canvases / denoiser passes (mean over rows).
-    # It counts whole canvases, so max_new_tokens=1 still counts the 255 tokens cut off after the first.
+    # transformers' figure: non-pad tokens of the committed canvases / denoiser passes (mean over rows,
+    # and per row). It counts whole canvases: max_new_tokens=1 still counts the 255 tokens cut off.
     canvas_tokens_per_forward: float | None = None
+    row_canvas_tokens_per_forward: list[float] | None = None
     path: str = "torch"  # the denoising step that ran: "fast" (fused kernels + CUDA graph) or "torch"
     fallback_reason: str | None = None  # why path=None/"auto" ran "torch"; None when it got the path asked for
 
@@ -220,7 +221,7 @@ def generate(
 
     tokens = torch.cat(committed, dim=1)
     passes = forwards.clamp(min=1).float()
-    canvas_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).mean().item()
+    row_canvas_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).tolist()
     tokens = tokens[:, :settings.max_new_tokens]
     row_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).tolist()
     tokens = tokens.cpu()
@@ -228,7 +229,8 @@ def generate(
     timings.total_s = time.perf_counter() - t_start
     return GenerationResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids,
                             tokens_per_forward=sum(row_tpf) / B, row_tokens_per_forward=row_tpf,
-                            canvas_tokens_per_forward=canvas_tpf,
+                            canvas_tokens_per_forward=sum(row_canvas_tpf) / B,
+                            row_canvas_tokens_per_forward=row_canvas_tpf,
                             steps_per_canvas=steps_per_canvas, settings=settings, timings=timings,
                             path=step_fn.path, fallback_reason=step_fn.fallback_reason)
 

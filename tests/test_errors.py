@@ -163,7 +163,7 @@ def model(checkpoint, ours):
     (dict(), "exactly one of prompt, messages or input_ids"),
     (dict(prompt="a", input_ids=[1]), "exactly one of"),
     (dict(input_ids=[1, 2, 5000]), r"outside the vocabulary 0\.\.999"),
-    (dict(messages=[{"role": "user"}]), "messages must be a chat"),
+    (dict(messages=[{"role": "user"}]), "message 0 must be a dict with 'role' and 'content'"),
     (dict(input_ids=[1], max_new_tokens=0), "max_new_tokens must be a positive integer"),
     (dict(input_ids=[1], max_new_tokens=-5), "max_new_tokens must be a positive integer"),
     (dict(input_ids=[1], max_denoising_steps=0), "max_denoising_steps must be a positive integer"),

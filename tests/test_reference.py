@@ -105,7 +105,7 @@ def test_near_greedy_generation_matches_token_for_token(checkpoint, reference, o
     result = dg.generate(model, input_ids=prompts(batch, V, seed=2), initial_canvas=start, seed=4, rng="transformers",
                          **settings)
     assert torch.equal(result.token_ids, expected[:, :max_new_tokens])
-    assert result.row_tokens_per_forward == pytest.approx(expected_tpf)
+    assert result.row_canvas_tokens_per_forward == pytest.approx(expected_tpf)  # transformers' definition
 
 
 @pytest.mark.parametrize("shape", ["plain", "ring"])
@@ -123,7 +123,7 @@ def test_sampling_matches_reference_for_the_same_seed(checkpoint, reference, our
     result = dg.generate(model, input_ids=prompts(batch, V, seed=5), seed=11, rng="transformers", **settings)
     n = min(expected.shape[1], 40)
     assert torch.equal(result.token_ids[:, :n], expected[:, :n])
-    assert result.row_tokens_per_forward == pytest.approx(expected_tpf)
+    assert result.row_canvas_tokens_per_forward == pytest.approx(expected_tpf)  # transformers' definition
 
 
 def test_counter_rng_agrees_with_reference_on_a_greedy_canvas(checkpoint, reference, ours):
