@@ -10,8 +10,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
@@ -71,6 +73,7 @@ def test_report_files_exist_and_parse(report):
     names = {p.name for p in report.iterdir()}
     assert {"05_throughput_benchmark.ipynb", "report.html", "results.json", "results.csv", *PLOTS} <= names
     assert not [n for n in names if n.endswith(".tmp")]
+    assert [p.name for p in report.parent.iterdir()] == [report.name]  # its temporary directory is gone
     for png in PLOTS:
         assert (report / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     executed = nbformat.read(report / "05_throughput_benchmark.ipynb", as_version=4)
@@ -79,6 +82,8 @@ def test_report_files_exist_and_parse(report):
     html = (report / "report.html").read_text(encoding="utf-8")
     assert "Diffusion vs autoregressive" in html and "data:image/png;base64" in html
     assert "bench.make_sweep(" not in html  # rendered without its code
+    # Built in a temporary directory, it names the directory it now lives in.
+    assert str(report.resolve()) in (report / "05_throughput_benchmark.ipynb").read_text() and ".run." not in html
 
 
 def test_report_holds_the_expected_engines_and_metrics(report):
@@ -115,3 +120,91 @@ def test_make_report_runs_that_command():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].endswith(
         "python -m dgemma_helpers report --model some/model --out some/dir --batch 1,4")
+
+
+# ---- all or nothing: Ctrl-C, a failed notebook, a directory that is not a report ---------------------------
+def report_command(model, out, *extra):
+    return [sys.executable, "-m", "dgemma_helpers", "report", "--model", str(model), "--out", str(out), *extra]
+
+
+def kernels_started_by(pid: int) -> list[int]:
+    """Live processes whose environment names `pid` as their Jupyter parent (a kernel it started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"JPY_PARENT_PID={pid}".encode() in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_ctrl_c_ends_with_one_line_and_leaves_nothing(tmp_path, checkpoint):
+    reports = tmp_path / "reports"
+    out = reports / "run"
+    # Far more repeats than can finish: the notebook is surely still running when Ctrl-C comes.
+    cmd = report_command(checkpoint("confident"), out, "--engines", "kit", "--repeats", "100000", "--threads", "1")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait until the notebook is executing in its temporary directory (papermill saves the executed
+        # notebook after each cell), then press Ctrl-C.
+        while proc.poll() is None:
+            executed = [p for p in reports.glob(".run.*/" + NOTEBOOK.name) if '"execution_count": 1' in _read(p)]
+            if executed:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    line = f"interrupted; nothing was written to {out}"
+    assert stderr.splitlines()[-1] == line and stderr.count("interrupted;") == 1, stderr
+    assert "Traceback" not in stderr and "Kernel died" not in stderr, stderr
+    assert list(reports.iterdir()) == []  # no report, no temporary directory
+    if os.path.isdir("/proc"):  # and the notebook's kernel went with it
+        for _ in range(50):
+            if not kernels_started_by(proc.pid):
+                break
+            time.sleep(0.2)
+        assert kernels_started_by(proc.pid) == []
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:  # renamed into place or removed between the glob and the read
+        return ""
+
+
+def test_a_failed_notebook_is_kept_plainly_named_as_incomplete(tmp_path, checkpoint):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("out_dir = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('writing to', out_dir)\nraise RuntimeError('the benchmark broke')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook = tmp_path / "broken.ipynb"
+    nbformat.write(nb, notebook)
+    out = tmp_path / "reports" / "run"
+    done = subprocess.run(report_command(checkpoint("confident"), out, "--engines", "kit", "--notebook", str(notebook)),
+                          cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    failed = out.with_name("run.failed")
+    assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == ["run.failed"]
+    assert "RuntimeError: the benchmark broke" in done.stderr and f"kept in {failed}" in done.stderr
+    assert str(failed / NOTEBOOK.name) in done.stderr  # the error's paths are where the files are now
+    executed = (failed / NOTEBOOK.name).read_text(encoding="utf-8")
+    assert f"writing to {failed.resolve()}" in executed and ".run." not in executed
+
+
+def test_an_out_directory_that_is_not_a_report_is_never_replaced(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    done = subprocess.run(report_command(TINY, tmp_path, "--engines", "kit"), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "is not an earlier report" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and keep.read_text() == "mine"

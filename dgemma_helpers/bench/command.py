@@ -121,10 +121,17 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from .notebook import make_report
+    from .notebook import default_report_dir, make_report
+    from .report import INTERRUPTED_EXIT, build_report, shown
 
-    sweep = sweep_from_args(args)
-    paths = make_report(sweep, args.out, notebook=args.notebook)
+    out = args.out or default_report_dir()
+    try:
+        sweep = sweep_from_args(args)
+        # Built in a temporary directory, moved to `out` only when complete (Ctrl-C leaves nothing).
+        paths = build_report(out, lambda tmp: make_report(sweep, tmp, notebook=args.notebook))
+    except KeyboardInterrupt:
+        print(f"interrupted; nothing was written to {shown(out)}", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     print(f"report written to {paths['dir']}:")
     for name, path in paths.items():
         if name != "dir":

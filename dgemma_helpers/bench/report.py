@@ -1,7 +1,9 @@
-"""Benchmark results on disk (results.json, results.csv) and as Markdown tables.
+"""Benchmark results on disk (results.json, results.csv), the report directory, and Markdown tables.
 
 Files are written whole or not at all: each goes to a temporary name in the same directory and
-is renamed into place, so an interrupted report never leaves a half-written results file.
+is renamed into place, so an interrupted report never leaves a half-written results file. A whole
+report is built the same way (build_report): in a temporary directory beside its target, moved into
+place only once complete; Ctrl-C stops the notebook's kernel and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -9,13 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write
-from ..errors import InputError
+from ..atomic import atomic_dir, atomic_write, make_readable
+from ..errors import DGemmaError, InputError
 from .harness import ROW_FIELDS, SCHEMA
 
 
@@ -56,6 +65,183 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+# ---- the report directory: complete, or absent -------------------------------------------------
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
+KILL_AFTER_S = 20.0  # a kernel still running this long after Ctrl-C is killed
+_GIVE_UP_S = 60.0  # after the kill, how long to wait for the notebook runner to notice
+
+
+def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
+    """Run `build(tmp)` (it writes a report into the empty directory tmp and returns its files) and move tmp
+    into place as `out_dir` only when it returns. On Ctrl-C (KeyboardInterrupt, re-raised) the
+    notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed: nothing is
+    written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in the error.
+    An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
+    final = Path(out_dir)
+    _check_replaceable(final)
+    main = threading.current_thread() is threading.main_thread()
+    # (getsignal gives None for a handler not set from Python; put Python's default back then.)
+    previous = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main else None
+    try:
+        with atomic_dir(final) as tmp:
+            try:
+                paths = _interruptible(build, tmp)
+            except DGemmaError as e:
+                failed = _keep_failed(tmp, final)
+                if failed is None:
+                    raise
+                raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
+                              "named as incomplete)") from None
+            _retarget(tmp, tmp, final)
+            if main:
+                # The report is complete: a Ctrl-C from here on could only lose it, so it waits until the
+                # move into place is done (and then has nothing left to stop).
+                signal.signal(signal.SIGINT, lambda *_: None)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    return {name: final / Path(p).relative_to(tmp) if _inside(Path(p), tmp) else Path(p) for name, p in paths.items()}
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _check_replaceable(final: Path) -> None:
+    # atomic_dir replaces the target whole: only an empty directory or an earlier report may be replaced,
+    # never, say, `--out .` or a home directory.
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "results.json").is_file())):
+        raise InputError(f"{shown(final)} exists and is not an earlier report (it has no results.json): a report "
+                         "replaces its directory whole, so give a new one, e.g. --out reports/mine.")
+
+
+def _interruptible(build: Callable[[Path], dict[str, Path]], tmp: Path) -> dict[str, Path]:
+    """build(tmp) in a worker thread, so that Ctrl-C reaches this (main) thread as KeyboardInterrupt.
+    (Run in the main thread, papermill's notebook client takes SIGINT for itself and carries on.)"""
+    box: dict[str, Any] = {}
+    # An Event, not Thread.join/is_alive: a join interrupted by Ctrl-C can leave the thread marked as
+    # stopped while it still runs (Python < 3.13), and the kernel would outlive this process.
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["paths"] = build(tmp)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="report-notebook", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        _stop(done)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["paths"]
+
+
+def _stop(done: threading.Event) -> None:
+    """End the kernel(s) this process started: SIGTERM to their process groups (a vLLM server the notebook
+    started is in that group too), SIGKILL after KILL_AFTER_S, or at once on a second Ctrl-C. Not SIGINT,
+    Jupyter's 'interrupt': ipykernel ignores it between cells, and one landing in the kernel's own code
+    leaves a reply unsent that the notebook runner then waits for. The report is discarded anyway, and
+    the runner sees a dead kernel at once. Returns once the worker is done (or after _GIVE_UP_S more)."""
+    start = time.monotonic()
+    kill_at, give_up = start + KILL_AFTER_S, start + KILL_AFTER_S + _GIVE_UP_S
+    # papermill's notebook client logs "Kernel died while waiting for execute reply" about the kernel
+    # stopped here on purpose: the user asked for it, and is told once what it means (nothing written).
+    runner_log = logging.getLogger("papermill")
+    was_disabled, runner_log.disabled = runner_log.disabled, True
+    try:
+        while not done.is_set() and time.monotonic() < give_up:
+            sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
+            for pid in _child_pids():  # again each time round: a kernel that was still starting is caught too
+                _signal_group(pid, sig)
+            try:
+                done.wait(0.5)
+            except KeyboardInterrupt:
+                kill_at = time.monotonic()
+    finally:
+        runner_log.disabled = was_disabled
+
+
+def _child_pids() -> list[int]:
+    """The processes this one started (the notebook's kernel; it starts its own session)."""
+    me, out = os.getpid(), []
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+                except (OSError, IndexError):
+                    continue  # gone already, or not ours to read
+                if len(fields) > 1 and fields[1] == str(me):
+                    out.append(int(entry))
+        return out
+    try:  # no /proc (macOS): ask ps
+        listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(pid) for pid, ppid in (line.split() for line in listing.splitlines() if len(line.split()) == 2)
+            if ppid == str(me)]
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        # A kernel leads its own process group (its children, e.g. a vLLM server, are in it); anything
+        # else gets the signal alone, so this process's own group is never signalled.
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def _retarget(directory: Path, written_in: Path, shown_as: Path) -> None:
+    """The executed notebook and its HTML print the directory they were written in (a temporary one):
+    make them name the directory they are moved to."""
+    for path in directory.iterdir():
+        if path.suffix in (".ipynb", ".html"):
+            text = path.read_text(encoding="utf-8")
+            changed = _moved(text, written_in, shown_as)
+            if changed != text:
+                atomic_write(path, changed)
+
+
+def _moved(text: str, old: Path, new: Path) -> str:
+    return text.replace(str(old.resolve()), str(new.resolve())).replace(str(old), str(new))
+
+
+def _keep_failed(tmp: Path, final: Path) -> Path | None:
+    """Move what a failed build wrote to <final>.failed (plainly not a report), or None if it wrote nothing."""
+    if not any(tmp.iterdir()):
+        return None
+    failed = final.with_name(final.name + ".failed")
+    _retarget(tmp, tmp, failed)
+    shutil.rmtree(failed, ignore_errors=True)
+    make_readable(tmp)
+    tmp.rename(failed)
+    return failed
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.relative_to(directory)
+        return True
+    except ValueError:
+        return False
 
 
 # ---- tables -----------------------------------------------------------------------------------
