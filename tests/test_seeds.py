@@ -10,6 +10,13 @@ import dgemma_helpers as dg
 from dgemma_helpers.errors import InputError
 
 
+@pytest.fixture(autouse=True)
+def reference_kernels(monkeypatch):
+    """The fast path with the kernels' PyTorch references, which take float64 (the Triton kernels,
+    interpreted where another test module set TRITON_INTERPRET, take bf16/fp16/fp32)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="module")
 def model64(checkpoint):
     """float64, so that a batch and a batch of one round alike and only the seeds can differ."""
