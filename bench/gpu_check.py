@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-import gpu_common as gc
+from dgemma_helpers.bench import gpu
 
 
 def main() -> int:
@@ -28,10 +28,11 @@ def main() -> int:
     p.add_argument("--json")
     args = p.parse_args()
     if args.cpu:
-        gc.setup_cpu_interpreter()
+        gpu.setup_cpu_interpreter()
     elif not torch.cuda.is_available():
         print("no CUDA GPU here: run with --cpu for the interpreter check")
         return 2
+    # After the interpreter switch: a kernel module is decorated for the interpreter or the GPU on import.
     from kernels.denoise_head import denoise_head
     from kernels.denoise_head_ref import reference_denoise_head
     from kernels.moe import moe
@@ -42,7 +43,7 @@ def main() -> int:
     dev = "cpu" if args.cpu else "cuda"
     dtype = torch.float32 if args.cpu else torch.bfloat16
     tol = 1e-5 if args.cpu else 2e-2  # norm-wise; bf16 rounding alone gives ~3e-3
-    hf = gc.CPU_HF if args.cpu else gc.REAL_HF
+    hf = gpu.CPU_HF if args.cpu else gpu.REAL_HF
     H, V, E, K = hf["hidden_size"], hf["vocab_size"], hf["num_experts"], hf["top_k_experts"]
     I = hf["moe_intermediate_size"]
     canvas = 32 if args.cpu else 256
@@ -61,9 +62,9 @@ def main() -> int:
     # ---- RMSNorm (+ residual, + scale) ------------------------------------------------------------
     x, res, w, s = randn(canvas, H), randn(canvas, H), 1 + randn(H, scale=0.2), randn(1) + 1
     for kw in ({}, dict(residual=res), dict(residual=res, scale=s)):
-        with gc.poisoned_outputs():
+        with gpu.poisoned_outputs():
             out = rmsnorm(x, w, 1e-6, **kw)
-        check(f"rmsnorm {'+'.join(kw) or 'plain'}", gc.rel_err(out, reference_rmsnorm(x, w, 1e-6, **kw)))
+        check(f"rmsnorm {'+'.join(kw) or 'plain'}", gpu.rel_err(out, reference_rmsnorm(x, w, 1e-6, **kw)))
 
     # ---- MoE: the denoiser's canvas and an encoder chunk ----------------------------------------
     gate_up, down = randn(E, 2 * I, H, scale=0.02), randn(E, H, I, scale=0.02)
@@ -72,18 +73,18 @@ def main() -> int:
         xs = randn(tokens, H)
         experts = torch.rand(tokens, E, generator=g, device=dev).topk(K, dim=-1).indices
         weights = torch.rand(tokens, K, generator=g, device=dev)
-        with gc.poisoned_outputs():
+        with gpu.poisoned_outputs():
             out = moe(xs, weights, experts, gate_up, down)
-        check(f"moe {tokens} tokens", gc.rel_err(out, reference_moe(xs, weights, experts, gate_up, down)))
+        check(f"moe {tokens} tokens", gpu.rel_err(out, reference_moe(xs, weights, experts, gate_up, down)))
         if fp8_ok:
-            from dgemma_helpers.quant import quantize_fp8
+            from dgemma_helpers.fast.quant import quantize_fp8
 
             (gq, gs), (dq, ds) = quantize_fp8(gate_up), quantize_fp8(down)
-            with gc.poisoned_outputs():
+            with gpu.poisoned_outputs():
                 out8 = moe(xs, weights, experts, gq, dq, gs, ds)
             ref8 = reference_moe(xs, weights, experts, gq, dq, gs, ds)
-            check(f"moe fp8 {tokens} tokens vs dequantised ref", gc.rel_err(out8, ref8))
-            check(f"moe fp8 {tokens} tokens vs unquantised", gc.rel_err(out8, out), limit=0.1)
+            check(f"moe fp8 {tokens} tokens vs dequantised ref", gpu.rel_err(out8, ref8))
+            check(f"moe fp8 {tokens} tokens vs unquantised", gpu.rel_err(out8, out), limit=0.1)
     del gate_up, down
 
     # ---- the fused denoise head -------------------------------------------------------------------
@@ -93,15 +94,15 @@ def main() -> int:
     for temperature in (0.8, 0.4):
         t = torch.tensor([temperature], device=dev)
         key = torch.tensor([123456789], device=dev)
-        with gc.poisoned_outputs():
+        with gpu.poisoned_outputs():
             got = denoise_head(hidden, embed, t, key, 30.0, scale)
         ref = reference_denoise_head(hidden, embed, t, key, 30.0, scale)
         agree = (got.argmax == ref.argmax).float().mean().item()
         sample_agree = (got.sample == ref.sample).float().mean().item()
         # bf16 GEMMs round differently: only near-ties may flip (tolerance 0.1% of positions + 1)
-        check(f"head T={temperature} entropy", gc.rel_err(got.entropy, ref.entropy), argmax_agree=round(agree, 4),
+        check(f"head T={temperature} entropy", gpu.rel_err(got.entropy, ref.entropy), argmax_agree=round(agree, 4),
               sample_agree=round(sample_agree, 4))
-        check(f"head T={temperature} soft embedding", gc.rel_err(got.soft, ref.soft))
+        check(f"head T={temperature} soft embedding", gpu.rel_err(got.soft, ref.soft))
         check(f"head T={temperature} argmax/sample disagreement", 1 - min(agree, sample_agree),
               limit=0 if args.cpu else 1.0 / canvas + 1e-3)
     del embed
@@ -110,7 +111,7 @@ def main() -> int:
     step_check(args, dev, dtype, hf, canvas, tol, check)
 
     failed = [r["check"] for r in results if not r["ok"]]
-    gc.write_json(args.json, dict(env=gc.environment(dev), dtype=str(dtype), results=results))
+    gpu.write_json(args.json, dict(env=gpu.environment(dev), dtype=str(dtype), results=results))
     print(f"{'PASS' if not failed else 'FAIL'}: {len(results) - len(failed)}/{len(results)} checks"
           + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
@@ -123,8 +124,8 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
     from dgemma_helpers.rng import CounterRNG
     from dgemma_helpers.sampler import StableAndConfident
 
-    config = gc.model_config(hf, canvas, layers=None if args.cpu else args.layers)
-    model = gc.random_model(config, dev, dtype)
+    config = gpu.model_config(hf, canvas, layers=None if args.cpu else args.layers)
+    model = gpu.random_model(config, dev, dtype)
     settings = dg.generation.resolve_settings(model, dict(confidence_threshold=0.0))
     B, P = 2, 24 if args.cpu else 128
     g = torch.Generator(dev).manual_seed(1)
@@ -162,7 +163,7 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
             graph.replay()
         else:
             hidden = fused_denoise()
-        check("step: fused denoiser logits vs model.denoise", gc.rel_err(model.logits(hidden), ref_logits),
+        check("step: fused denoiser logits vs model.denoise", gpu.rel_err(model.logits(hidden), ref_logits),
               limit=tol if args.cpu else 3e-2)
 
         # one whole round, graph-replayed, against denoise_step on the same state
@@ -174,7 +175,7 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
         stepper(model, cache, fast_state, 0.7, settings, None, rng, 0, 3)
         agree = (fast_state.argmax == torch_state.argmax).float().mean().item()
         check("step: round argmax disagreement", 1 - agree, limit=0 if args.cpu else 0.01)
-        check("step: round soft embedding", gc.rel_err(fast_state.soft, torch_state.soft),
+        check("step: round soft embedding", gpu.rel_err(fast_state.soft, torch_state.soft),
               limit=tol if args.cpu else 3e-2)
 
 

@@ -4,11 +4,11 @@ transformers, against the weight-streaming floor, all measured in this one run.
     python bench/gpu_step.py --json gpu_step.json     # GPU, real text config, < 8 minutes on an H100
     python bench/gpu_step.py --tiny                   # CPU smoke test: interpreter, small config
 
-Real text config (REFERENCE.md) with random bf16 weights created on the GPU and shared by all
+The official text config with random bf16 weights created on the GPU and shared by all
 engines, batch 1, 128-token prompt, canvas 256, 16 steps, early stop off. Measured here:
   copy bandwidth      device-to-device copy of 2 GiB (read + write)
   floor               weight bytes / copy bandwidth (each step reads every weight once)
-  transformers        experts_implementation="grouped_mm": whole generate() / 16 (as REFERENCE.md)
+  transformers        experts_implementation="grouped_mm": whole generate() / 16 (end-to-end ms per step)
   ours (torch/fast)   steady-state ms per step (the generate() loop body, after warm-up), and
                       generate() / 16 end to end (for the fast path that includes graph capture)
   kernels             achieved bandwidth of the MoE (one layer) and RMSNorm kernels; the head's
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-import gpu_common as gc
+from dgemma_helpers.bench import gpu
 
 from dgemma_helpers.devices import copy_bandwidth, synchronize
 
@@ -39,16 +39,16 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     if args.tiny:
-        gc.setup_cpu_interpreter()
+        gpu.setup_cpu_interpreter()
     elif not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: use --tiny for the CPU smoke test")
     dev = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    hf = gc.CPU_HF if args.tiny else gc.REAL_HF
+    hf = gpu.CPU_HF if args.tiny else gpu.REAL_HF
     canvas, prompt_len = (32, 16) if args.tiny else (256, 128)
     steps = 4 if args.tiny else args.steps
     t_start = time.perf_counter()
-    out: dict = dict(env=gc.environment(dev), config=dict(hf=hf, canvas=canvas, prompt=prompt_len, steps=steps))
+    out: dict = dict(env=gpu.environment(dev), config=dict(hf=hf, canvas=canvas, prompt=prompt_len, steps=steps))
     print(out["env"], flush=True)
 
     bw = copy_bandwidth(torch.device(dev), nbytes=(32 if args.tiny else 2048) * 2**20)
@@ -66,7 +66,7 @@ def main() -> None:
             with torch.no_grad():
                 tf_model.generate(prompt, max_new_tokens=canvas, max_denoising_steps=steps,
                                   confidence_threshold=None, stability_threshold=None)
-        rows["transformers grouped_mm"] = dict(e2e_ms=1e3 * gc.time_it(run_tf, dev, warm=1, reps=3) / steps)
+        rows["transformers grouped_mm"] = dict(e2e_ms=1e3 * gpu.time_it(run_tf, dev, warm=1, reps=3) / steps)
         print(rows, flush=True)
     tf_model = None  # frees transformers' modules; our model keeps the shared weights alive
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     for path in ("torch", "fast"):
         row = dict(ms=step_ms(model, path, 1, prompt, steps))
-        row["e2e_ms"] = 1e3 * gc.time_it(lambda: dg.generate(model, input_ids=prompt, seed=1, path=path,
+        row["e2e_ms"] = 1e3 * gpu.time_it(lambda: dg.generate(model, input_ids=prompt, seed=1, path=path,
                                                              max_new_tokens=canvas, max_denoising_steps=steps,
                                                              confidence_threshold=0), dev, warm=1, reps=3) / steps
         rows[f"ours {path}"] = row
@@ -101,7 +101,7 @@ def main() -> None:
     out["fp8"] = fp8_run(model, prompt, steps, dev, rows)
     out["rows"] = rows
     out["seconds"] = time.perf_counter() - t_start
-    gc.write_json(args.json, out)
+    gpu.write_json(args.json, out)
     print_table(out, steps)
 
 
@@ -124,7 +124,7 @@ def build_models(hf: dict, canvas: int, dev: str, dtype: torch.dtype):
             tf_model = DiffusionGemmaForBlockDiffusion(cfg).eval()
     finally:
         torch.set_default_dtype(prev)
-    config = gc.model_config(hf, canvas)
+    config = gpu.model_config(hf, canvas)
     with torch.device("meta"):
         model = DiffusionGemma(config)
     state = {}
@@ -188,14 +188,14 @@ def kernel_bandwidth(model, canvas: int, dev: str) -> dict:
         weights, experts = layer.router(x)
         ex = layer.experts
         moe_bytes = sum(w.numel() * w.element_size() for w in (ex.gate_up_proj, ex.down_proj))
-        sec = gc.time_it(lambda: moe(x, weights, experts, ex.gate_up_proj, ex.down_proj), dev, warm=2, reps=10)
+        sec = gpu.time_it(lambda: moe(x, weights, experts, ex.gate_up_proj, ex.down_proj), dev, warm=2, reps=10)
         res["moe_ms"], res["moe_tb_s"] = 1e3 * sec, moe_bytes / sec / 1e12
         w = layer.post_attention_layernorm.weight
-        sec = gc.time_it(lambda: rmsnorm(x, w, 1e-6, residual=x), dev, warm=2, reps=20)
+        sec = gpu.time_it(lambda: rmsnorm(x, w, 1e-6, residual=x), dev, warm=2, reps=20)
         res["rmsnorm_us"], res["rmsnorm_tb_s"] = 1e6 * sec, 3 * x.numel() * x.element_size() / sec / 1e12
         E = model.embed_tokens.weight
         t, key = torch.tensor([0.7], device=dev), torch.tensor([1], device=dev)
-        sec = gc.time_it(lambda: denoise_head(x, E, t, key, 30.0, model.embed_scale), dev, warm=2, reps=5)
+        sec = gpu.time_it(lambda: denoise_head(x, E, t, key, 30.0, model.embed_scale), dev, warm=2, reps=5)
         res["head_ms"] = 1e3 * sec
         res["head_tb_s"] = E.numel() * E.element_size() / sec / 1e12
         res["head_tflop_s"] = 2 * 2 * canvas * E.numel() / sec / 1e12
@@ -206,7 +206,7 @@ def fp8_run(model, prompt: torch.Tensor, steps: int, dev: str, rows: dict) -> di
     """Quantise the experts in place (frees the bf16 experts layer by layer), then time and compare."""
     from dgemma_helpers.cache import KVCache
     from dgemma_helpers.generation import select_path
-    from dgemma_helpers.quant import quantize_experts
+    from dgemma_helpers.fast.quant import quantize_experts
 
     if dev == "cuda" and select_path(None, torch.device(dev), "counter", 0, fp8=True)[0] != "fast":
         return dict(skipped="this GPU has no fp8 conversions (compute capability < 8.9)")
@@ -219,7 +219,7 @@ def fp8_run(model, prompt: torch.Tensor, steps: int, dev: str, rows: dict) -> di
         before = model.logits(model.denoise(canvas, cache))
         quantize_experts(model)
         after = model.logits(model.denoise(canvas, cache))
-        err = gc.rel_err(after, before)
+        err = gpu.rel_err(after, before)
         del before, after
     row = dict(ms=step_ms(model, "fast", 1, prompt, steps), logit_rel_err=err)
     rows["ours fast fp8"] = row

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dgemma_helpers.train.quality_eval import measure_quality  # noqa: E402
+from dgemma_helpers.train.quality_eval import measure_quality
 
 
 def main() -> None:

@@ -9,32 +9,29 @@
 import logging as _logging
 import sys as _sys
 
-from .autoregressive import ARResult, continuation_nll, generate_autoregressive
+from . import bench, fast, notebook, visualization
 from .cache import KVCache
 from .checkpoint import load_model, save_checkpoint
 from .config import GenerationSettings, ModelConfig
-from .environment import environment_report, find_model
 from .errors import CheckpointError, DeviceError, DGemmaError, InputError, MissingToolError, TraceError
-from .generation import GenerationResult, StepRecord, Timings, denoise_step, generate
-from .quant import quantize_experts
-from .infill import InfillCanvas, infill_canvas
-from .introspection import expert_routing, layer_pattern, parameter_counts, weight_sharing
+from .fast.quant import quantize_experts
+from .generation import GenerationResult, StepRecord, Timings, generate
 from .model import DiffusionGemma
-from .sweep import RoundLog, SweepRow, sampler_sweep
-from .trace import DenoisingTrace
+from .model_paths import find_model
+from .visualization import DenoisingTrace
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # dg.DenoisingPlayer needs anywidget/ipywidgets and dg.plots matplotlib (the dev extra): imported on first
-    # use only, and left out of __all__ so that `import *` works without them.
+    # dg.DenoisingPlayer needs anywidget/ipywidgets and dg.train the training extras: imported on first use
+    # only, and left out of __all__ so that `import *` works without them.
     import importlib
 
     if name == "DenoisingPlayer":
-        return importlib.import_module(".widget", __name__).DenoisingPlayer
-    if name == "plots":
-        return importlib.import_module(".plots", __name__)
+        return visualization.DenoisingPlayer
+    if name == "train":
+        return importlib.import_module(".train", __name__)
     raise AttributeError(f"module 'dgemma_helpers' has no attribute {name!r}")
 
 
@@ -61,10 +58,8 @@ if not _log.handlers:
     _log.propagate = False
 
 __all__ = [
-    "ARResult", "continuation_nll", "generate_autoregressive",
     "CheckpointError", "DGemmaError", "DenoisingTrace", "DeviceError", "DiffusionGemma", "GenerationResult",
-    "GenerationSettings", "InfillCanvas", "InputError", "KVCache", "MissingToolError", "ModelConfig", "RoundLog",
-    "StepRecord", "SweepRow", "Timings", "TraceError", "denoise_step", "environment_report", "expert_routing",
-    "find_model", "generate", "infill_canvas", "layer_pattern", "load_model", "parameter_counts", "quantize_experts",
-    "sampler_sweep", "save_checkpoint", "weight_sharing",
+    "GenerationSettings", "InputError", "KVCache", "MissingToolError", "ModelConfig", "StepRecord", "Timings",
+    "TraceError", "bench", "fast", "find_model", "generate", "load_model", "notebook", "quantize_experts",
+    "save_checkpoint", "visualization",
 ]

@@ -22,11 +22,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_dir
-from .config import GenerationSettings, ModelConfig, read_json
-from .validate import is_int, shown
+from .cache import KVCache
+from .config import TINY_VISION_CONFIG, GenerationSettings, ModelConfig, read_json
 from .devices import available_memory, resolve_device, resolve_dtype
 from .errors import CheckpointError, DeviceError, InputError
 from .model import DiffusionGemma
+from .tokenizer import load_tokenizer
+from .validate import is_int, shown
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -37,7 +39,7 @@ GET_MODEL_HINT = (
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 # What model weights may be stored as. The kit's own checkpoints are never fp8: quantize_experts()
-# quantises at load time (quant.py), so an fp8 or integer tensor is someone else's layout.
+# quantises at load time (fast/quant.py), so an fp8 or integer tensor is someone else's layout.
 FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 TEXT_PREFIXES = ("model.decoder.", "model.encoder.language_model.")
@@ -256,7 +258,6 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, context: int = 4096) -> int:
     """Working memory for one generation: the KV cache plus the float32 [batch, canvas, vocab] temporaries."""
-    from .cache import KVCache
 
     logits = 6 * batch_size * config.canvas_length * config.vocab_size * 4
     return logits + KVCache.bytes_needed(config, batch_size, context, dtype)
@@ -361,7 +362,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     model.eval().requires_grad_(False)
     model.path = path
     model.generation_settings = settings
-    from .tokenizer import load_tokenizer
 
     model.tokenizer = load_tokenizer(path)
     return model
@@ -416,7 +416,6 @@ def _vision_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
         from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
     except ImportError:
         return {}
-    from .config import TINY_VISION_CONFIG
 
     vision_config = AutoConfig.for_model(**TINY_VISION_CONFIG)
     g = torch.Generator().manual_seed(0)

@@ -7,8 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import vllm_cli
+from .bench import vllm_cli
+from .bench.command import add_sweep_arguments, run_bench, run_report
+from .checkpoint import load_model, read_config
 from .errors import DGemmaError
+from .generation import generate
+from .train.random_checkpoint import make_random_checkpoint
+from .train.recipe import train_tiny
+from .train.trainer import TrainConfig
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -16,8 +22,6 @@ def _generate(args: argparse.Namespace) -> None:
         return vllm_cli.generate(args)
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_model
-    from .generation import generate
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if (model.path / "dgemma_random.json").exists():
@@ -52,23 +56,16 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from .checkpoint import read_config
-
     _, config = read_config(args.model)
     print(json.dumps(config.to_dict(), indent=2))
 
 
 def _make_random(args: argparse.Namespace) -> None:
-    from .random_checkpoint import make_random_checkpoint
-
     path = make_random_checkpoint(args.path, preset=args.preset, seed=args.seed, canvas_length=args.canvas_length)
     print(f"wrote an UNTRAINED random checkpoint to {path}")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train.recipe import train_tiny
-    from .train.trainer import TrainConfig
-
     overrides = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                                         lr=args.lr, seed=args.seed).items() if v is not None}
     path = train_tiny(args.out, args.run_dir, TrainConfig(**overrides), device=args.device,
@@ -136,7 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     vllm_cli.add_serve_parser(sub)
 
-    from .bench.command import add_sweep_arguments, run_bench, run_report
 
     b = sub.add_parser("bench", help="benchmark engines side by side: kit, transformers, autoregressive")
     add_sweep_arguments(b)

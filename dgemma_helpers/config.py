@@ -75,9 +75,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.layer_types:
-            # transformers' default pattern: every 6th layer is full attention.
-            types = tuple(FULL if (i + 1) % 6 == 0 else SLIDING for i in range(self.num_layers))
-            object.__setattr__(self, "layer_types", types)
+            object.__setattr__(self, "layer_types", default_layer_types(self.num_layers))
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == SLIDING
@@ -277,12 +275,17 @@ class ModelConfig:
         }
 
 
+def default_layer_types(n_layers: int) -> tuple[str, ...]:
+    """transformers' default pattern: every 6th layer is full attention, the others sliding."""
+    return tuple(FULL if (i + 1) % 6 == 0 else SLIDING for i in range(n_layers))
+
+
 def _layer_types(t: Fields, n_layers: int) -> tuple[str, ...]:
     """text_config.layer_types, checked; absent or null: transformers' default (every 6th layer full)."""
     raw = t.data.get("layer_types")
     need = f"a list of {n_layers} layer kinds (one per layer), each {SLIDING!r} or {FULL!r}"
     if raw is None:
-        types = [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(n_layers)]
+        types = list(default_layer_types(n_layers))
     elif not isinstance(raw, list):
         raise t.error("layer_types", raw, need)
     elif len(raw) != n_layers:

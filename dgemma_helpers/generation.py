@@ -33,7 +33,7 @@ from .fast import FastStepper
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, check_call, prompt_batch, token_id_list
 from .model import DiffusionGemma
-from .quant import is_quantized
+from .fast.quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode

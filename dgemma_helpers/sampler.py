@@ -13,13 +13,6 @@ from typing import Protocol
 import torch
 
 
-def token_entropy(processed_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position entropy [B, L] of softmax(processed_logits), and the probabilities [B, L, V]."""
-    probs = torch.softmax(processed_logits, dim=-1, dtype=torch.float32)
-    log_probs = torch.log_softmax(processed_logits, dim=-1, dtype=torch.float32)
-    return -(probs * log_probs).sum(-1), probs
-
-
 def entropy_bound_accept(entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
     """Accept the k lowest-entropy positions with sum(H_1..H_k) - max(H_1..H_k) <= entropy_bound.
 

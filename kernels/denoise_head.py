@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .denoise_head_ref import LOG_PROB_FLOOR, HeadResult
+from .denoise_head_ref import LOG_PROB_FLOOR, FusedHeadResult
 from .target import gpu_arch
 from .tl_math import mix32, tanh, uniform_from_hash
 
@@ -149,7 +149,7 @@ def _plan(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor,
-                 softcap: float, embed_scale: torch.Tensor) -> HeadResult:
+                 softcap: float, embed_scale: torch.Tensor) -> FusedHeadResult:
     """The head for hidden [N, H] (N = B * L canvas positions, flattened row-major). `embed` [V, H] is
     the tied embedding; `temperature` a one-element float32 tensor and `keys` [B] int64 the sampler's
     stream key of each batch row: device tensors, so a CUDA graph can replay the head with new values. `embed_scale`: the model's
@@ -179,7 +179,7 @@ def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.T
     return _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale)
 
 
-def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale) -> HeadResult:
+def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale) -> FusedHeadResult:
     """Combine the per-tile statistics [tiles, N] (log-sum-exp rescaling). torch's argmax returns
     the first of equal maxima, so the earliest tile, hence the first maximum, wins."""
     top = tmax.max(dim=0).values
@@ -189,4 +189,4 @@ def _merge_tiles(tmax, targ, ts, tt, gmax, garg, acc, embed, embed_scale) -> Hea
     entropy = torch.log(s) - t / s
     argmax = targ.gather(0, tmax.argmax(dim=0, keepdim=True))[0].long()
     sample = garg.gather(0, gmax.argmax(dim=0, keepdim=True))[0].long()
-    return HeadResult(argmax, entropy, sample, (acc / s[:, None]).to(embed.dtype) * embed_scale)
+    return FusedHeadResult(argmax, entropy, sample, (acc / s[:, None]).to(embed.dtype) * embed_scale)

@@ -16,7 +16,7 @@ from .hash_ref import gumbel
 LOG_PROB_FLOOR = -60.0
 
 
-class HeadResult(NamedTuple):
+class FusedHeadResult(NamedTuple):
     argmax: torch.Tensor  # [N] int64, first maximum of z
     entropy: torch.Tensor  # [N] float32, of softmax(z)
     sample: torch.Tensor  # [N] int64, argmax(z + gumbel(key of n's row, n's canvas position, v)): a draw from softmax(z)
@@ -24,7 +24,7 @@ class HeadResult(NamedTuple):
 
 
 def reference_denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor,
-                           keys: torch.Tensor, softcap: float, embed_scale: torch.Tensor) -> HeadResult:
+                           keys: torch.Tensor, softcap: float, embed_scale: torch.Tensor) -> FusedHeadResult:
     """The same in plain PyTorch, materialising [N, V] (model.logits, then the materialized head's
     entropy / soft embedding and CounterRNG's Gumbel-max draw at every position)."""
     z = (hidden @ embed.T).float().div_(softcap).tanh_().mul_(softcap).div_(temperature.float())
@@ -35,4 +35,4 @@ def reference_denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperatur
     L = z.shape[0] // keys.numel()  # keys: one per batch row; positions are flat over B * L
     sample = torch.argmax(z + gumbel(keys.reshape(-1)[positions // L], positions % L, z.shape[1]), dim=-1)
     soft = (probs @ embed.float()).to(embed.dtype) * embed_scale
-    return HeadResult(z.argmax(dim=-1), entropy, sample, soft)
+    return FusedHeadResult(z.argmax(dim=-1), entropy, sample, soft)

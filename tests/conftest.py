@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgemma_helpers.random_checkpoint import make_random_checkpoint
+from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 
 # Checkpoint shapes the reference tests run on. All have sliding and full layers (full layers with
 # keys as values) and a MoE block.

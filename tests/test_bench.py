@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dgemma_helpers import bench
-from dgemma_helpers.autoregressive import continuation_nll, generate_autoregressive
+from dgemma_helpers.bench.autoregressive import continuation_nll, generate_autoregressive
 from dgemma_helpers.bench.engines import DIFFUSION, Engine, KitCudaEngine, KitEngine, Measurement
 from dgemma_helpers.bench.report import write_results
 from dgemma_helpers.cache import KVCache
@@ -125,7 +125,7 @@ def test_missing_model_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="not found.*hf download"):
         bench.make_sweep(str(tmp_path / "nothing"), **SMALL)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("dgemma_helpers.environment.REPO_ROOT", tmp_path)
+    monkeypatch.setattr("dgemma_helpers.model_paths.REPO_ROOT", tmp_path)
     with pytest.raises(CheckpointError, match="make train-tiny"):
         bench.make_sweep("models/dgemma-tiny", **SMALL)
 

@@ -60,7 +60,7 @@ def model_for_notebook(tmp_path: Path) -> Path:
         return MODEL
     from transformers import AutoTokenizer
 
-    from dgemma_helpers.random_checkpoint import make_random_checkpoint
+    from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 
     path = make_random_checkpoint(tmp_path / "model", preset="test", canvas_length=32)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

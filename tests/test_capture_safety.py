@@ -30,7 +30,7 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers.fast import FastStepper, kernel_ops  # noqa: E402
 from dgemma_helpers.generation import CanvasState, denoise_step, prefill, resolve_settings  # noqa: E402
-from dgemma_helpers.quant import quantize_experts  # noqa: E402
+from dgemma_helpers.fast.quant import quantize_experts  # noqa: E402
 from dgemma_helpers.rng import CounterRNG  # noqa: E402
 from dgemma_helpers.sampler import StableAndConfident  # noqa: E402
 

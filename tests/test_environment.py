@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dgemma_helpers as dg
-from dgemma_helpers.environment import (
+from dgemma_helpers.notebook.environment import (
     DOWNLOAD_COMMAND, GPU, EnvironmentReport, describe_model, find_model, format_report, gpu_check,
 )
 
@@ -17,7 +17,7 @@ GiB = 2**30
 
 def test_report_describes_this_machine_and_a_given_model(checkpoint, ours, tmp_path):
     path = checkpoint("plain")
-    r = dg.environment_report([path], tiny_path=tmp_path / "models" / "dgemma-tiny", official_path=tmp_path / "none")
+    r = dg.notebook.environment_report([path], tiny_path=tmp_path / "models" / "dgemma-tiny", official_path=tmp_path / "none")
     assert r.versions["torch"] == importlib.metadata.version("torch")
     assert r.versions["transformers"] == importlib.metadata.version("transformers")
     assert r.torch_cuda == torch.version.cuda
@@ -36,7 +36,7 @@ def test_report_describes_this_machine_and_a_given_model(checkpoint, ours, tmp_p
 
 
 def test_every_missing_model_gets_a_fix(tmp_path):
-    r = dg.environment_report([tmp_path / "nowhere"], tiny_path=tmp_path / "models" / "dgemma-tiny",
+    r = dg.notebook.environment_report([tmp_path / "nowhere"], tiny_path=tmp_path / "models" / "dgemma-tiny",
                               official_path=tmp_path / "official")
     checks = {c.topic: c for c in r.checks}
     tiny, official = checks["tiny model"], checks["official checkpoint"]

@@ -175,9 +175,9 @@ def test_kit_cuda_engine_records_a_fallback_as_a_failure_not_as_fast_timings(che
     from types import SimpleNamespace
 
     from dgemma_helpers.bench.engines import KitCudaEngine, Prompts
-    from dgemma_helpers.bench.sweep import Config
+    from dgemma_helpers.bench.grid import GridPoint
 
     engine = KitCudaEngine()
     engine.sweep, engine.model = SimpleNamespace(ignore_eos=True, early_stop=False), ours(checkpoint("plain"))
     with pytest.raises(RuntimeError, match="ran the torch path instead of the fast path: the fast path needs a CUDA"):
-        engine.run(Prompts(texts=["x"], ids=[[5, 6, 7]]), Config(max_new_tokens=8, batch=1, steps=2), seed=0)
+        engine.run(Prompts(texts=["x"], ids=[[5, 6, 7]]), GridPoint(max_new_tokens=8, batch=1, steps=2), seed=0)

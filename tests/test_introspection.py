@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 import dgemma_helpers as dg
 from dgemma_helpers.config import FULL, ModelConfig
-from dgemma_helpers.introspection import PARTS, parameter_counts
+from dgemma_helpers.notebook.introspection import PARTS, parameter_counts
 
 
 def test_parameter_counts_split_the_model_and_agree_with_it(checkpoint, ours):
@@ -38,7 +38,7 @@ def test_official_model_counts_from_its_config_alone():
 def test_weight_sharing_matches_the_checkpoint_and_the_reference(checkpoint, ours, reference):
     path = checkpoint("ring")
     model = ours(path)
-    ws = dg.weight_sharing(model)
+    ws = dg.notebook.weight_sharing(model)
     total = model.num_parameters()
     assert ws.shared + ws.denoiser_only == total == ws.denoiser_parameters
     assert ws.encoder_parameters == total - ws.denoiser_only and ws.encoder_only == 0
@@ -64,7 +64,7 @@ def test_weight_sharing_matches_the_checkpoint_and_the_reference(checkpoint, our
 def test_layer_pattern_follows_the_config(checkpoint, ours):
     model = ours(checkpoint("ring"))
     cfg = model.config
-    rows = dg.layer_pattern(model)
+    rows = dg.notebook.layer_pattern(model)
     assert [r.attention == "full" for r in rows] == [t == FULL for t in cfg.layer_types]
     for r in rows:
         assert r.values == ("keys" if r.attention == "full" else "v_proj")
@@ -72,14 +72,14 @@ def test_layer_pattern_follows_the_config(checkpoint, ours):
         assert r.window == (None if r.attention == "full" else cfg.sliding_window)
     outside = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("layers."))
     assert sum(r.parameters for r in rows) + outside == model.num_parameters()
-    official = dg.layer_pattern(ModelConfig())
+    official = dg.notebook.layer_pattern(ModelConfig())
     assert [r.layer for r in official if r.attention == "full"] == [5, 11, 17, 23, 29]
     assert {(r.head_dim, r.kv_heads) for r in official if r.attention == "full"} == {(512, 2)}
 
 
 def test_expert_routing_counts_every_token_top_k_times(checkpoint, ours):
     model = ours(checkpoint("ring"))
-    trace = dg.expert_routing(model, "The sky is blue because")
+    trace = dg.notebook.expert_routing(model, "The sky is blue because")
     T, k, E = len(trace.token_ids), model.config.top_k_experts, model.config.num_experts
     assert trace.experts.shape == (model.config.num_layers, T, k) == trace.weights.shape
     assert len(trace.tokens) == T and trace.token_ids == model.tokenizer.encode("The sky is blue because")
@@ -94,12 +94,12 @@ def test_expert_routing_counts_every_token_top_k_times(checkpoint, ours):
     assert ((trace.experts_used() >= 1) & (trace.experts_used() <= min(E, T * k))).all()
     # The hooks are gone and did not change what the model computes.
     assert all(not layer.router._forward_hooks for layer in model.layers)
-    assert torch.equal(dg.expert_routing(model, input_ids=trace.token_ids).experts, trace.experts)
+    assert torch.equal(dg.notebook.expert_routing(model, input_ids=trace.token_ids).experts, trace.experts)
 
 
 def test_expert_routing_refuses_a_batch(checkpoint, ours):
     model = ours(checkpoint("ring"))
     with pytest.raises(dg.InputError, match="one prompt"):
-        dg.expert_routing(model, ["a", "b"])
+        dg.notebook.expert_routing(model, ["a", "b"])
     with pytest.raises(dg.InputError, match="one prompt"):
-        dg.expert_routing(model, input_ids=[[2, 3], [2, 4]])
+        dg.notebook.expert_routing(model, input_ids=[[2, 3], [2, 4]])

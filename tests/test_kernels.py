@@ -22,7 +22,7 @@ from kernels.rmsnorm_ref import reference_rmsnorm  # noqa: E402
 
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers.head import tiled_head  # noqa: E402
-from dgemma_helpers.quant import Fp8Experts, quantize_experts, quantize_fp8  # noqa: E402
+from dgemma_helpers.fast.quant import Fp8Experts, quantize_experts, quantize_fp8  # noqa: E402
 from dgemma_helpers.rng import SAMPLE_STREAM, CounterRNG  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

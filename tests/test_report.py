@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from dgemma_helpers import bench
-from dgemma_helpers.environment import REPO_ROOT
+from dgemma_helpers.model_paths import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_throughput_benchmark.ipynb"
 TINY = REPO_ROOT / "models" / "dgemma-tiny"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import dgemma_helpers as dg
-from dgemma_helpers.sweep import canvas_texts, format_sweep
-from dgemma_helpers.tables import format_table, records
+from dgemma_helpers.notebook.sampler_sweep import canvas_texts, format_sweep
+from dgemma_helpers.notebook.tables import format_table, records
 
 PROMPT = "The sky is blue because"
 
@@ -14,7 +14,7 @@ PROMPT = "The sky is blue because"
 def test_sweep_rows_count_forwards_and_tokens(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L = model.config.canvas_length
-    rows = dg.sampler_sweep(model, PROMPT, grid={"max_denoising_steps": [2, 4]}, max_new_tokens=L,
+    rows = dg.notebook.sampler_sweep(model, PROMPT, grid={"max_denoising_steps": [2, 4]}, max_new_tokens=L,
                             confidence_threshold=0.0, eos_token_ids=[])
     assert [(r.knob, r.value) for r in rows] == [("max_denoising_steps", 2), ("max_denoising_steps", 4)]
     for r, steps in zip(rows, (2, 4)):
@@ -30,7 +30,7 @@ def test_sweep_rows_count_forwards_and_tokens(checkpoint, ours):
 def test_entropy_bound_sets_how_many_tokens_a_round_accepts(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L = model.config.canvas_length
-    tight, loose = dg.sampler_sweep(model, PROMPT, grid={"entropy_bound": [1e-6, 1e3]}, max_new_tokens=L,
+    tight, loose = dg.notebook.sampler_sweep(model, PROMPT, grid={"entropy_bound": [1e-6, 1e3]}, max_new_tokens=L,
                                     max_denoising_steps=3, confidence_threshold=0.0)
     # An untrained model is unsure everywhere: a tiny bound lets one token through per round,
     # a huge one every position.
@@ -43,13 +43,13 @@ def test_adaptive_stopping_and_temperature_knobs(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L = model.config.canvas_length
     # stability 0 + a huge confidence threshold: adaptive stopping fires after the first round.
-    on, off = dg.sampler_sweep(model, PROMPT, grid={"adaptive_stopping": [True, False]}, max_new_tokens=2 * L,
+    on, off = dg.notebook.sampler_sweep(model, PROMPT, grid={"adaptive_stopping": [True, False]}, max_new_tokens=2 * L,
                                max_denoising_steps=4, stability_threshold=0, confidence_threshold=100.0,
                                eos_token_ids=[])
     assert on.adaptive_stopping and on.steps_per_canvas == [1, 1] and on.forwards == 2
     assert not off.adaptive_stopping and off.steps_per_canvas == [4, 4] and off.forwards == 8
     assert on.tokens_per_forward == pytest.approx(L) and off.tokens_per_forward == pytest.approx(L / 4)
-    (cold,) = dg.sampler_sweep(model, PROMPT, grid={"temperature": [(0.1, 0.3)]}, max_new_tokens=L,
+    (cold,) = dg.notebook.sampler_sweep(model, PROMPT, grid={"temperature": [(0.1, 0.3)]}, max_new_tokens=L,
                                max_denoising_steps=2)
     assert (cold.t_min, cold.t_max, cold.label) == (0.1, 0.3, "t 0.1->0.3")
 
@@ -57,7 +57,7 @@ def test_adaptive_stopping_and_temperature_knobs(checkpoint, ours):
 def test_round_log_follows_the_schedule_and_the_batch(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L, N = model.config.canvas_length, 4
-    log = dg.RoundLog(row=1, tokenizer=model.tokenizer)
+    log = dg.notebook.RoundLog(row=1, tokenizer=model.tokenizer)
     result = dg.generate(model, ["One", "Two words"], max_new_tokens=2 * L, max_denoising_steps=N,
                          t_min=0.2, t_max=1.0, confidence_threshold=0.0, eos_token_ids=[], seed=1, on_step=log)
     assert [(x["canvas"], x["step"]) for x in log.rounds] == [(c, s) for c in range(2) for s in range(1, N + 1)]
@@ -71,21 +71,21 @@ def test_round_log_follows_the_schedule_and_the_batch(checkpoint, ours):
 def test_sweep_refuses_bad_grids_before_running(checkpoint, ours):
     model = ours(checkpoint("plain"))
     with pytest.raises(dg.InputError, match="choose from"):
-        dg.sampler_sweep(model, PROMPT, grid={"steps": [1]})
+        dg.notebook.sampler_sweep(model, PROMPT, grid={"steps": [1]})
     with pytest.raises(dg.InputError, match="t_max must be greater"):
-        dg.sampler_sweep(model, PROMPT, grid={"max_denoising_steps": [2], "temperature": [(0.8, 0.4)]})
+        dg.notebook.sampler_sweep(model, PROMPT, grid={"max_denoising_steps": [2], "temperature": [(0.8, 0.4)]})
     with pytest.raises(dg.InputError, match=r"\(t_min, t_max\) pairs"):
-        dg.sampler_sweep(model, PROMPT, grid={"temperature": [0.5]})
+        dg.notebook.sampler_sweep(model, PROMPT, grid={"temperature": [0.5]})
     with pytest.raises(dg.InputError, match="no values"):
-        dg.sampler_sweep(model, PROMPT, grid={"entropy_bound": []})
+        dg.notebook.sampler_sweep(model, PROMPT, grid={"entropy_bound": []})
     with pytest.raises(dg.InputError, match="one prompt"):
-        dg.sampler_sweep(model, [PROMPT, PROMPT])
+        dg.notebook.sampler_sweep(model, [PROMPT, PROMPT])
 
 
 def test_infilling_keeps_the_pinned_ends(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L = model.config.canvas_length
-    fill = dg.infill_canvas(model, "Block diffusion", "next canvas.")
+    fill = dg.notebook.infill_canvas(model, "Block diffusion", "next canvas.")
     pre, suf = model.tokenizer.encode("Block diffusion", add_special_tokens=False), \
         model.tokenizer.encode("next canvas.", add_special_tokens=False)
     assert fill.canvas[:len(pre)].tolist() == pre and fill.canvas[L - len(suf):].tolist() == suf
@@ -103,9 +103,9 @@ def test_infilling_refuses_what_does_not_fit(checkpoint, ours):
     model = ours(checkpoint("plain"))
     L, V = model.config.canvas_length, model.config.vocab_size
     with pytest.raises(dg.InputError, match="no room"):
-        dg.infill_canvas(model, list(range(3, 3 + L // 2)), list(range(3, 3 + L - L // 2)))
+        dg.notebook.infill_canvas(model, list(range(3, 3 + L // 2)), list(range(3, 3 + L - L // 2)))
     with pytest.raises(dg.InputError, match="outside the vocabulary"):
-        dg.infill_canvas(model, [V + 1], [])
+        dg.notebook.infill_canvas(model, [V + 1], [])
 
 
 def test_format_table_lines_up_rows():
@@ -117,7 +117,7 @@ def test_format_table_lines_up_rows():
 
 
 def test_sweep_runs_each_distinct_setting_once(checkpoint, ours, monkeypatch):
-    import dgemma_helpers.sweep as sweep_module
+    import dgemma_helpers.notebook.sampler_sweep as sweep_module
 
     model = ours(checkpoint("plain"))
     calls = []
@@ -129,7 +129,7 @@ def test_sweep_runs_each_distinct_setting_once(checkpoint, ours, monkeypatch):
 
     monkeypatch.setattr(sweep_module, "generate", counting)
     # entropy_bound 0.1 and the (0.4, 0.8) schedule are the checkpoint's defaults: the same run.
-    rows = dg.sampler_sweep(model, PROMPT, grid={"entropy_bound": [0.1, 2.0], "temperature": [(0.4, 0.8)]},
+    rows = dg.notebook.sampler_sweep(model, PROMPT, grid={"entropy_bound": [0.1, 2.0], "temperature": [(0.4, 0.8)]},
                             max_new_tokens=model.config.canvas_length, max_denoising_steps=2)
     assert len(rows) == 3 and len(calls) == 2
     assert (rows[2].knob, rows[2].value) == ("temperature", (0.4, 0.8))

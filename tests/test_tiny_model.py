@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dgemma_helpers as dg
-from dgemma_helpers.quality import load_vocabulary, word_validity, words
+from dgemma_helpers.train.word_validity import load_vocabulary, word_validity, words
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "dgemma-tiny"
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import dgemma_helpers as dg
-from dgemma_helpers import trace_file
+from dgemma_helpers.visualization import trace_file
 from dgemma_helpers.generation import StepRecord
-from dgemma_helpers.player_html import player_html
-from dgemma_helpers.trace import DenoisingTrace
+from dgemma_helpers.visualization.player_html import player_html
+from dgemma_helpers.visualization.trace import DenoisingTrace
 
 
 def generate_traced(model, prompt="The sky is", **kwargs):

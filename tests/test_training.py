@@ -105,7 +105,7 @@ def test_quality_report_sweep_and_model_card_of_a_small_trained_model(tmp_path):
     measures is not asserted (learning is judged on the real model), only that every figure is there."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgemma_helpers.quality import VOCABULARY_FILE, words
+    from dgemma_helpers.train.word_validity import VOCABULARY_FILE, words
     from dgemma_helpers.train import export, train
     from dgemma_helpers.train.quality_eval import NOISE_LEVELS, measure_quality, sampler_table
     from dgemma_helpers.train.recipe import SAMPLER_NOTE, TINY_SAMPLER, model_card

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import dgemma_helpers as dg
-from dgemma_helpers.player_html import STATIC, player_html
-from dgemma_helpers.trace import DenoisingTrace
+from dgemma_helpers.visualization.player_html import STATIC, player_html
+from dgemma_helpers.visualization.trace import DenoisingTrace
 
 pytest.importorskip("anywidget", reason="the widget needs the dev extra: pip install -e '.[dev]'")
 pytest.importorskip("matplotlib", reason="the plots need the dev extra: pip install -e '.[dev]'")
 
-from dgemma_helpers import plots
-from dgemma_helpers.widget import DenoisingPlayer
+from dgemma_helpers.visualization import plots
+from dgemma_helpers.visualization.player import DenoisingPlayer
 
 MARKUP = "<img src=x onerror=alert(1)>"
 CLOSER = "</script><script>alert(2)</script>"

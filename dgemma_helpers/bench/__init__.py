@@ -14,7 +14,7 @@ from .harness import ROW_FIELDS, machine_info, run_benchmark
 from .notebook import default_report_dir, make_report
 from .plots import PLOTS, save_plots
 from .report import engines_table, load_results, machine_summary, markdown_table, results_table, write_results
-from .sweep import Config, Sweep, parse_list
+from .grid import GridPoint, Sweep, parse_list
 from .vllm_bench import VLLMBenchEngine, VLLMServerBenchEngine
 
 # vllm_bench builds on engines.py (its Engine base), so engines.py cannot list these without an import
@@ -23,7 +23,7 @@ register_engine("vllm", VLLMBenchEngine)
 register_engine("vllm-server", VLLMServerBenchEngine)
 
 __all__ = [
-    "Config", "ENGINES", "Engine", "Measurement", "ModelPool", "PLOTS", "Prompts", "ROW_FIELDS", "Sweep",
+    "GridPoint", "ENGINES", "Engine", "Measurement", "ModelPool", "PLOTS", "Prompts", "ROW_FIELDS", "Sweep",
     "default_report_dir", "engines_table", "load_results", "machine_info", "machine_summary", "make_report",
     "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots",
     "VLLMBenchEngine", "VLLMServerBenchEngine", "write_results",

@@ -17,9 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InputError
-from ..environment import find_model, model_candidates
+from ..model_paths import find_model, model_candidates
 from .engines import ENGINES
-from .sweep import Sweep, parse_list
+from .grid import Sweep, parse_list
+from .harness import run_benchmark
+from .notebook import default_report_dir, make_report
+from .plots import save_plots
+from .report import INTERRUPTED_EXIT, build_report, engines_table, machine_summary, results_table, shown, write_results
 
 _DEFAULTS = Sweep()
 
@@ -58,7 +62,7 @@ def _json_object(text: str, flag: str) -> dict:
 
 
 def _locate(path: str) -> str:
-    """A model path as the notebooks find it (environment.find_model: here, the parents, the kit's
+    """A model path as the notebooks find it (model_paths.find_model: here, the parents, the kit's
     checkout); a missing one is refused with how to get it."""
     return str(find_model(path))
 
@@ -102,9 +106,6 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from .harness import run_benchmark
-    from .report import engines_table, machine_summary, results_table, write_results
-
     sweep = sweep_from_args(args)
     results = run_benchmark(sweep)
     print(machine_summary(results))
@@ -113,17 +114,12 @@ def run_bench(args: argparse.Namespace) -> None:
     print()
     print(results_table(results))
     if args.out:
-        from .plots import save_plots
-
         json_path, csv_path = write_results(results, args.out)
         save_plots(results, args.out)
         print(f"\nwrote {json_path}, {csv_path} and the plots in {args.out}", file=sys.stderr)
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from .notebook import default_report_dir, make_report
-    from .report import INTERRUPTED_EXIT, build_report, shown
-
     out = args.out or default_report_dir()
     try:
         sweep = sweep_from_args(args)

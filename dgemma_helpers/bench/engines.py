@@ -27,9 +27,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_model, read_config, weights_bytes
 from ..devices import resolve_device, resolve_dtype, synchronize, triton_support
+from ..generation import generate
 from ..tokenizer import decode, load_tokenizer
-from .sweep import Config, Sweep
+from .autoregressive import generate_autoregressive
+from .grid import GridPoint, Sweep
 
 DIFFUSION, AUTOREGRESSIVE = "diffusion", "autoregressive"
 
@@ -71,8 +74,6 @@ class ModelPool:
 
     def kit_model(self):
         if self._kit is None:
-            from ..checkpoint import load_model
-
             self._kit = load_model(self.sweep.model, device=self.sweep.device, dtype=self.sweep.dtype)
         return self._kit
 
@@ -94,11 +95,11 @@ class Engine:
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         raise NotImplementedError
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: GridPoint) -> None:
         """Called untimed before each grid point's warm-up: engines whose settings are fixed when they
         start (vLLM's entropy bound) restart here, so no timed run pays for it."""
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         raise NotImplementedError
 
     def release(self) -> None:
@@ -128,9 +129,7 @@ class KitEngine(Engine):
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         self.sweep, self.model = sweep, pool.kit_model()
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
-        from ..generation import generate
-
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         s = self.sweep
         r = generate(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                      max_denoising_steps=config.steps, entropy_bound=config.entropy_bound, seed=seed,
@@ -231,7 +230,7 @@ class TransformersEngine(Engine):
 
         model._denoising_step, model._finalize_canvas = timed_step, timed_finalize
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
         self._t0, self._step_s, self._forwards, self._canvases, self._first_canvas_s = time.perf_counter(), 0.0, 0, 0, None
@@ -271,9 +270,7 @@ class AREngine(Engine):
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         self.sweep, self.model = sweep, pool.kit_model()
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
-        from ..autoregressive import generate_autoregressive
-
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         r = generate_autoregressive(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                                     eos_token_ids=() if self.sweep.ignore_eos else None, seed=seed)
         pad = self.model.config.pad_token_id
@@ -310,7 +307,7 @@ class HFAutoregressiveEngine(Engine):
         self.model = model.to(self.device).eval()
         self.canvas_length = _canvas_length(sweep)  # "first canvas" = as many tokens as one diffusion canvas
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         batch = self.tokenizer(prompts.texts, return_tensors="pt", padding=True).to(self.device)
         clock = _TokenClock(self.device, self.canvas_length)
         n = config.max_new_tokens
@@ -358,14 +355,10 @@ class _TokenClock:
 
 
 def _canvas_length(sweep: Sweep) -> int:
-    from ..checkpoint import read_config
-
     return read_config(sweep.model)[1].canvas_length
 
 
 def _diffusion_weights_bytes(sweep: Sweep) -> int:
-    from ..checkpoint import read_config, weights_bytes
-
     device = resolve_device(sweep.device)
     return weights_bytes(read_config(sweep.model)[1], resolve_dtype(sweep.dtype, device))
 

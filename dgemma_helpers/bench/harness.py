@@ -30,9 +30,13 @@ try:
 except ImportError:
     resource = None
 
+from ..checkpoint import read_config, weights_bytes
 from ..devices import available_memory, copy_bandwidth, resolve_device, resolve_dtype, synchronize
+from ..tokenizer import load_tokenizer
+from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
+from .autoregressive import continuation_nll
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
-from .sweep import Config, Sweep
+from .grid import GridPoint, Sweep
 
 SCHEMA = "dgemma-bench/1"
 
@@ -129,7 +133,7 @@ def run_benchmark(sweep: Sweep, progress: Callable[[str], None] | None = None) -
 # ---- running ----------------------------------------------------------------------------------
 def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], device: torch.device,
               runs: dict, failures: dict, say: Callable[[str], None]) -> None:
-    keys: dict[tuple, list[tuple[Engine, Config]]] = {}
+    keys: dict[tuple, list[tuple[Engine, GridPoint]]] = {}
     for e in engines:
         for config in sweep.configs(e.kind == AUTOREGRESSIVE):
             keys.setdefault(config.key(), []).append((e, config))
@@ -163,7 +167,7 @@ def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], 
             say(f"{e.name:<13} {label:<40} {statistics.median(m.tokens / m.total_s for m in ms):9.1f} tok/s")
 
 
-def _timed_run(engine: Engine, prompts: Prompts, config: Config, seed: int, device: torch.device) -> Measurement:
+def _timed_run(engine: Engine, prompts: Prompts, config: GridPoint, seed: int, device: torch.device) -> Measurement:
     reset_peak_memory(device)
     synchronize(device)
     t = time.perf_counter()
@@ -175,11 +179,11 @@ def _timed_run(engine: Engine, prompts: Prompts, config: Config, seed: int, devi
     return m
 
 
-def _start_key(config: Config) -> tuple:
+def _start_key(config: GridPoint) -> tuple:
     return tuple((v is None, v or 0) for v in (config.entropy_bound, config.steps))
 
 
-def _fail(engine: Engine, config: Config, ex: BaseException, failures: dict, device: torch.device,
+def _fail(engine: Engine, config: GridPoint, ex: BaseException, failures: dict, device: torch.device,
           say: Callable[[str], None]) -> None:
     error = _describe(ex)
     say(f"{engine.name} failed at {config.label()}: {error}")
@@ -200,8 +204,6 @@ def _free(device: torch.device) -> None:
 def _prompt_ids(sweep: Sweep) -> list[list[int]]:
     """Each prompt's ids in the diffusion checkpoint's vocabulary, all cut to the shortest one's
     length (no padding anywhere). Without a tokenizer: fixed pseudo-random ids, 32 per prompt."""
-    from ..checkpoint import read_config
-    from ..tokenizer import load_tokenizer
 
     path, config = read_config(sweep.model)
     tokenizer = load_tokenizer(Path(path))
@@ -226,7 +228,7 @@ def _decide_interleave(sweep: Sweep, engines: list[Engine], device: torch.device
 
 
 # ---- aggregation ------------------------------------------------------------------------------
-def _row(engine: Engine, config: Config | None, **values: Any) -> dict[str, Any]:
+def _row(engine: Engine, config: GridPoint | None, **values: Any) -> dict[str, Any]:
     row = {f: None for f in ROW_FIELDS}
     row.update(engine=engine.name, kind=engine.kind)
     if config is not None:
@@ -236,7 +238,7 @@ def _row(engine: Engine, config: Config | None, **values: Any) -> dict[str, Any]
     return row
 
 
-def _aggregate(engine: Engine, config: Config, ms: list[Measurement], device: torch.device,
+def _aggregate(engine: Engine, config: GridPoint, ms: list[Measurement], device: torch.device,
                quality_metric: str | None, score) -> dict[str, Any]:
     tps = [m.tokens / m.total_s for m in ms]
     step_ms = [1000 * m.step_s / m.forwards for m in ms if m.forwards]
@@ -275,13 +277,11 @@ def _add_ratios(rows: list[dict[str, Any]], sweep: Sweep) -> None:
 def _quality_scorer(sweep: Sweep, pool: ModelPool):
     """Word validity when the model ships its training vocabulary (models/dgemma-tiny does); else
     the generated text's NLL under the checkpoint's own causal encoder (lower is better)."""
-    from ..quality import VOCABULARY_FILE, load_vocabulary, word_validity
 
     if (Path(sweep.model) / VOCABULARY_FILE).exists():
         vocabulary = load_vocabulary(sweep.model)
         return "word_validity", lambda ms: word_validity([t for m in ms for t in m.texts if t], vocabulary)
 
-    from ..autoregressive import continuation_nll
 
     def nll(ms: list[Measurement]) -> float | None:
         rows = [(p, t) for m in ms if m.token_ids is not None for p, t in zip(m.prompt_ids, m.token_ids)]
@@ -380,8 +380,6 @@ def _cpu_model() -> str:
 
 
 def _model_info(sweep: Sweep, dtype: torch.dtype) -> dict[str, Any]:
-    from ..checkpoint import read_config, weights_bytes
-
     path, c = read_config(sweep.model)
     return dict(path=str(path), untrained=(Path(path) / "dgemma_random.json").exists(),
                 summary=f"hidden {c.hidden_size}, {c.num_layers} layers, {c.num_experts} experts top-{c.top_k_experts}, "
@@ -394,7 +392,6 @@ def _weight_streaming_floor(sweep: Sweep, device: torch.device, dtype: torch.dty
     """The least time a denoising step can take on this GPU: reading every weight once (every
     expert is hit when a canvas of tokens each picks top-k), at the device-to-device copy bandwidth
     measured now."""
-    from ..checkpoint import read_config, weights_bytes
 
     bandwidth = copy_bandwidth(device)
     weights = weights_bytes(read_config(sweep.model)[1], dtype)

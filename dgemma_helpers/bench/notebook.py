@@ -17,10 +17,11 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import DGemmaError
-from ..environment import REPO_ROOT
 from ..atomic import atomic_write
-from .sweep import Sweep
+from ..errors import DGemmaError
+from ..model_paths import REPO_ROOT
+from .engines import ENGINES
+from .grid import Sweep
 
 NOTEBOOK = "05_throughput_benchmark.ipynb"
 
@@ -54,7 +55,6 @@ def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,
     except ImportError as e:
         raise DGemmaError(f"the report needs papermill and nbconvert ({e}); install the dev extras: "
                                "pip install -e '.[dev]' (or run `make report`, which does).") from None
-    from .engines import ENGINES
 
     sweep.validate(list(ENGINES))
     source = Path(notebook) if notebook else REPO_ROOT / "notebooks" / NOTEBOOK

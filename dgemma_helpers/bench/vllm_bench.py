@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from ..vllm_engine import VLLMEngine, vllm_status
-from ..vllm_server import VLLMServer
+from .vllm_engine import VLLMEngine, vllm_status
+from .vllm_server import VLLMServer
 from .engines import DIFFUSION, Engine, Measurement, ModelPool, Prompts, _diffusion_weights_bytes
-from .sweep import Config, Sweep
+from .grid import GridPoint, Sweep
 
 
 class VLLMBenchEngine(Engine):
@@ -37,28 +37,28 @@ class VLLMBenchEngine(Engine):
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         self.sweep, self.engine, self.key = sweep, None, None
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: GridPoint) -> None:
         key = (config.entropy_bound, config.steps)
         if key != self.key:
             self.release()
             self.engine = self._start(config)
             self.key = key
 
-    def _settings(self, config: Config) -> dict:
+    def _settings(self, config: GridPoint) -> dict:
         args = dict(enable_prefix_caching=False, **self.sweep.vllm_args)  # (the sweep refuses sampler keys there)
         args.update(max_denoising_steps=config.steps, entropy_bound=config.entropy_bound)
         if not self.sweep.early_stop:
             args.update(confidence_threshold=0.0)
         return args
 
-    def _start(self, config: Config):
+    def _start(self, config: GridPoint):
         return VLLMEngine(self.sweep.model, **self._settings(config))
 
-    def _generate(self, prompts: Prompts, config: Config):
+    def _generate(self, prompts: Prompts, config: GridPoint):
         return self.engine.generate(input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                                     eos_token_ids=() if self.sweep.ignore_eos else None)
 
-    def run(self, prompts: Prompts, config: Config, seed: int) -> Measurement:
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         self.configure(config)  # a no-op after the harness's own call; starts an engine if run alone
         r = self._generate(prompts, config)
         pad = r.settings.pad_token_id
@@ -94,11 +94,11 @@ class VLLMServerBenchEngine(VLLMBenchEngine):
             return False, "the openai package is not installed: pip install openai (`make setup-vllm` has it)"
         return usable, why
 
-    def _start(self, config: Config):
+    def _start(self, config: GridPoint):
         server = VLLMServer(self.sweep.model, **self._settings(config)).start()
         self.client = server.client()
         return server
 
-    def _generate(self, prompts: Prompts, config: Config):
+    def _generate(self, prompts: Prompts, config: GridPoint):
         return self.client.generate(input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                                         eos_token_ids=() if self.sweep.ignore_eos else None, stream=True)

@@ -6,6 +6,7 @@ chooses). Same API, same results up to float rounding (the PyTorch path stays th
     ops.py       the kernels the path uses: Triton, or their PyTorch references
     modules.py   FusedRMSNorm, FusedExperts: drop-ins for model.RMSNorm / model.Experts
     step.py      FastStepper: static buffers, the branch-free round, graph capture and replay
+    quant.py     FP8 (e4m3) experts, quantised at load time: quantize_experts (dg.quantize_experts)
     aot.py       the ahead-of-time compile check of every kernel for the real GPU targets
 """
 

@@ -55,9 +55,9 @@ from ..atomic import atomic_write  # noqa: E402
 from ..cache import KVCache  # noqa: E402
 from ..checkpoint import read_config  # noqa: E402
 from ..config import GenerationSettings, ModelConfig  # noqa: E402
-from ..environment import find_model  # noqa: E402
+from ..model_paths import find_model  # noqa: E402
 from ..model import DiffusionGemma  # noqa: E402
-from ..quant import quantize_experts  # noqa: E402
+from .quant import quantize_experts  # noqa: E402
 from .ops import Ops  # noqa: E402
 from .step import StaticRound, fast_round  # noqa: E402
 

@@ -20,7 +20,7 @@ import torch
 from ..checkpoint import load_model
 from ..generation import generate
 from ..model import DiffusionGemma, init_weights
-from ..quality import load_vocabulary, word_validity, words
+from .word_validity import load_vocabulary, word_validity, words
 from .corpus import DEFAULT_CACHE, Corpus, load_corpus, speeches
 from .data import TokenData
 from .objective import diffusion_loss

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..quality import VOCABULARY_FILE, words
+from ..checkpoint import load_model
 from .corpus import DEFAULT_CACHE, HELD_OUT, SDIST, SDIST_SHA256, load_corpus
+from .quality_eval import measure_quality
 from .trainer import TrainConfig, TrainResult, export, train
+from .word_validity import VOCABULARY_FILE, words
 
 
 # The shipped checkpoint's sampler defaults (its generation_config.json); every other setting keeps the
@@ -54,8 +56,6 @@ def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "ru
     out = export(result, out, extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"}, sampler=TINY_SAMPLER)
     report = None
     if measure:
-        from .quality_eval import measure_quality
-
         report = measure_quality(out)
     (Path(out) / "MODEL_CARD.md").write_text(model_card(result, config, report, device_name(device)))
     return out
@@ -66,7 +66,6 @@ def result_from_run(out: str | Path, run_dir: str | Path) -> tuple[TrainResult, 
     from disk: to write the card of a model trained earlier."""
     import json
 
-    from ..checkpoint import load_model
 
     run_dir = Path(run_dir)
     state = json.loads((run_dir / "state" / "state.json").read_text())
@@ -131,7 +130,7 @@ user turn and the next speech as the model's reply (so `messages=` works), the r
 
 ## Training
 
-The uniform-state diffusion objective of REFERENCE.md (t ~ U(0.001, 1) per example, uniform random-token
+The uniform-state diffusion objective of DiffusionGemma's published recipe (t ~ U(0.001, 1) per example, uniform random-token
 corruption of one {c.canvas_length}-token block, cross-entropy over the whole block, plus the encoder's
 causal-LM loss; two-pass self-conditioning with p = {config.self_conditioning_p}), see
 `dgemma_helpers/train/objective.py`. AdamW (betas {config.betas}, weight decay {config.weight_decay}),

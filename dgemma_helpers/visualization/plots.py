@@ -19,8 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import InputError, MissingToolError
-from .atomic import atomic_file
+from ..errors import InputError, MissingToolError
+from ..atomic import atomic_file
 
 if TYPE_CHECKING:  # for annotations only: trace.py imports this module (lazily, for matplotlib) to export GIF/MP4
     from .trace import DenoisingTrace

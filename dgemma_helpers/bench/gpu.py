@@ -1,25 +1,22 @@
-"""Shared by bench/gpu_check.py and bench/gpu_step.py: configs, random models built on the device,
-output poisoning, timing. `--cpu` modes run the same code under the Triton interpreter."""
+"""What bench/gpu_check.py and bench/gpu_step.py share: the official and small configs in
+transformers' terms, random models built on the device, output poisoning, timing. Their `--cpu` /
+`--tiny` modes run the same code under the Triton interpreter."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ..atomic import atomic_write
+from ..config import ModelConfig
+from ..devices import synchronize
+from ..model import DiffusionGemma, init_weights
 
-from dgemma_helpers.atomic import atomic_write  # noqa: E402
-from dgemma_helpers.config import ModelConfig  # noqa: E402
-from dgemma_helpers.devices import synchronize  # noqa: E402
-from dgemma_helpers.model import DiffusionGemma, init_weights  # noqa: E402
-
-# The real text config (REFERENCE.md; /work/shared/tools/gpu_baseline.py) in transformers' terms.
+# The official checkpoint's text config in transformers' terms.
 REAL_HF = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
                num_attention_heads=16, num_key_value_heads=8, head_dim=256, global_head_dim=512,
                num_global_key_value_heads=2, num_experts=128, top_k_experts=8, moe_intermediate_size=704,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InputError
+from ..errors import InputError
 from .vllm_engine import VLLMEngine
 from .vllm_server import LOOPBACK, VLLMServer, VLLMServerClient
 

@@ -5,9 +5,7 @@ package versions, the models found locally and whether each fits here) and a lis
 `format_report()` prints them. Nothing is downloaded and no weights are read: models are judged
 by their config.json and file headers.
 
-`find_model()` resolves a model path the way the notebooks need it: a relative path such as
-"models/dgemma-tiny" is looked up from the working directory and its parents (a notebook runs in
-notebooks/) and from the repository root, and a missing model is refused with how to get one.
+Model paths are found with dgemma_helpers.model_paths (find_model and friends).
 """
 
 from __future__ import annotations
@@ -22,21 +20,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import GET_MODEL_HINT, index_checkpoint, read_config, runtime_bytes, weights_bytes
-from .config import ModelConfig
-from .devices import available_memory
-from .errors import CheckpointError, DGemmaError
-from .generation import select_path
+from ..checkpoint import index_checkpoint, read_config, runtime_bytes, weights_bytes
+from ..config import ModelConfig
+from ..devices import available_memory
+from ..errors import CheckpointError, DGemmaError
+from ..generation import select_path
+from ..model_paths import (DOWNLOAD_COMMAND, OFFICIAL_CANDIDATES, TINY_MODEL, find_model, hub_cache_snapshots,
+                           missing_model_message, model_candidates)
 from .introspection import parameter_counts
 
-OFFICIAL_REPO = "google/diffusiongemma-26B-A4B-it"
-DOWNLOAD_COMMAND = f"hf download {OFFICIAL_REPO} --local-dir ~/models/diffusiongemma"
-TINY_MODEL = "models/dgemma-tiny"
-MAKE_RANDOM_COMMAND = "python -m dgemma_helpers make-random /tmp/rand --canvas-length 32"
 INSTALL_COMMAND = "pip install -e '.[dev]'  (or `make setup` from the repository root)"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Where people usually keep the official checkpoint: the README's --local-dir, then the hub cache.
-OFFICIAL_CANDIDATES = ("~/models/diffusiongemma",)
 # Distribution name -> what it is for. Core ones are dependencies; the others are the notebooks'.
 PACKAGES = {
     "torch": "the engine", "transformers": "tokenizers, chat templates, the reference model",
@@ -47,46 +40,6 @@ PACKAGES = {
 }
 NOTEBOOK_PACKAGES = ("matplotlib", "ipykernel", "anywidget", "papermill", "nbval")
 GiB = 2**30
-
-
-# ---- model paths ------------------------------------------------------------------------------------
-def model_candidates(path: str | os.PathLike) -> list[Path]:
-    """Where a model path may be: as given, from the working directory's parents, from the repo root."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return [p]
-    cwd = Path.cwd()
-    out = [cwd / p] + [parent / p for parent in list(cwd.parents)[:3]] + [REPO_ROOT / p]
-    return list(dict.fromkeys(out))
-
-
-def find_model(path: str | os.PathLike = TINY_MODEL) -> Path:
-    """The directory of a model path (see model_candidates); a missing one is refused with how to get it."""
-    candidates = model_candidates(path)
-    for c in candidates:
-        if c.exists():
-            return c
-    raise CheckpointError(missing_model_message(path, candidates))
-
-
-def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) -> str:
-    where = ", ".join(str(c) for c in looked_in)
-    if Path(path).name == Path(TINY_MODEL).name:
-        return (f"model {str(path)!r} not found (looked in {where}). models/dgemma-tiny is the kit's small trained "
-                "model and is part of the repository: run from a clone of it, set model_path to where it is, or "
-                "train it again with `make train-tiny` (about 70 minutes on 2 CPU cores). "
-                f"Other choices: the official checkpoint (`{DOWNLOAD_COMMAND}`, about 50 GB, for a GPU), or an "
-                f"untrained stand-in that shows the mechanics only (`{MAKE_RANDOM_COMMAND}`, then "
-                "model_path='/tmp/rand').")
-    return f"model {str(path)!r} not found (looked in {where}). {GET_MODEL_HINT}"
-
-
-def hub_cache_snapshots(repo: str = OFFICIAL_REPO) -> list[Path]:
-    """Snapshots of `repo` already in the local Hugging Face cache (nothing is fetched)."""
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-    snapshots = Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots"
-    return sorted(snapshots.iterdir()) if snapshots.is_dir() else []
 
 
 # ---- the facts -----------------------------------------------------------------------------------------

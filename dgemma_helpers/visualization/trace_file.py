@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import TraceError
+from ..errors import TraceError
 
 FORMAT = "dgemma-denoising-trace"
 VERSION = 1

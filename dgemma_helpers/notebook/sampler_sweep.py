@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import GenerationSettings
-from .errors import InputError
-from .generation import GenerationResult, StepRecord, generate, resolve_settings
-from .model import DiffusionGemma
+from ..config import GenerationSettings
+from ..errors import InputError
+from ..generation import GenerationResult, StepRecord, generate, resolve_settings
+from ..model import DiffusionGemma
 from .tables import format_table
-from .tokenizer import decode
+from ..tokenizer import decode
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """vLLM's DiffusionGemma behind the kit's names: the production engine, run beside ours.
 
-    from dgemma_helpers.vllm_engine import VLLMEngine
+    from dgemma_helpers.bench.vllm_engine import VLLMEngine
     with VLLMEngine("models/dgemma-tiny", max_denoising_steps=16) as engine:     # ~46 s to start on a CPU
         result = engine.generate("ROMEO:\\n", max_new_tokens=128)   # a GenerationResult with path="vllm"
 
@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
-from .config import GenerationSettings
-from .errors import EngineError, InputError, MissingToolError
-from .generation import GenerationResult, Timings
-from .inputs import canvas_inputs, prompt_batch
-from .tokenizer import decode, load_tokenizer
+from ..config import GenerationSettings
+from ..errors import EngineError, InputError, MissingToolError
+from ..generation import GenerationResult, Timings
+from ..inputs import canvas_inputs, prompt_batch
+from ..tokenizer import decode, load_tokenizer
 from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
                          write_generation_config)
 

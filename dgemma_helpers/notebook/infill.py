@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
-from .generation import GenerationResult
-from .model import DiffusionGemma
-from .tokenizer import decode
+from ..errors import InputError
+from ..generation import GenerationResult
+from ..model import DiffusionGemma
+from ..tokenizer import decode
 
 
 @dataclass

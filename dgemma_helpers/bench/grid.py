@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import read_config
 from ..errors import InputError
 
 DEFAULT_PROMPTS = (
@@ -31,7 +32,7 @@ VLLM_SAMPLER_KEYS = {"max_denoising_steps", "entropy_bound", "t_min", "t_max", "
 
 
 @dataclass
-class Config:
+class GridPoint:
     """One point of the grid. Autoregressive engines ignore `steps` and `entropy_bound` (None)."""
 
     max_new_tokens: int
@@ -79,14 +80,14 @@ class Sweep:
     # "quantization": "fp8", "gpu_memory_utilization": 0.5}
     vllm_args: dict[str, Any] = field(default_factory=dict)
 
-    def configs(self, autoregressive: bool) -> Iterator[Config]:
+    def configs(self, autoregressive: bool) -> Iterator[GridPoint]:
         """The grid, as an engine sees it: autoregressive engines have no steps or entropy bound."""
         if autoregressive:
             for n, b in itertools.product(self.max_new_tokens, self.batch):
-                yield Config(n, b)
+                yield GridPoint(n, b)
         else:
             for n, b, s, e in itertools.product(self.max_new_tokens, self.batch, self.steps, self.entropy_bounds):
-                yield Config(n, b, s, e)
+                yield GridPoint(n, b, s, e)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,7 +131,6 @@ class Sweep:
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
             raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
                              "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")
-        from ..checkpoint import read_config
 
         read_config(self.model)  # a missing or foreign model directory fails here, with how to get one
         return self

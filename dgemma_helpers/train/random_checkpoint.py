@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_dir
-from .checkpoint import generation_json
-from .config import TINY_VISION_CONFIG, GenerationSettings
-from .tokenizer import train_tokenizer
+from ..atomic import atomic_dir
+from ..checkpoint import generation_json
+from ..config import TINY_VISION_CONFIG, GenerationSettings
+from ..tokenizer import train_tokenizer
 
 # Shapes of the real model in miniature: sliding + full layers (keys as values), MoE, odd vocab.
 PRESETS: dict[str, dict[str, Any]] = {

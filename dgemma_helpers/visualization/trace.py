@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_file
-from .errors import InputError
-from .sampler import finalize_canvas
+from ..atomic import atomic_file
+from ..errors import InputError
+from ..sampler import finalize_canvas
+from .player_html import write_player_html
 from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, encode_array,
                          parse_document, read_document, settings_problem)
 
@@ -347,7 +348,6 @@ class DenoisingTrace:
     # ---- exports (the drawing lives in plots.py and player_html.py) ---------------------------------
     def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
-        from .player_html import write_player_html
 
         return write_player_html(self.to_payload(), _out_path(path), speed=_rate(speed, "speed"))
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import InputError
-from .model import DiffusionGemma, Experts
+from ..errors import InputError
+from ..model import DiffusionGemma, Experts
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .cache import KVCache
-from .checkpoint import VISION_PREFIXES, index_checkpoint
-from .config import SLIDING, ModelConfig
-from .errors import InputError
-from .inputs import prompt_batch
-from .model import DiffusionGemma
+from ..cache import KVCache
+from ..checkpoint import VISION_PREFIXES, index_checkpoint
+from ..config import SLIDING, ModelConfig
+from ..errors import InputError
+from ..inputs import prompt_batch
+from ..model import DiffusionGemma
 
 # Parameter groups, in the order a token meets them.
 PARTS = ("embedding", "self-conditioning", "attention", "norms", "dense MLP", "router", "experts")

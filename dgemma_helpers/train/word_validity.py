@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 VOCABULARY_FILE = "train_words.txt"
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")

@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised only where the extra is
     raise ImportError("DenoisingPlayer needs anywidget and ipywidgets: `pip install anywidget ipywidgets` "
                       "(or `pip install -e '.[dev]'` in the kit's checkout).") from e
 
-from .errors import InputError
+from ..errors import InputError
 from .player_html import STATIC, write_player_html
 from .trace import DenoisingTrace
 

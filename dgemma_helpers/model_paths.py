@@ -1,0 +1,62 @@
+"""Where models are: `find_model()` resolves a model path the way the notebooks and the command
+line need it. A relative path such as "models/dgemma-tiny" is looked up from the working directory
+and its parents (a notebook runs in notebooks/) and from the repository root, and a missing model is
+refused with how to get one. Nothing is ever downloaded: the official checkpoint is looked for where
+people keep it and in the local Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .checkpoint import GET_MODEL_HINT
+from .errors import CheckpointError
+
+OFFICIAL_REPO = "google/diffusiongemma-26B-A4B-it"
+DOWNLOAD_COMMAND = f"hf download {OFFICIAL_REPO} --local-dir ~/models/diffusiongemma"
+TINY_MODEL = "models/dgemma-tiny"
+MAKE_RANDOM_COMMAND = "python -m dgemma_helpers make-random /tmp/rand --canvas-length 32"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository
+# Where people usually keep the official checkpoint: the README's --local-dir, then the hub cache.
+OFFICIAL_CANDIDATES = ("~/models/diffusiongemma",)
+
+
+# ---- model paths ------------------------------------------------------------------------------------
+def model_candidates(path: str | os.PathLike) -> list[Path]:
+    """Where a model path may be: as given, from the working directory's parents, from the repo root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    cwd = Path.cwd()
+    out = [cwd / p] + [parent / p for parent in list(cwd.parents)[:3]] + [REPO_ROOT / p]
+    return list(dict.fromkeys(out))
+
+
+def find_model(path: str | os.PathLike = TINY_MODEL) -> Path:
+    """The directory of a model path (see model_candidates); a missing one is refused with how to get it."""
+    candidates = model_candidates(path)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise CheckpointError(missing_model_message(path, candidates))
+
+
+def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) -> str:
+    where = ", ".join(str(c) for c in looked_in)
+    if Path(path).name == Path(TINY_MODEL).name:
+        return (f"model {str(path)!r} not found (looked in {where}). models/dgemma-tiny is the kit's small trained "
+                "model and is part of the repository: run from a clone of it, set model_path to where it is, or "
+                "train it again with `make train-tiny` (about 70 minutes on 2 CPU cores). "
+                f"Other choices: the official checkpoint (`{DOWNLOAD_COMMAND}`, about 50 GB, for a GPU), or an "
+                f"untrained stand-in that shows the mechanics only (`{MAKE_RANDOM_COMMAND}`, then "
+                "model_path='/tmp/rand').")
+    return f"model {str(path)!r} not found (looked in {where}). {GET_MODEL_HINT}"
+
+
+def hub_cache_snapshots(repo: str = OFFICIAL_REPO) -> list[Path]:
+    """Snapshots of `repo` already in the local Hugging Face cache (nothing is fetched)."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    snapshots = Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return sorted(snapshots.iterdir()) if snapshots.is_dir() else []

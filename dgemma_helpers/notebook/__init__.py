@@ -1,0 +1,19 @@
+"""What the notebooks call besides the engine: the machine report (01), the model's anatomy and
+expert routing (02), the sampler sweep and infilling (03), their plots and plain-text tables.
+
+    from dgemma_helpers import notebook
+    print(notebook.environment_report())
+    rows = notebook.sampler_sweep(model, prompt)
+
+`notebook.plots` needs matplotlib and is imported on its own (`from dgemma_helpers.notebook import plots`).
+"""
+
+from .environment import EnvironmentReport, environment_report
+from .infill import InfillCanvas, infill_canvas
+from .introspection import expert_routing, layer_pattern, parameter_counts, weight_sharing
+from .sampler_sweep import RoundLog, SweepRow, sampler_sweep
+from .tables import format_table, records
+
+__all__ = ["EnvironmentReport", "InfillCanvas", "RoundLog", "SweepRow", "environment_report", "expert_routing",
+           "format_table", "infill_canvas", "layer_pattern", "parameter_counts", "records", "sampler_sweep",
+           "weight_sharing"]
