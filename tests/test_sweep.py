@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dgemma_helpers as dg
-from dgemma_helpers.notebook.sampler_sweep import canvas_texts, format_sweep
+from dgemma_helpers.notebook.sweep import canvas_texts, format_sweep
 from dgemma_helpers.notebook.tables import format_table, records
 
 PROMPT = "The sky is blue because"
@@ -117,7 +117,7 @@ def test_format_table_lines_up_rows():
 
 
 def test_sweep_runs_each_distinct_setting_once(checkpoint, ours, monkeypatch):
-    import dgemma_helpers.notebook.sampler_sweep as sweep_module
+    import dgemma_helpers.notebook.sweep as sweep_module
 
     model = ours(checkpoint("plain"))
     calls = []

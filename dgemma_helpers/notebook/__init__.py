@@ -11,7 +11,7 @@ expert routing (02), the sampler sweep and infilling (03), their plots and plain
 from .environment import EnvironmentReport, environment_report
 from .infill import InfillCanvas, infill_canvas
 from .introspection import expert_routing, layer_pattern, parameter_counts, weight_sharing
-from .sampler_sweep import RoundLog, SweepRow, sampler_sweep
+from .sweep import RoundLog, SweepRow, sampler_sweep
 from .tables import format_table, records
 
 __all__ = ["EnvironmentReport", "InfillCanvas", "RoundLog", "SweepRow", "environment_report", "expert_routing",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from .introspection import ParameterCounts, RoutingTrace
-from .sampler_sweep import SweepRow
+from .sweep import SweepRow
 
 
 def plot_parameters(counts: ParameterCounts) -> Figure:
