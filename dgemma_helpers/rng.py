@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.hash_ref import MASK32, gumbel, mix32, uniform_from_hash
+from kernels.hash_ref import gumbel, mix32, uniform_from_hash
 
 from .errors import InputError
 

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from dgemma_helpers import bench
 from dgemma_helpers.bench.engines import DIFFUSION, Engine, Measurement
