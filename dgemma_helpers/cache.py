@@ -5,9 +5,14 @@ its canvas keys/values in a scratch region right after the prefix, so attention 
 contiguous view instead of concatenating the whole prefix on every denoising step.
 
 Sliding-window layers keep a ring of the last `sliding_window - 1` positions (what any later
-query can see), so long prompts cost full-length memory in the few full-attention layers only.
-The model talks to a cache through four calls, which the training context implements too:
-`begin_encode`, `begin_denoise`, `kv` (once per layer) and `end`.
+query can see), so long prompts cost full-length memory in the few full-attention layers only,
+and those keep one tensor, not two: their values are the RMS-normed keys, so the cache holds the
+values and the layer rebuilds its keys from them (times the k-norm weight, rotated to each slot's
+position) on every pass. That halves the per-token cost of a long context (see `bytes_per_token`).
+The model talks to a cache through these calls, which the training context implements too:
+`begin_encode`, `begin_denoise`, then per layer `kv` (sliding layers: keys and values) or
+`shared_kv` (full layers: the values alone) with `key_positions` (where each returned slot sits),
+and `end`.
 
 StaticCanvasCache is the denoiser's side of the same protocol with fixed shapes and addresses, so
 that one CUDA graph of `model.denoise` serves every round of every canvas (the fast path).
@@ -41,12 +46,14 @@ class KVCache:
         self.any_padding = False
         # Absolute position held by each ring slot (-1: empty); the same for every sliding layer.
         self.ring_pos = torch.full((self.ring,), -1, dtype=torch.long, device=self.device)
-        self.keys: list[torch.Tensor] = []
+        # keys[layer] is None for full-attention layers: their keys are rebuilt from the values.
+        self.keys: list[torch.Tensor | None] = []
         self.values: list[torch.Tensor] = []
         for layer in range(config.num_layers):
-            slots = (self.ring if config.is_sliding(layer) else capacity) + self.scratch
+            sliding = config.is_sliding(layer)
+            slots = (self.ring if sliding else capacity) + self.scratch
             shape = (batch_size, config.kv_heads(layer), slots, config.head_dim(layer))
-            self.keys.append(torch.zeros(shape, device=self.device, dtype=dtype))
+            self.keys.append(torch.zeros(shape, device=self.device, dtype=dtype) if sliding else None)
             self.values.append(torch.zeros(shape, device=self.device, dtype=dtype))
         self._mode: str | None = None
         self._n = 0
@@ -99,19 +106,13 @@ class KVCache:
         return self._denoise_memo[1]
 
     def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's new keys/values [B, H, n, D]; return the keys/values to attend over."""
+        """A sliding layer's new keys/values [B, H, n, D]: stored; returns the keys/values to attend over."""
         K, V = self.keys[layer], self.values[layer]
         p, n = self.length, self._n
-        sliding = self.config.is_sliding(layer)
         if self._mode == "denoise":
-            start = self.ring if sliding else p
-            K[:, :, start:start + n] = k
-            V[:, :, start:start + n] = v
-            return K[:, :, :start + n], V[:, :, :start + n]
-        if not sliding:
-            K[:, :, p:p + n] = k
-            V[:, :, p:p + n] = v
-            return K[:, :, :p + n], V[:, :, :p + n]
+            K[:, :, self.ring:self.ring + n] = k
+            V[:, :, self.ring:self.ring + n] = v
+            return K[:, :, :self.ring + n], V[:, :, :self.ring + n]
         keys = torch.cat([K[:, :, :self.ring], k], dim=2)
         values = torch.cat([V[:, :, :self.ring], v], dim=2)
         kept = min(n, self.ring)  # only the last ring-many positions stay visible later
@@ -119,6 +120,17 @@ class KVCache:
         K.index_copy_(2, slots, k[:, :, n - kept:])
         V.index_copy_(2, slots, v[:, :, n - kept:])
         return keys, values
+
+    def shared_kv(self, layer: int, v: torch.Tensor) -> torch.Tensor:
+        """A full layer's new values [B, H, n, D] (its normed keys): stored; returns the values of
+        every slot to attend over, whose positions are `key_positions()`."""
+        V, p, n = self.values[layer], self.length, self._n
+        V[:, :, p:p + n] = v  # denoise: the canvas goes right after the prefix, and is overwritten next round
+        return V[:, :, :p + n]
+
+    def key_positions(self) -> torch.Tensor:
+        """Position of each slot `shared_kv` returns: the prefix, then the new tokens or the canvas."""
+        return torch.arange(self.length + self._n, device=self.device)
 
     def end(self) -> None:
         if self._mode == "encode":
@@ -130,16 +142,25 @@ class KVCache:
         self._mode = None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
     @staticmethod
     def bytes_needed(config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype) -> int:
+        """What a KVCache of this capacity allocates (nbytes() of one equals it)."""
         ring = min(config.sliding_window - 1, capacity)
-        per_slot = 0
+        numbers = 0
         for layer in range(config.num_layers):
-            slots = (ring if config.is_sliding(layer) else capacity) + config.canvas_length
-            per_slot += 2 * slots * config.kv_heads(layer) * config.head_dim(layer)
-        return per_slot * batch_size * torch.empty((), dtype=dtype).element_size()
+            sliding = config.is_sliding(layer)
+            slots = (ring if sliding else capacity) + config.canvas_length
+            numbers += (2 if sliding else 1) * slots * config.kv_heads(layer) * config.head_dim(layer)
+        return numbers * batch_size * torch.empty((), dtype=dtype).element_size()
+
+    @staticmethod
+    def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+        """What each further token of context adds, per row: the full layers' values (the sliding
+        layers' ring is a fixed cost, reached at sliding_window - 1 tokens)."""
+        per = sum(config.kv_heads(i) * config.head_dim(i) for i in range(config.num_layers) if not config.is_sliding(i))
+        return per * torch.empty((), dtype=dtype).element_size()
 
 
 class StaticCanvasCache:
@@ -159,6 +180,8 @@ class StaticCanvasCache:
         self.cache = cache
         B, L, dev = cache.batch_size, cache.scratch, cache.device
         self.positions = torch.zeros(L, dtype=torch.long, device=dev)
+        # Full layers: the slot positions of [prefix ... capacity | canvas]; the tail is `positions`.
+        self.slot_positions = torch.cat([torch.arange(cache.capacity, device=dev), self.positions])
         self.full_mask = torch.zeros(B, 1, 1, cache.capacity + L, dtype=torch.bool, device=dev)
         self.sliding_mask = torch.zeros(B, 1, 1, cache.ring + L, dtype=torch.bool, device=dev)
         self.masks: Masks = {FULL: self.full_mask, SLIDING: self.sliding_mask}
@@ -169,6 +192,7 @@ class StaticCanvasCache:
         c, L = self.cache, self.cache.scratch
         p = c.length
         self.positions.copy_(torch.arange(p, p + L, device=c.device))
+        self.slot_positions[c.capacity:] = self.positions
         full = self.full_mask[:, 0, 0]
         full.zero_()
         full[:, :p] = c.valid[:, :p]
@@ -184,10 +208,18 @@ class StaticCanvasCache:
     def kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cache
         K, V = c.keys[layer], c.values[layer]
-        start = c.ring if c.config.is_sliding(layer) else c.capacity
-        K[:, :, start:start + c.scratch] = k
-        V[:, :, start:start + c.scratch] = v
-        return K, V  # the whole buffer: [ring | canvas] or [prefix ... capacity | canvas]
+        K[:, :, c.ring:c.ring + c.scratch] = k
+        V[:, :, c.ring:c.ring + c.scratch] = v
+        return K, V  # the whole buffer: [ring | canvas]
+
+    def shared_kv(self, layer: int, v: torch.Tensor) -> torch.Tensor:
+        c = self.cache
+        V = c.values[layer]
+        V[:, :, c.capacity:c.capacity + c.scratch] = v
+        return V  # the whole buffer: [prefix ... capacity | canvas]
+
+    def key_positions(self) -> torch.Tensor:
+        return self.slot_positions
 
     def end(self) -> None:
         pass

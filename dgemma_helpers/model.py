@@ -62,9 +62,15 @@ def rope_inv_freq(config: ModelConfig, layer_type: str) -> torch.Tensor:
     # "Proportional" RoPE: only the first fraction of each half-head rotates; the rest keeps
     # frequency 0 (cos 1, sin 0), so the tables still span the whole head.
     dim = config.full_head_dim
-    angles = int(config.full_rope_fraction * dim // 2)
+    angles = rotated_pairs(config)
     rotated = 1.0 / config.full_rope_theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.float) / dim)
     return torch.cat([rotated, torch.zeros(dim // 2 - angles)])
+
+
+def rotated_pairs(config: ModelConfig) -> int:
+    """How many (i, i + head_dim/2) pairs proportional RoPE turns in a full-attention head: the rest
+    keep frequency 0."""
+    return int(config.full_rope_fraction * config.full_head_dim // 2)
 
 
 def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +84,45 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1) is done as one matmul
     with a signed permutation matrix: exact (one +-1 term per output), and fewer ops than slicing."""
     return x * cos + (x @ _rotate_half_matrix(x.shape[-1], x.dtype, x.device)) * sin
+
+
+def key_rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [S, a] (or [B, 1, S, a] for positions [B, S]) of a full layer's key slots, for its `a`
+    turned pairs only: the same numbers as rope_tables' first `a` columns, in the cache's [B, H, S, D]
+    layout."""
+    freqs = positions[..., None].float() * inv_freq
+    cos, sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
+    return (cos, sin) if positions.ndim == 1 else (cos[:, None], sin[:, None])
+
+
+KEY_CHUNK = 16_384  # slots rebuilt at a time: bounds the float32 temporaries of a long context
+
+
+def rebuild_keys(values: torch.Tensor, k_norm: "RMSNorm", cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """A full layer's keys [B, H, S, D] from its values, which are the RMS-normed keys: times the
+    k-norm weight (in float32, as the norm does), then rotated on the `a` pairs proportional RoPE
+    turns (cos/sin [.., S, a]). With apply_rope's arithmetic on those pairs and the identity
+    elsewhere, the keys equal the ones the layer computed, bit for bit in float32 and float64; in
+    bfloat16 the weight multiplies the rounded value, so a key can differ in its last bit."""
+    S = values.shape[2]
+    if torch.is_grad_enabled() or S <= KEY_CHUNK:
+        return _rotate_pairs(k_norm.scale(values.float(), like=values), cos, sin)
+    keys = torch.empty_like(values)
+    for s in range(0, S, KEY_CHUNK):
+        e = min(s + KEY_CHUNK, S)
+        keys[:, :, s:e] = _rotate_pairs(k_norm.scale(values[:, :, s:e].float(), like=values), cos[..., s:e, :],
+                                        sin[..., s:e, :])
+    return keys
+
+
+def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    a, half = cos.shape[-1], x.shape[-1] // 2
+    if a == 0:
+        return x
+    x1, x2 = x[..., :a], x[..., half:half + a]
+    # rotate_half pairs dim i with i + half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+    return torch.cat([x1 * cos - x2 * sin, x[..., a:half], x2 * cos + x1 * sin, x[..., half + a:]], dim=-1)
 
 
 _ROTATIONS: dict[tuple, torch.Tensor] = {}
@@ -115,19 +160,20 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.v_norm = RMSNorm(self.head_dim, config.rms_norm_eps, with_scale=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], mask: torch.Tensor | None,
                 cache) -> torch.Tensor:
+        """`rope`: cos/sin of the queries; for full layers also those of the cache's key slots."""
         B, S, _ = x.shape
-        cos, sin = rope
+        cos, sin = rope[:2]
         q = apply_rope(self.q_norm(self.q_proj(x).view(B, S, -1, self.head_dim)), cos, sin)
         k_raw = self.k_proj(x).view(B, S, -1, self.head_dim)
-        k_normed = rms_normalize(k_raw, self.k_norm.eps)
         if self.v_proj is not None:
             v = self.v_norm(self.v_proj(x).view(B, S, -1, self.head_dim))
-        else:  # full layers: the values are the keys, normalised without a scale
-            v = self.v_norm.scale(k_normed, like=k_raw)
-        k = apply_rope(self.k_norm.scale(k_normed, like=k_raw), cos, sin)
-        keys, values = cache.kv(self.layer, k.transpose(1, 2), v.transpose(1, 2))
+            k = apply_rope(self.k_norm.scale(rms_normalize(k_raw, self.k_norm.eps), like=k_raw), cos, sin)
+            keys, values = cache.kv(self.layer, k.transpose(1, 2), v.transpose(1, 2))
+        else:  # full layers: the values are the keys normalised without a scale; the cache keeps only them
+            values = cache.shared_kv(self.layer, self.v_norm(k_raw).transpose(1, 2))
+            keys = rebuild_keys(values, self.k_norm, *rope[2:])
         # q and k are RMS-normed, so the attention scale is 1, not 1/sqrt(d).
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, scale=1.0,
                                              enable_gqa=True)
@@ -326,6 +372,8 @@ class DiffusionGemma(nn.Module):
         # The tables are a few small ops per pass, recomputed from `positions` every time: a CUDA graph
         # of denoise() then follows a static cache's positions from canvas to canvas.
         rope = {t: rope_tables(positions, self.inv_freq(t, x.device), x.dtype) for t in (SLIDING, FULL)}
+        turned = self.inv_freq(FULL, x.device)[:rotated_pairs(self.config)]
+        rope[FULL] += key_rope_tables(cache.key_positions(), turned, x.dtype)
         for layer in self.layers:
             x = layer(x, rope[layer.layer_type], masks[layer.layer_type], cache, encoder)
         cache.end()

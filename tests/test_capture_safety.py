@@ -126,7 +126,7 @@ def fast_round_setup(model, *, pins: bool = False, done_row: bool = False):
     b = stepper.buffers
     static = [b.canvas, b.argmax, b.pinned_ids, b.pins, b.accepted, b.done, b.entropy, b.soft, b.temperature,
               b.seed_words, b.canvas_index, b.step, b.stop.buffer, b.cache.positions, b.cache.full_mask, b.cache.sliding_mask,
-              *cache.keys, *cache.values]
+              *[k for k in cache.keys if k is not None], *cache.values, b.cache.slot_positions]
     return stepper, static
 
 

@@ -66,6 +66,20 @@ class TrainingContext:
             return k, v
         return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
 
+    def shared_kv(self, layer: int, v: torch.Tensor) -> torch.Tensor:
+        if self._mode == "encode":
+            self.values[layer] = v
+            return v
+        return torch.cat([self.values[layer], v], dim=2)
+
+    def key_positions(self) -> torch.Tensor:
+        device = self.block_start.device
+        sequence = torch.arange(self._seq_len, device=device)
+        if self._mode == "encode":
+            return sequence
+        canvas = self.block_start[:, None] + torch.arange(self.config.canvas_length, device=device)
+        return torch.cat([sequence.expand(len(canvas), -1), canvas], dim=1)  # [B, S + C]
+
     def end(self) -> None:
         self._mode = None if self._mode == "denoise" else self._mode
 
