@@ -16,6 +16,7 @@ from .config import GenerationSettings, ModelConfig
 from .errors import CheckpointError, DeviceError, DGemmaError, InputError, MissingToolError, TraceError
 from .fast.quant import quantize_experts
 from .generation import GenerationResult, StepRecord, Timings, generate
+from .memory import MemoryEstimate, estimate_memory
 from .model import DiffusionGemma
 from .model_paths import find_model
 from .visualization import DenoisingTrace
@@ -59,7 +60,7 @@ if not _log.handlers:
 
 __all__ = [
     "CheckpointError", "DGemmaError", "DenoisingTrace", "DeviceError", "DiffusionGemma", "GenerationResult",
-    "GenerationSettings", "InputError", "KVCache", "MissingToolError", "ModelConfig", "StepRecord", "Timings",
-    "TraceError", "bench", "fast", "find_model", "generate", "load_model", "notebook", "quantize_experts",
+    "GenerationSettings", "InputError", "KVCache", "MemoryEstimate", "MissingToolError", "ModelConfig", "StepRecord", "Timings",
+    "TraceError", "bench", "estimate_memory", "fast", "find_model", "generate", "load_model", "notebook", "quantize_experts",
     "save_checkpoint", "visualization",
 ]

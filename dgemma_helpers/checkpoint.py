@@ -22,10 +22,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_dir
-from .cache import KVCache
 from .config import TINY_VISION_CONFIG, GenerationSettings, ModelConfig, read_json
 from .devices import available_memory, resolve_device, resolve_dtype
 from .errors import CheckpointError, DeviceError, InputError
+from .memory import estimate_memory
 from .model import DiffusionGemma
 from .tokenizer import load_tokenizer
 from .validate import is_int, shown
@@ -257,10 +257,9 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, context: int = 4096) -> int:
-    """Working memory for one generation: the KV cache plus the float32 [batch, canvas, vocab] temporaries."""
-
-    logits = 6 * batch_size * config.canvas_length * config.vocab_size * 4
-    return logits + KVCache.bytes_needed(config, batch_size, context, dtype)
+    """Working memory for one generation after a prompt of `context` tokens (memory.estimate_memory);
+    load_model checks room for a modest prompt, and generate() checks each call's own."""
+    return estimate_memory(config, context, batch_size=batch_size, dtype=dtype).working
 
 
 def plan_tensors(path: Path, entries: dict[str, TensorEntry],

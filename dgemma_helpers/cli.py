@@ -1,15 +1,21 @@
-"""Command line: `python -m dgemma_helpers generate|info|make-random ...`."""
+"""Command line: `python -m dgemma_helpers generate|info|memory|make-random ...`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from .bench import vllm_cli
 from .bench.command import add_sweep_arguments, run_bench, run_report
-from .checkpoint import load_model, read_config
+from .cache import KVCache
+from .checkpoint import load_model, read_config, weights_bytes
+from .devices import resolve_dtype
+from .memory import estimate_memory
 from .errors import DGemmaError
 from .generation import generate
 from .train.random_checkpoint import make_random_checkpoint
@@ -58,6 +64,17 @@ def _generate(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     _, config = read_config(args.model)
     print(json.dumps(config.to_dict(), indent=2))
+
+
+def _memory(args: argparse.Namespace) -> None:
+    path, config = read_config(args.model)
+    dtype = resolve_dtype(args.dtype, torch.device("cuda"))  # the default is a GPU's, where long contexts run
+    estimate = estimate_memory(config, args.prompt_tokens, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, dtype=dtype)
+    estimate = dataclasses.replace(estimate, weights=weights_bytes(config, dtype))
+    print(f"{path.name}, {str(dtype).replace('torch.', '')}, prompt of {args.prompt_tokens:,} tokens, "
+          f"{args.max_new_tokens} new:\n{estimate.summary()}\nKV cache per further token: "
+          f"{KVCache.bytes_per_token(config, dtype) * args.batch_size:,} bytes")
 
 
 def _make_random(args: argparse.Namespace) -> None:
@@ -111,6 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     i = sub.add_parser("info", help="print a checkpoint's text config")
     i.add_argument("--model", required=True)
     i.set_defaults(func=_info)
+
+    m = sub.add_parser("memory", help="estimate the memory of a generation from a checkpoint's config (nothing loaded)")
+    m.add_argument("--model", required=True)
+    m.add_argument("--prompt-tokens", type=int, required=True, help="tokens in the longest prompt")
+    m.add_argument("--max-new-tokens", type=int, default=256, help="(default: %(default)s)")
+    m.add_argument("--batch-size", type=int, default=1, help="prompts per call (default: %(default)s)")
+    m.add_argument("--dtype", default="bfloat16", help="weights and cache dtype (default: %(default)s)")
+    m.set_defaults(func=_memory)
 
     r = sub.add_parser("make-random", help="write an untrained random checkpoint (for tests and demos)")
     r.add_argument("path")

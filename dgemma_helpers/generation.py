@@ -32,21 +32,28 @@ from .errors import DeviceError, InputError
 from .fast import FastStepper
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, check_call, prompt_batch, token_id_list
+from .memory import PREFILL_CHUNK, cache_capacity, check_fits, estimate_memory
 from .model import DiffusionGemma
 from .fast.quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode
 
-PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
 PATHS = ("auto", "torch", "fast")
 
 
-def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache,
-            valid: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time; the hidden states per chunk."""
-    return [model.encode(ids[:, s:s + PREFILL_CHUNK], cache, None if valid is None else valid[:, s:s + PREFILL_CHUNK])
-            for s in range(0, ids.shape[1], PREFILL_CHUNK)]
+def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None,
+            on_chunk: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time, so that the attention masks
+    and activations of a long prompt stay bounded (memory.py counts them). Returns the final hidden
+    states of the last chunk (enough to predict the next token); `on_chunk(start, hidden)` sees every
+    chunk's before it is dropped."""
+    hidden = None
+    for s in range(0, ids.shape[1], PREFILL_CHUNK):
+        hidden = model.encode(ids[:, s:s + PREFILL_CHUNK], cache, None if valid is None else valid[:, s:s + PREFILL_CHUNK])
+        if on_chunk is not None:
+            on_chunk(s, hidden)
+    return hidden
 
 
 @dataclass
@@ -167,8 +174,11 @@ def generate(
     source = make_rng(rng, seed, B, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
     step_fn = stepper(path, model, settings, rng, record_topk)
+    needs = estimate_memory(config, P, max_new_tokens=settings.max_new_tokens, batch_size=B, dtype=model.dtype,
+                            probabilities=device.type != "cpu" or source.needs_probs or bool(record_topk))
+    check_fits(needs, device, f"generating {settings.max_new_tokens} tokens after {B} prompt(s) of up to {P:,} tokens")
 
-    cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
+    cache = KVCache(config, B, cache_capacity(config, P, settings.max_new_tokens), device=device, dtype=model.dtype)
     timings = Timings()
     t0 = time.perf_counter()
     prefill(model, ids, cache, valid)

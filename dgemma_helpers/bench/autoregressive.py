@@ -101,7 +101,7 @@ def generate_autoregressive(
     # The last new token is never encoded: nothing reads its keys.
     cache = KVCache(config, B, P + n_new - 1, device=device, dtype=model.dtype)
     timings = ARTimings()
-    hidden = prefill(model, ids, cache, valid)[-1]
+    hidden = prefill(model, ids, cache, valid)
     logits = model.logits(hidden[:, -1:])[:, 0]
     synchronize(device)
     timings.prefill_s = time.perf_counter() - t_start
@@ -154,8 +154,15 @@ def continuation_nll(model: DiffusionGemma, prompt_ids: Sequence[Sequence[int]],
             continue
         seq = torch.tensor([list(prompt) + new], device=model.device)
         cache = KVCache(model.config, 1, seq.shape[1], device=model.device, dtype=model.dtype)
-        hidden = torch.cat(prefill(model, seq, cache), dim=1)
-        logits = model.logits(hidden[0, len(prompt) - 1:-1])  # the positions that predict the new tokens
-        total += F.cross_entropy(logits, seq[0, len(prompt):], reduction="sum").item()
+        first, last = len(prompt) - 1, seq.shape[1] - 1  # the positions that predict the new tokens
+
+        def score(start: int, hidden: torch.Tensor) -> None:
+            nonlocal total
+            lo, hi = max(first, start), min(last, start + hidden.shape[1])
+            if lo < hi:
+                logits = model.logits(hidden[0, lo - start:hi - start])
+                total += F.cross_entropy(logits, seq[0, lo + 1:hi + 1], reduction="sum").item()
+
+        prefill(model, seq, cache, on_chunk=score)
         count += len(new)
     return total / count if count else float("nan")
