@@ -33,6 +33,9 @@ FLOAT = 4  # temporaries are float32 whatever the weights' dtype (norms, softmax
 # Per-token activations of one layer, in units of hidden size: residual stream, norm outputs,
 # attention output, the dense and expert outputs (the wide ones are counted separately).
 HIDDEN_COPIES = 12
+# What the allocator holds beyond the tensors counted (fragmentation, small buffers), on each peak.
+SLACK = 1.15
+OVERHEAD = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
     prefill = tokens(n) + masks + rebuilt_keys(S) + B * n * H * FLOAT  # + the chunk's returned hidden states
     logits = (6 if probabilities else 2) * B * L * V * FLOAT  # logits, tempered, probabilities, soft input
     denoise = tokens(L) + logits + rebuilt_keys(S + L) + B * L * (S + L) * (1 + FLOAT)
+    prefill, denoise = (int(SLACK * peak) + OVERHEAD for peak in (prefill, denoise))
     return MemoryEstimate(kv_cache=kv_cache, prefill=prefill, denoise=denoise, weights=weights, context=S,
                           batch_size=B)
 
