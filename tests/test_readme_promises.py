@@ -41,6 +41,8 @@ PROMISES = {
     "`load_model` checks every tensor's name and shape against the config": [
         "tests/test_errors.py::test_misshaped_tensor", "tests/test_errors.py::test_not_enough_memory_is_refused_before_loading",
         "tests/test_checkpoint_validation.py"],
+    "refuses a call that the device has no room for": [
+        "tests/test_long_context.py::test_a_call_that_cannot_fit_is_refused_before_anything_is_allocated"],
     "It never unpickles": ["tests/test_errors.py::test_pickle_checkpoint_is_refused_without_opening"],
 }
 
