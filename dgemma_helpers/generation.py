@@ -31,22 +31,55 @@ from .devices import has_fp8, synchronize, triton_support
 from .errors import DeviceError, InputError
 from .fast import FastStepper
 from .head import materialized_head, tiled_head
-from .inputs import canvas_inputs, check_call, prompt_batch, token_id_list
+from .inputs import canvas_inputs, check_call, prompt_inputs, token_id_list
 from .model import DiffusionGemma
 from .fast.quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode
+from .vision import prompt_embeddings
 
 PREFILL_CHUNK = 2048  # longer prompts are encoded in chunks to bound attention memory
 PATHS = ("auto", "torch", "fast")
 
 
 def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache,
-            valid: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time; the hidden states per chunk."""
+            valid: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
+            blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time; the hidden states per chunk.
+    `embeds`/`blocks`: an image prompt's (see DiffusionGemma.encode); no chunk splits an image block."""
+    if embeds is not None or blocks is not None:
+        return _prefill_images(model, ids, cache, valid, embeds, blocks)
     return [model.encode(ids[:, s:s + PREFILL_CHUNK], cache, None if valid is None else valid[:, s:s + PREFILL_CHUNK])
             for s in range(0, ids.shape[1], PREFILL_CHUNK)]
+
+
+def _prefill_images(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None,
+                    embeds: torch.Tensor | None, blocks: torch.Tensor | None) -> list[torch.Tensor]:
+    bounds = chunk_bounds(blocks, ids.shape[1])
+    return [model.encode(ids[:, s:e], cache, None if valid is None else valid[:, s:e],
+                         embeds=None if embeds is None else embeds[:, s:e],
+                         blocks=None if blocks is None else blocks[:, s:e]) for s, e in zip(bounds, bounds[1:])]
+
+
+def chunk_bounds(blocks: torch.Tensor | None, n: int, chunk: int = PREFILL_CHUNK) -> list[int]:
+    """Chunk boundaries 0 = b0 < b1 < ... = n, about `chunk` apart, never inside an image block (its
+    tokens must see each other, and a block split over two encode calls could not): a boundary that
+    would fall in one moves back to the block's start, or past its end when the block began the chunk."""
+    bounds = [0]
+    while bounds[-1] + chunk < n:
+        b = bounds[-1] + chunk
+        if blocks is not None:
+            inside = (blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])  # rows whose block spans b
+            while bool(inside.any()) and b > bounds[-1] + 1:
+                b -= 1
+                inside = (blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])
+            if bool(inside.any()):  # one block fills the whole chunk: end the chunk after it
+                b = bounds[-1] + chunk
+                while b < n and bool(((blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])).any()):
+                    b += 1
+        bounds.append(b)
+    return bounds + [n] if bounds[-1] < n else bounds
 
 
 @dataclass
@@ -156,7 +189,7 @@ def generate(
         confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
     config, device = model.config, model.device
     V, L, N = config.vocab_size, config.canvas_length, settings.max_denoising_steps
-    ids, valid, prompt_ids = prompt_batch(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
+    ids, valid, prompt_ids, images = prompt_inputs(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
     B, P = ids.shape
     n_canvases = math.ceil(settings.max_new_tokens / L)
     if P + n_canvases * L > config.max_position_embeddings:
@@ -171,7 +204,11 @@ def generate(
     cache = KVCache(config, B, P + (n_canvases - 1) * L, device=device, dtype=model.dtype)
     timings = Timings()
     t0 = time.perf_counter()
-    prefill(model, ids, cache, valid)
+    if images is None:
+        prefill(model, ids, cache, valid)
+    else:
+        embeds, blocks = prompt_embeddings(model, ids, valid, images)
+        prefill(model, ids, cache, valid, embeds=embeds, blocks=blocks)
     synchronize(device)
     timings.prefill_s = time.perf_counter() - t0
 
