@@ -56,7 +56,7 @@ def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache,
 
 def _prefill_images(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None,
                     embeds: torch.Tensor | None, blocks: torch.Tensor | None) -> list[torch.Tensor]:
-    bounds = chunk_bounds(blocks, ids.shape[1])
+    bounds = chunk_bounds(blocks, ids.shape[1], PREFILL_CHUNK)
     return [model.encode(ids[:, s:e], cache, None if valid is None else valid[:, s:e],
                          embeds=None if embeds is None else embeds[:, s:e],
                          blocks=None if blocks is None else blocks[:, s:e]) for s, e in zip(bounds, bounds[1:])]
