@@ -290,8 +290,10 @@ class DiffusionGemma(nn.Module):
         self.path = None
         # load_model's vision tower (dgemma_helpers/vision.py VisionTower), when the checkpoint has a
         # trained one: a plain attribute, not a submodule, so the text model's state_dict, parameter
-        # count and casts stay the text model's.
+        # count and casts stay the text model's. `vision_note` says why there is none (for the error
+        # an image then gets): a placeholder tower, vision=False, or none in the checkpoint.
         self.vision = None
+        self.vision_note = None
 
     def init_buffers(self) -> None:
         """(Re)make the buffers that come from the config, not the checkpoint, beside the embedding

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .config import TINY_VISION_CONFIG, ModelConfig, read_json
 from .errors import CheckpointError, InputError
@@ -163,8 +164,6 @@ def load_vision(path: Path, raw_config: dict[str, Any], entries: dict[str, Any],
                 device: torch.device, dtype: torch.dtype) -> VisionTower:
     """transformers' tower and embedder, built from vision_config on `device`, with the checkpoint's
     weights (names and shapes already checked by check_vision_tensors)."""
-    from safetensors import SafetensorError, safe_open
-
     vision_config = raw_config["vision_config"]
     with torch.device("meta"):
         tower, embed, _ = _build(vision_config, config.hidden_size)

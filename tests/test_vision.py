@@ -4,6 +4,8 @@ pixel_values, and every bad image input refused with the fix."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,19 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
+from transformers.processing_utils import ProcessorMixin
 
 import dgemma_helpers as dg
 from dgemma_helpers import generation
 from dgemma_helpers.cache import KVCache
 from dgemma_helpers.checkpoint import weights_bytes
+from dgemma_helpers.cli import main
 from dgemma_helpers.config import TINY_VISION_CONFIG
 from dgemma_helpers.inputs import prompt_inputs
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
-from dgemma_helpers.vision import MAX_IMAGES, prompt_embeddings
+from dgemma_helpers.vision import MAX_IMAGES, is_placeholder, prompt_embeddings
 
 # A small real tower (not the placeholder): 8-pixel patches pooled 2x2, 70 soft tokens at most.
 VISION = {"model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -68,12 +74,6 @@ def processor(path):
     Its constructor insists on an audio feature extractor and a video processor (the latter needs
     torchvision), and its input check on audio tokens even for images: none of them plays a part in
     image prompts, so the class check is bypassed and the audio tokens are declared."""
-    import json
-
-    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
-    from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
-    from transformers.processing_utils import ProcessorMixin
-
     tok = AutoTokenizer.from_pretrained(path, extra_special_tokens={
         "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
         "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"})
@@ -217,8 +217,6 @@ def test_placeholder_and_missing_towers_refuse_images_with_the_fix(placeholder, 
             (bare / f.name).write_bytes(f.read_bytes())
     tensors = {n: t for n, t in load_file(placeholder / "model.safetensors").items() if "vision" not in n}
     save_file(tensors, bare / "model.safetensors", metadata={"format": "pt"})
-    import json
-
     config = json.loads((placeholder / "config.json").read_text())
     config.pop("vision_config")
     (bare / "config.json").write_text(json.dumps(config))
@@ -230,8 +228,6 @@ def test_placeholder_and_missing_towers_refuse_images_with_the_fix(placeholder, 
 
 
 def test_placeholder_is_recognised_by_its_config():
-    from dgemma_helpers.vision import is_placeholder
-
     assert is_placeholder(dict(TINY_VISION_CONFIG, rms_norm_eps=1e-6)) and not is_placeholder(VISION)
 
 
@@ -283,6 +279,13 @@ def test_too_many_images_and_text_parts(model):
     assert parts.prompt_ids == plain.prompt_ids
 
 
+def test_prompt_length_counts_the_image_tokens(tmp_path):
+    short = make_random_checkpoint(tmp_path / "short", vision_config=VISION, max_position_embeddings=96)
+    model = dg.load_model(short, device="cpu")
+    with pytest.raises(dg.InputError, match=r"the prompt \(\d+ tokens\) plus 1 canvas.*context of 96 tokens"):
+        dg.generate(model, messages=chat(1), max_new_tokens=16)  # ~70 image tokens + text + a 16-token canvas
+
+
 def test_image_paths_and_cli(model, path, tmp_path, capsys):
     file = tmp_path / "pic.png"
     picture(40, 56, 0).save(file)
@@ -291,8 +294,6 @@ def test_image_paths_and_cli(model, path, tmp_path, capsys):
     by_pil = dg.generate(model, messages=_image_chat(Image.open(file)), max_new_tokens=8, max_denoising_steps=2,
                          seed=0)
     assert torch.equal(by_path.token_ids, by_pil.token_ids) and by_str.prompt_ids == by_pil.prompt_ids
-    from dgemma_helpers.cli import main
-
     rc = main(["generate", "--model", str(path), "--chat", "What?", "--image", str(file), "--image", str(file),
                "--max-new-tokens", "8", "--steps", "2", "--device", "cpu"])
     assert rc in (0, None)
@@ -309,6 +310,6 @@ def test_text_loads_never_import_the_vision_modules(placeholder):
             "('transformers.models.gemma4.modeling', 'transformers.models.gemma4.image_processing', "
             "'transformers.models.diffusion_gemma.modeling'))))")
     out = subprocess.run([sys.executable, "-c", code, str(placeholder)], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(Path(dg.__file__).parents[1])})
+                         env={**os.environ, "PYTHONPATH": str(Path(dg.__file__).parents[1])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
