@@ -308,7 +308,8 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
                "model weights are floating point, so the file was written wrongly: re-download the checkpoint, or "
                "re-save it in bfloat16 or float32 (save_pretrained, or dg.save_checkpoint)")
         raise CheckpointError(
-            f"tensor {name if name in vision else kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} ({what})"
+            f"tensor {name if name in vision else kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} "
+            f"({what})"
             + (f", and {len(bad_dtype) - 1} more tensor(s) are not floating point" if len(bad_dtype) > 1 else "")
             + f": {fix}. Weights must be {', '.join(FLOAT_DTYPES.values())}.")
     for name, entry in plan.items():
@@ -356,8 +357,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         log.info("skipped the %d vision-tower tensors: an untrained placeholder (vision_config = the kit's "
                  "TINY_VISION_CONFIG), not a vision model", len(vision_entries))
     elif vision_entries:
-        note = "the model was loaded with vision=False" if vision is False else "config.json has no vision_config"
+        note = "config.json has no vision_config"
         log.info("text-only engine: skipped the %d vision-tower tensors", len(vision_entries))
+    if vision is False:
+        note = "the model was loaded with vision=False"
 
     need = weights_bytes(config, dtype, vision_shapes) + runtime_bytes(config, dtype)
     free = available_memory(device)

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ def _prefill_images(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, va
     bounds = chunk_bounds(blocks, ids.shape[1], PREFILL_CHUNK)
     return [model.encode(ids[:, s:e], cache, None if valid is None else valid[:, s:e],
                          embeds=None if embeds is None else embeds[:, s:e],
-                         blocks=None if blocks is None else blocks[:, s:e]) for s, e in zip(bounds, bounds[1:])]
+                         blocks=None if blocks is None else blocks[:, s:e]) for s, e in pairwise(bounds)]
 
 
 def chunk_bounds(blocks: torch.Tensor | None, n: int, chunk: int = PREFILL_CHUNK) -> list[int]:

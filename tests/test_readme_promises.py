@@ -42,6 +42,10 @@ PROMISES = {
         "tests/test_errors.py::test_misshaped_tensor", "tests/test_errors.py::test_not_enough_memory_is_refused_before_loading",
         "tests/test_checkpoint_validation.py"],
     "It never unpickles": ["tests/test_errors.py::test_pickle_checkpoint_is_refused_without_opening"],
+    "A URL is refused (nothing is downloaded)": [
+        "tests/test_vision.py::test_bad_images_are_refused_with_the_fix",
+        "tests/test_vision.py::test_too_many_images_and_text_parts",
+        "tests/test_vision.py::test_placeholder_and_missing_towers_refuse_images_with_the_fix"],
 }
 
 

@@ -93,7 +93,8 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
         if tokenizer:
             vocab = text["vocab_size"]
-            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(vocab, 400), image_tokens=vision_config is not None)
+            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(vocab, 400),
+                                  image_tokens=vision_config is not None)
             tok.save_pretrained(tmp)
         if vision_config is not None:
             (tmp / "processor_config.json").write_text(json.dumps(processor_json(vision_config, max_soft_tokens),
