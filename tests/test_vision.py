@@ -314,3 +314,70 @@ def test_text_loads_never_import_the_vision_modules(placeholder):
                          env={**os.environ, "PYTHONPATH": str(Path(dg.__file__).parents[1])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_causal_image_reading_where_the_config_says_so(tmp_path):
+    """use_bidirectional_attention null (transformers' default): images are read causally, by both."""
+    causal = make_random_checkpoint(tmp_path / "causal", embed_std=1.0, vision_config=VISION,
+                                    use_bidirectional_attention=None)
+    model, ref = dg.load_model(causal, device="cpu"), DiffusionGemmaForBlockDiffusion.from_pretrained(causal).eval()
+    assert not model.config.bidirectional_vision
+    chats = [chat(1)]
+    ids, _, _, images = prompt_inputs(model, None, chats, None, None, 0)
+    features = torch.cat(images.features)
+    # transformers' encoder over the same image features (their parity is test_encoder_logits_...): with
+    # the flag null, generate() builds plain causal masks, as a direct call does.
+    with torch.no_grad():
+        inputs_embeds = ref.model.encoder.get_input_embeddings()(ids)
+        inputs_embeds[ids == model.config.image_token_id] = features
+        cache = DynamicCache(config=ref.config.get_text_config(decoder=True))
+        hidden = ref.model.encoder(inputs_embeds=inputs_embeds, cache=cache).last_hidden_state
+        cap = ref.config.get_text_config().final_logit_softcapping
+        expected = torch.tanh(ref.lm_head(hidden) / cap) * cap
+    mine, _, _ = our_encoder_logits(model, chats)
+    assert rel_err(mine, expected) < REL_TOL
+
+
+def test_bad_vision_weights_and_processor_configs_are_refused(path, tmp_path):
+    def copy(name: str) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        for f in path.iterdir():
+            (out / f.name).write_bytes(f.read_bytes())
+        return out
+
+    tensors = load_file(path / "model.safetensors")
+    name = "model.encoder.embed_vision.embedding_projection.weight"
+    missing = copy("missing")
+    save_file({n: t for n, t in tensors.items() if n != name}, missing / "model.safetensors")
+    with pytest.raises(dg.CheckpointError, match=f"lacks 1 vision tensor.*{name}.*vision=False"):
+        dg.load_model(missing, device="cpu")
+    assert dg.load_model(missing, device="cpu", vision=False).vision is None  # text still loads
+    misshaped = copy("misshaped")
+    save_file({**tensors, name: tensors[name][:, :-1].contiguous()}, misshaped / "model.safetensors")
+    with pytest.raises(dg.CheckpointError, match=f"{name}' has shape .* but vision_config implies"):
+        dg.load_model(misshaped, device="cpu")
+    integer = copy("integer")
+    save_file({**tensors, name: tensors[name].to(torch.int32)}, integer / "model.safetensors")
+    with pytest.raises(dg.CheckpointError, match=f"{name}' in model.safetensors is stored as I32"):
+        dg.load_model(integer, device="cpu")
+    patches = copy("patches")
+    config = json.loads((path / "processor_config.json").read_text())
+    config["image_processor"]["patch_size"] = 16
+    (patches / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(dg.CheckpointError, match="patch_size=16 differs from vision_config.patch_size=8"):
+        dg.load_model(patches, device="cpu")
+    defaults = copy("defaults")
+    (defaults / "processor_config.json").unlink()
+    settings = dg.load_model(defaults, device="cpu").vision.processor
+    assert settings == {"patch_size": 8, "pooling_kernel_size": 2, "max_soft_tokens": 280}  # transformers' defaults
+
+
+def test_a_template_that_drops_images_is_refused(model):
+    template = model.tokenizer.chat_template
+    model.tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}{% endfor %}"
+    try:
+        with pytest.raises(dg.InputError, match="holds 1 image.*wrote 0 image placeholder"):
+            dg.generate(model, messages=chat(1), max_new_tokens=8)
+    finally:
+        model.tokenizer.chat_template = template
