@@ -73,31 +73,20 @@ class KVCache:
         q_pos = torch.arange(p, p + n, device=device)
 
         full_pos = torch.arange(p + n, device=device)
-        full = full_pos[None, :] <= q_pos[:, None]  # [n, p+n]
-        same = None
+        full = (full_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, n, p+n]
+        slid_pos = torch.cat([self.ring_pos, q_pos])  # sliding keys: [ring | n new]
+        sliding = ((slid_pos[None, :] >= 0) & (slid_pos[None, :] <= q_pos[:, None])
+                   & (slid_pos[None, :] > q_pos[:, None] - self.window))[None, None]  # [1, 1, n, ring+n]
         if blocks is not None and bool((blocks >= 0).any()):
-            same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # [B, n, n]
-            full = full[None].expand(same.shape[0], -1, -1).clone()
-            full[:, :, p:] |= same
-            full = full[:, None]
-        full = full[None, None] if full.ndim == 2 else full
-        full = full & self.valid[:, None, None, :p + n] if self.any_padding else full
-
-        slid_pos = torch.cat([self.ring_pos, q_pos])
-        sliding = (slid_pos[None, :] >= 0) & (slid_pos[None, :] <= q_pos[:, None]) \
-            & (slid_pos[None, :] > q_pos[:, None] - self.window)
-        if same is not None:  # a block is seen whole, even where it is wider than the window
-            sliding = sliding[None].expand(same.shape[0], -1, -1).clone()
-            sliding[:, :, self.ring:] |= same
-            sliding = sliding[:, None]
-        if sliding.ndim == 4:
-            if self.any_padding:
-                sliding = sliding & self.valid[:, slid_pos.clamp(min=0)][:, None, None, :]
-        elif self.any_padding:
-            slot_valid = self.valid[:, slid_pos.clamp(min=0)]  # [B, ring+n]
-            sliding = sliding[None, None] & slot_valid[:, None, None, :]
-        else:
-            sliding = sliding[None, None]
+            same = ((blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0))[:, None]  # [B, 1, n, n]
+            B = same.shape[0]
+            full = torch.cat([full[..., :p].expand(B, -1, -1, -1), full[..., p:] | same], dim=-1)
+            # A block is seen whole even where it is wider than the window, as transformers' OR gives it.
+            sliding = torch.cat([sliding[..., :self.ring].expand(B, -1, -1, -1), sliding[..., self.ring:] | same],
+                                dim=-1)
+        if self.any_padding:
+            full = full & self.valid[:, None, None, :p + n]
+            sliding = sliding & self.valid[:, slid_pos.clamp(min=0)][:, None, None, :]
         return q_pos, {FULL: full, SLIDING: sliding}
 
     # ---- denoiser: bidirectional over the canvas, reads the prefix ---------------------------
