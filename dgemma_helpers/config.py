@@ -1,8 +1,9 @@
 """Model and generation settings, parsed from a checkpoint's config.json / generation_config.json.
 
-`ModelConfig` is the text model only (the vision tower is not part of this engine). It is read
-from the `text_config` of a `DiffusionGemmaForBlockDiffusion` config.json, in both the layout that
-transformers writes (`per_layer_config`) and the one the official checkpoint ships
+`ModelConfig` is the text model (plus the image token ids and the image attention flag; the vision
+tower itself runs in transformers' modules, built from config.json's vision_config by vision.py).
+It is read from the `text_config` of a `DiffusionGemmaForBlockDiffusion` config.json, in both the
+layout that transformers writes (`per_layer_config`) and the one the official checkpoint ships
 (`global_head_dim` / `num_global_key_value_heads`).
 """
 

@@ -15,9 +15,11 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     """Left-padded ids [B, P], the validity mask [B, P] (False on pads) and each row's own ids.
     Text only: callers other than generate() (introspection, the benchmark engines) take no images."""
-    ids, valid, rows, images = prompt_inputs(model, prompt, messages, input_ids, thinking, pad_id)
-    if images is not None:
-        raise InputError("this function takes text prompts only: give images to dg.generate(messages=...).")
+    if messages is not None:
+        chats = check_chats(messages)
+        if any(next(_image_parts(chat, c, len(chats)), None) for c, chat in enumerate(chats)):
+            raise InputError("this function takes text prompts only: give images to dg.generate(messages=...).")
+    ids, valid, rows, _ = prompt_inputs(model, prompt, messages, input_ids, thinking, pad_id)
     return ids, valid, rows
 
 

@@ -28,7 +28,7 @@ from dgemma_helpers.cache import KVCache
 from dgemma_helpers.checkpoint import weights_bytes
 from dgemma_helpers.cli import main
 from dgemma_helpers.config import TINY_VISION_CONFIG
-from dgemma_helpers.inputs import prompt_inputs
+from dgemma_helpers.inputs import prompt_batch, prompt_inputs
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 from dgemma_helpers.vision import MAX_IMAGES, is_placeholder, prompt_embeddings
 
@@ -371,6 +371,12 @@ def test_bad_vision_weights_and_processor_configs_are_refused(path, tmp_path):
     (defaults / "processor_config.json").unlink()
     settings = dg.load_model(defaults, device="cpu").vision.processor
     assert settings == {"patch_size": 8, "pooling_kernel_size": 2, "max_soft_tokens": 280}  # transformers' defaults
+
+
+def test_text_only_callers_refuse_images(model):
+    """prompt_batch (introspection, the benchmark engines) takes text only, before reading any image."""
+    with pytest.raises(dg.InputError, match="text prompts only.*dg.generate"):
+        prompt_batch(model, None, _image_chat("/no/such/file.png"), None, None, 0)
 
 
 def test_a_template_that_drops_images_is_refused(model):
