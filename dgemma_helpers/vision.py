@@ -90,6 +90,7 @@ class VisionTower:
 
 
 def _build(vision_config: dict[str, Any], text_hidden: int):
+    """transformers' tower and embedder for a vision_config, as DiffusionGemmaEncoderModel.__init__ builds them."""
     from transformers import AutoConfig, AutoModel
     from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
 
@@ -261,7 +262,11 @@ def expand_images(model, rows: list[list[int]], images: list[list]) -> tuple[lis
             out_rows.append(list(row))
             features.append(torch.zeros(0, c.hidden_size, device=model.device, dtype=model.dtype))
             continue
-        data = vision.preprocess(imgs)
+        try:
+            data = vision.preprocess(imgs)
+        except (ValueError, TypeError, OSError) as e:  # e.g. an image too thin to cut into one patch row
+            raise InputError(f"an image of chat {r} could not be preprocessed ({type(e).__name__}: {e}): give an "
+                             "ordinary RGB or greyscale picture of a reasonable aspect ratio.") from e
         counts = [int(n) for n in data["num_soft_tokens_per_image"]]
         expanded, k = [], 0
         for t in row:
