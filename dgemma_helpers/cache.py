@@ -60,8 +60,15 @@ class KVCache:
         self._denoise_memo: tuple | None = None
 
     # ---- encoder: causal over n new tokens, appended to the prefix ---------------------------
-    def begin_encode(self, n: int, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Masks]:
-        """Positions and attention masks for encoding n new tokens. `valid` [B, n]: False on pads."""
+    def begin_encode(self, n: int, valid: torch.Tensor | None = None,
+                     blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, Masks]:
+        """Positions and attention masks for encoding n new tokens. `valid` [B, n]: False on pads.
+
+        `blocks` [B, n]: an image-block id per new token (-1 for text). Tokens of one block see each
+        other both ways, on top of the causal (and sliding-window) rule, as transformers' encoder
+        does under use_bidirectional_attention="vision" (masking_utils' blockwise_overlay, OR-ed with
+        the causal or sliding rule, then AND-ed with the padding mask). A block lies within one call
+        (prefill never splits one), so only the n new keys can share a query's block."""
         p = self.length
         if p + n > self.capacity:
             raise ValueError(f"KV cache full: {p} + {n} tokens exceed its capacity of {self.capacity}.")
@@ -73,17 +80,20 @@ class KVCache:
         q_pos = torch.arange(p, p + n, device=device)
 
         full_pos = torch.arange(p + n, device=device)
-        full = full_pos[None, :] <= q_pos[:, None]  # [n, p+n]
-        full = full[None, None] & self.valid[:, None, None, :p + n] if self.any_padding else full[None, None]
-
-        slid_pos = torch.cat([self.ring_pos, q_pos])
-        sliding = (slid_pos[None, :] >= 0) & (slid_pos[None, :] <= q_pos[:, None]) \
-            & (slid_pos[None, :] > q_pos[:, None] - self.window)
+        full = (full_pos[None, :] <= q_pos[:, None])[None, None]  # [1, 1, n, p+n]
+        slid_pos = torch.cat([self.ring_pos, q_pos])  # sliding keys: [ring | n new]
+        sliding = ((slid_pos[None, :] >= 0) & (slid_pos[None, :] <= q_pos[:, None])
+                   & (slid_pos[None, :] > q_pos[:, None] - self.window))[None, None]  # [1, 1, n, ring+n]
+        if blocks is not None and bool((blocks >= 0).any()):
+            same = ((blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0))[:, None]  # [B, 1, n, n]
+            B = same.shape[0]
+            full = torch.cat([full[..., :p].expand(B, -1, -1, -1), full[..., p:] | same], dim=-1)
+            # A block is seen whole even where it is wider than the window, as transformers' OR gives it.
+            sliding = torch.cat([sliding[..., :self.ring].expand(B, -1, -1, -1), sliding[..., self.ring:] | same],
+                                dim=-1)
         if self.any_padding:
-            slot_valid = self.valid[:, slid_pos.clamp(min=0)]  # [B, ring+n]
-            sliding = sliding[None, None] & slot_valid[:, None, None, :]
-        else:
-            sliding = sliding[None, None]
+            full = full & self.valid[:, None, None, :p + n]
+            sliding = sliding & self.valid[:, slid_pos.clamp(min=0)][:, None, None, :]
         return q_pos, {FULL: full, SLIDING: sliding}
 
     # ---- denoiser: bidirectional over the canvas, reads the prefix ---------------------------

@@ -29,6 +29,7 @@ from .memory import estimate_memory
 from .model import DiffusionGemma
 from .tokenizer import load_tokenizer
 from .validate import is_int, shown
+from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_status
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -41,7 +42,6 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 # What model weights may be stored as. The kit's own checkpoints are never fp8: quantize_experts()
 # quantises at load time (fast/quant.py), so an fp8 or integer tensor is someone else's layout.
 FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 TEXT_PREFIXES = ("model.decoder.", "model.encoder.language_model.")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PICKLE_HINT = ("which this kit never opens (unpickling runs arbitrary code). If you trust the file, convert it once "
@@ -251,9 +251,11 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def weights_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
+def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tuple[int, ...]] | None = None) -> int:
+    """The text model's weights, plus the vision tower's (name -> shape) when it is loaded."""
     size = torch.empty((), dtype=dtype).element_size()
-    return sum(_numel(shape) for shape in expected_tensors(config).values()) * size
+    shapes = list(expected_tensors(config).values()) + list((vision or {}).values())
+    return sum(_numel(shape) for shape in shapes) * size
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, context: int = 4096) -> int:
@@ -263,16 +265,17 @@ def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, 
 
 
 def plan_tensors(path: Path, entries: dict[str, TensorEntry],
-                 config: ModelConfig) -> tuple[dict[str, TensorEntry], int]:
+                 config: ModelConfig) -> tuple[dict[str, TensorEntry], dict[str, TensorEntry]]:
     """Model parameter name -> checkpoint tensor, with every name, dtype and shape checked against
-    the config (nothing is read but the headers); also the number of vision tensors skipped."""
+    the config (nothing is read but the headers); also the vision tensors (checkpoint name -> tensor),
+    which load_model loads into transformers' vision modules or skips, with dtypes checked here."""
     expected = expected_tensors(config)
     plan: dict[str, TensorEntry] = {}
     unknown: list[str] = []
-    skipped_vision = 0
+    vision: dict[str, TensorEntry] = {}
     for hf_name, entry in entries.items():
         if hf_name.startswith(VISION_PREFIXES):
-            skipped_vision += 1
+            vision[hf_name] = entry
             continue
         if hf_name == "lm_head.weight":  # tied to the embedding, which the engine reads once
             continue
@@ -294,7 +297,7 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
             f"({config.num_layers} layers, {config.num_experts} experts) does not have: {_listed(unknown)}. The "
             "weights and the config do not match (or this is not a DiffusionGemmaForBlockDiffusion checkpoint): use the "
             "config.json that came with these weights, or re-download the checkpoint.")
-    bad_dtype = [(n, e) for n, e in plan.items() if e.dtype not in FLOAT_DTYPES]
+    bad_dtype = [(n, e) for n, e in list(plan.items()) + list(vision.items()) if e.dtype not in FLOAT_DTYPES]
     if bad_dtype:
         name, entry = bad_dtype[0]
         what = "fp8" if entry.dtype.startswith("F8") else "boolean" if entry.dtype == "BOOL" else "integer"
@@ -304,7 +307,8 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
                "model weights are floating point, so the file was written wrongly: re-download the checkpoint, or "
                "re-save it in bfloat16 or float32 (save_pretrained, or dg.save_checkpoint)")
         raise CheckpointError(
-            f"tensor {kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} ({what})"
+            f"tensor {name if name in vision else kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} "
+            f"({what})"
             + (f", and {len(bad_dtype) - 1} more tensor(s) are not floating point" if len(bad_dtype) > 1 else "")
             + f": {fix}. Weights must be {', '.join(FLOAT_DTYPES.values())}.")
     for name, entry in plan.items():
@@ -315,26 +319,49 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s), e.g. {missing[:3]}: the download is "
                               f"incomplete or the weights belong to another config. {GET_MODEL_HINT}")
-    return plan, skipped_vision
+    return plan, vision
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None) -> DiffusionGemma:
+               dtype: str | torch.dtype | None = None, *, vision: bool | None = None) -> DiffusionGemma:
     """Load a DiffusionGemmaForBlockDiffusion checkpoint directory (official or tiny) for generation.
 
     device: "cuda", "cuda:1", "cpu", ... (default: the first GPU if there is one, else the CPU).
     dtype: "bfloat16", "float32", ... (default: bfloat16 on GPU, float32 on CPU).
+    vision: None loads the vision tower (into transformers' modules, dgemma_helpers/vision.py) when the
+    checkpoint has a trained one; False skips it; True requires one.
     """
+    if vision not in (None, True, False):
+        raise InputError(f"vision must be None (load a trained vision tower if there is one), True (require one) "
+                         f"or False (skip it), got {shown(vision)}.")
     path, config = read_config(path)
     settings = read_generation_settings(path, config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     # Map and check names, dtypes and shapes before allocating anything.
-    plan, skipped_vision = plan_tensors(path, index_checkpoint(path), config)
-    if skipped_vision:
-        log.info("text-only engine: skipped the %d vision-tower tensors", skipped_vision)
+    plan, vision_entries = plan_tensors(path, index_checkpoint(path), config)
+    raw_config = read_json(path / "config.json", "model config")
+    status = vision_status(raw_config, list(vision_entries))
+    vision_shapes, note = None, None
+    if vision is True and status != "real":
+        what = "an untrained placeholder vision tower (the kit's TINY_VISION_CONFIG)" if status == "placeholder" \
+            else "no vision tower"
+        raise CheckpointError(f"load_model(vision=True): {path} has {what}. Use a checkpoint with a trained vision "
+                              f"tower, such as the official google/diffusiongemma-26B-A4B-it, or load without "
+                              "vision=True for text only.")
+    if status == "real" and vision is not False:
+        vision_shapes = check_vision_tensors(path, vision_entries, raw_config["vision_config"], config.hidden_size)
+    elif status == "placeholder" and vision is None:
+        note = "its vision tower is an untrained placeholder"
+        log.info("skipped the %d vision-tower tensors: an untrained placeholder (vision_config = the kit's "
+                 "TINY_VISION_CONFIG), not a vision model", len(vision_entries))
+    elif vision_entries:
+        note = "config.json has no vision_config"
+        log.info("text-only engine: skipped the %d vision-tower tensors", len(vision_entries))
+    if vision is False:
+        note = "the model was loaded with vision=False"
 
-    need = weights_bytes(config, dtype) + runtime_bytes(config, dtype)
+    need = weights_bytes(config, dtype, vision_shapes) + runtime_bytes(config, dtype)
     free = available_memory(device)
     if free is not None and need > free:
         raise DeviceError(
@@ -363,6 +390,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     model.generation_settings = settings
 
     model.tokenizer = load_tokenizer(path)
+    if vision_shapes is not None:
+        model.vision = load_vision(path, raw_config, vision_entries, config, device, dtype)
+    model.vision_note = note
     return model
 
 

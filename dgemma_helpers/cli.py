@@ -15,8 +15,8 @@ from .bench.command import add_sweep_arguments, run_bench, run_report
 from .cache import KVCache
 from .checkpoint import load_model, read_config, weights_bytes
 from .devices import resolve_dtype
+from .errors import DGemmaError, InputError
 from .memory import estimate_memory
-from .errors import DGemmaError
 from .generation import generate
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
@@ -24,6 +24,10 @@ from .train.trainer import TrainConfig
 
 
 def _generate(args: argparse.Namespace) -> None:
+    if args.image and not args.chat:
+        raise InputError("--image goes with --chat (the image is part of a chat message), not --prompt.")
+    if args.image and args.engine != "kit":
+        raise InputError("--image runs on the kit's engine only (--engine kit).")
     if args.engine != "kit":
         return vllm_cli.generate(args)
     from tqdm.auto import tqdm
@@ -49,7 +53,9 @@ def _generate(args: argparse.Namespace) -> None:
                   stability_threshold=args.stability_threshold, rng=args.rng, path=args.path,
                   confidence_threshold=0.0 if args.no_early_stop else args.confidence_threshold)
     if args.chat:
-        result = generate(model, messages=[{"role": "user", "content": args.chat}], thinking=args.thinking, **kwargs)
+        content = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": args.chat}]
+        content = content if args.image else args.chat
+        result = generate(model, messages=[{"role": "user", "content": content}], thinking=args.thinking, **kwargs)
     else:
         result = generate(model, args.prompt, **kwargs)
     for bar in bars.values():
@@ -100,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     what = g.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="plain text to continue")
     what.add_argument("--chat", help="a user message, sent through the checkpoint's chat template")
+    g.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="a local image file shown before the --chat message (repeat for several); needs a checkpoint "
+                        "with a trained vision tower")
     g.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                    help="thinking on/off, where the chat template supports it")
     ckpt = "default: the checkpoint's generation_config.json, else the published"

@@ -1,8 +1,9 @@
 """Model and generation settings, parsed from a checkpoint's config.json / generation_config.json.
 
-`ModelConfig` is the text model only (the vision tower is not part of this engine). It is read
-from the `text_config` of a `DiffusionGemmaForBlockDiffusion` config.json, in both the layout that
-transformers writes (`per_layer_config`) and the one the official checkpoint ships
+`ModelConfig` is the text model (plus the image token ids and the image attention flag; the vision
+tower itself runs in transformers' modules, built from config.json's vision_config by vision.py).
+It is read from the `text_config` of a `DiffusionGemmaForBlockDiffusion` config.json, in both the
+layout that transformers writes (`per_layer_config`) and the one the official checkpoint ships
 (`global_head_dim` / `num_global_key_value_heads`).
 """
 
@@ -41,6 +42,7 @@ JSON_NAMES = {
     "max_position_embeddings": "text_config.max_position_embeddings", "layer_types": "text_config.layer_types",
     "pad_token_id": "text_config.pad_token_id", "bos_token_id": "text_config.bos_token_id",
     "eos_token_ids": "text_config.eos_token_id", "canvas_length": "canvas_length",
+    "image_token_id": "image_token_id", "boi_token_id": "boi_token_id", "eoi_token_id": "eoi_token_id",
 }
 
 
@@ -72,6 +74,15 @@ class ModelConfig:
     pad_token_id: int = 0
     bos_token_id: int = 2
     eos_token_ids: tuple[int, ...] = (1,)
+    # Image prompts (dgemma_helpers/vision.py): the soft-token ids that wrap and stand for an image,
+    # and whether the encoder attends bidirectionally inside an image (text_config.
+    # use_bidirectional_attention == "vision", as the official checkpoint sets it; transformers' default
+    # when the field is absent is None: causal everywhere). Only checked against the vocabulary when an
+    # image is actually given, since transformers writes these defaults into text-only configs too.
+    image_token_id: int = 258_880
+    boi_token_id: int = 255_999
+    eoi_token_id: int = 258_882
+    bidirectional_vision: bool = True
 
     def __post_init__(self) -> None:
         if not self.layer_types:
@@ -177,6 +188,10 @@ class ModelConfig:
             pad_token_id=t.integer("pad_token_id", 0, low=0, high=vocab - 1, nullable=True),
             bos_token_id=t.integer("bos_token_id", 2, low=0, high=vocab - 1, nullable=True),
             eos_token_ids=t.token_ids("eos_token_id", (1,), vocab, nullable=True),
+            image_token_id=top.integer("image_token_id", 258_880, low=0, nullable=True),
+            boi_token_id=top.integer("boi_token_id", 255_999, low=0, nullable=True),
+            eoi_token_id=top.integer("eoi_token_id", 258_882, low=0, nullable=True),
+            bidirectional_vision=text.get("use_bidirectional_attention") == "vision",
         )
         config.validate(source)
         return config
@@ -263,13 +278,16 @@ class ModelConfig:
             "attention_bias": False,
             "attention_dropout": 0.0,
             "initializer_range": 0.02,
-            "use_bidirectional_attention": None,
+            "use_bidirectional_attention": "vision" if self.bidirectional_vision else None,
         }
         return {
             "architectures": ["DiffusionGemmaForBlockDiffusion"],
             "model_type": "diffusion_gemma",
             "canvas_length": self.canvas_length,
             "tie_word_embeddings": True,
+            "image_token_id": self.image_token_id,
+            "boi_token_id": self.boi_token_id,
+            "eoi_token_id": self.eoi_token_id,
             "text_config": text,
             "vision_config": dict(TINY_VISION_CONFIG),
         }

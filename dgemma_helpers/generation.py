@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -31,29 +32,54 @@ from .devices import has_fp8, synchronize, triton_support
 from .errors import DeviceError, InputError
 from .fast import FastStepper
 from .head import materialized_head, tiled_head
-from .inputs import canvas_inputs, check_call, prompt_batch, token_id_list
+from .inputs import canvas_inputs, check_call, prompt_inputs, token_id_list
 from .memory import PREFILL_CHUNK, cache_capacity, check_fits, estimate_memory
 from .model import DiffusionGemma
 from .fast.quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode
+from .vision import prompt_embeddings
 
 PATHS = ("auto", "torch", "fast")
 
 
-def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None,
+def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *,
+            embeds: torch.Tensor | None = None, blocks: torch.Tensor | None = None,
             on_chunk: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Encode `ids` [B, n] into `cache`, PREFILL_CHUNK tokens at a time, so that the attention masks
-    and activations of a long prompt stay bounded (memory.py counts them). Returns the final hidden
-    states of the last chunk (enough to predict the next token); `on_chunk(start, hidden)` sees every
-    chunk's before it is dropped."""
+    """Encode `ids` [B, n] into `cache`, about PREFILL_CHUNK tokens at a time, so that the attention
+    masks and activations of a long prompt stay bounded (memory.py counts them). `embeds`/`blocks`:
+    an image prompt's (see DiffusionGemma.encode); no chunk splits an image block. Returns the final
+    hidden states of the last chunk (enough to predict the next token); `on_chunk(start, hidden)`
+    sees every chunk's before it is dropped."""
     hidden = None
-    for s in range(0, ids.shape[1], PREFILL_CHUNK):
-        hidden = model.encode(ids[:, s:s + PREFILL_CHUNK], cache, None if valid is None else valid[:, s:s + PREFILL_CHUNK])
+    for s, e in pairwise(chunk_bounds(blocks, ids.shape[1], PREFILL_CHUNK)):
+        hidden = model.encode(ids[:, s:e], cache, None if valid is None else valid[:, s:e],
+                              embeds=None if embeds is None else embeds[:, s:e],
+                              blocks=None if blocks is None else blocks[:, s:e])
         if on_chunk is not None:
             on_chunk(s, hidden)
     return hidden
+
+
+def chunk_bounds(blocks: torch.Tensor | None, n: int, chunk: int = PREFILL_CHUNK) -> list[int]:
+    """Chunk boundaries 0 = b0 < b1 < ... = n, about `chunk` apart, never inside an image block (its
+    tokens must see each other, and a block split over two encode calls could not): a boundary that
+    would fall in one moves back to the block's start, or past its end when the block began the chunk."""
+    bounds = [0]
+    while bounds[-1] + chunk < n:
+        b = bounds[-1] + chunk
+        if blocks is not None:
+            inside = (blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])  # rows whose block spans b
+            while bool(inside.any()) and b > bounds[-1] + 1:
+                b -= 1
+                inside = (blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])
+            if bool(inside.any()):  # one block fills the whole chunk: end the chunk after it
+                b = bounds[-1] + chunk
+                while b < n and bool(((blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])).any()):
+                    b += 1
+        bounds.append(b)
+    return bounds + [n] if bounds[-1] < n else bounds
 
 
 @dataclass
@@ -163,7 +189,7 @@ def generate(
         confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
     config, device = model.config, model.device
     V, L, N = config.vocab_size, config.canvas_length, settings.max_denoising_steps
-    ids, valid, prompt_ids = prompt_batch(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
+    ids, valid, prompt_ids, images = prompt_inputs(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
     B, P = ids.shape
     n_canvases = math.ceil(settings.max_new_tokens / L)
     if P + n_canvases * L > config.max_position_embeddings:
@@ -181,7 +207,9 @@ def generate(
     cache = KVCache(config, B, cache_capacity(config, P, settings.max_new_tokens), device=device, dtype=model.dtype)
     timings = Timings()
     t0 = time.perf_counter()
-    prefill(model, ids, cache, valid)
+    # An image prompt: the vision tower's features in place of the image tokens' embeddings.
+    embeds, blocks = (None, None) if images is None else prompt_embeddings(model, ids, valid, images)
+    prefill(model, ids, cache, valid, embeds=embeds, blocks=blocks)
     synchronize(device)
     timings.prefill_s = time.perf_counter() - t0
 

@@ -8,11 +8,25 @@ import torch
 
 from .errors import InputError
 from .tokenizer import encode_prompts
+from .vision import MAX_IMAGES, ImageBatch, expand_images, load_image, require_vision
 
 
 def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-    """Left-padded ids [B, P], the validity mask [B, P] (False on pads) and each row's own ids."""
+    """Left-padded ids [B, P], the validity mask [B, P] (False on pads) and each row's own ids.
+    Text only: callers other than generate() (introspection, the benchmark engines) take no images."""
+    if messages is not None:
+        chats = check_chats(messages)
+        if any(next(_image_parts(chat, c, len(chats)), None) for c, chat in enumerate(chats)):
+            raise InputError("this function takes text prompts only: give images to dg.generate(messages=...).")
+    ids, valid, rows, _ = prompt_inputs(model, prompt, messages, input_ids, thinking, pad_id)
+    return ids, valid, rows
+
+
+def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], ImageBatch | None]:
+    """prompt_batch's tensors, plus the image features when the chats hold images (None otherwise):
+    each image is expanded into its soft tokens in the ids (dgemma_helpers/vision.py)."""
     given = [name for name, v in (("prompt", prompt), ("messages", messages), ("input_ids", input_ids)) if v is not None]
     if len(given) != 1:
         raise InputError(f"give exactly one of prompt, messages or input_ids (got {given or 'none'}).")
@@ -24,9 +38,18 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
             raise InputError(f"prompt must be a string or a non-empty list of strings (got {_shown(prompt)}).")
         if any(not p.strip() for p in prompts):
             raise InputError("a prompt is empty: give some text to continue (or messages=... for a chat).")
+    image_batch = None
+    if prompt is not None:
         rows = encode_prompts(model.tokenizer, prompts, None, thinking)
     elif messages is not None:
-        rows = encode_prompts(model.tokenizer, None, check_chats(messages), thinking)
+        chats = check_chats(messages)
+        parts = [list(_image_parts(chat, c, len(chats))) for c, chat in enumerate(chats)]
+        if any(parts):
+            require_vision(model)  # before reading any file: the model decides whether images can be read
+        images = [[load_image(part["image"], where) for where, part in row] for row in parts]
+        rows = encode_prompts(model.tokenizer, None, [_for_template(chat) for chat in chats], thinking)
+        if any(images):
+            rows, image_batch = expand_images(model, rows, images)
     else:
         rows = _id_rows(input_ids)
     if any(len(r) == 0 for r in rows):
@@ -42,7 +65,7 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
         ids[i, P - len(r):] = torch.tensor(r)
         valid[i, P - len(r):] = True
     device = model.device
-    return ids.to(device), valid.to(device), rows
+    return ids.to(device), valid.to(device), rows, image_batch
 
 
 ROLES = ("system", "user", "assistant")
@@ -64,8 +87,65 @@ def check_chats(messages) -> list[list[dict]]:
             if m["role"] not in ROLES:
                 raise InputError(f"{where} has role {m['role']!r}; the chat template knows {', '.join(ROLES)}.")
             if not isinstance(m["content"], str):
-                raise InputError(f"{where} has content {_shown(m['content'])}; give the message text as a string.")
+                _check_parts(m["content"], where)
+        n_images = sum(1 for _ in _image_parts(chat, c, len(chats)))
+        if n_images > MAX_IMAGES:
+            raise InputError(f"chat {c} holds {n_images} images; the kit takes at most {MAX_IMAGES} per chat (all of a "
+                             "prompt's images go through the vision tower at once): split the question, or give "
+                             "fewer images.")
     return [list(chat) for chat in chats]
+
+
+PART_TYPES = ("text", "image")
+
+
+def _check_parts(content, where: str) -> None:
+    """A message's content as a list of parts: {'type': 'text', 'text': str} or {'type': 'image',
+    'image': a PIL image or a local file path}, each checked by position."""
+    if not isinstance(content, (list, tuple)) or not content:
+        raise InputError(f"{where} has content {_shown(content)}; give the message text as a string, or a non-empty "
+                         "list of parts like {'type': 'text', 'text': '...'} and {'type': 'image', 'image': PATH}.")
+    for j, part in enumerate(content):
+        at = f"{where}, part {j}"
+        if not isinstance(part, dict) or "type" not in part:
+            raise InputError(f"{at} must be a dict with a 'type' ('text' or 'image'), got {_shown(part)}.")
+        if part["type"] not in PART_TYPES:
+            raise InputError(f"{at} has type {part['type']!r}; the kit reads 'text' and 'image' parts only.")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise InputError(f"{at} is a text part whose 'text' is {_shown(part.get('text'))}; give a string.")
+        if part["type"] == "image":
+            if "url" in part:
+                raise InputError(f"{at} gives an image by 'url': the kit never downloads (no network at run time). "
+                                 "Download it and give {'type': 'image', 'image': LOCAL_PATH} or a PIL image.")
+            if part.get("image") is None:
+                raise InputError(f"{at} is an image part without its image: give {{'type': 'image', 'image': X}}, X a "
+                                 "PIL image or a local file path.")
+
+
+def _image_parts(chat: list[dict], c: int, n_chats: int):
+    """(where, part) for every image part of a chat, in order."""
+    for i, m in enumerate(chat):
+        if isinstance(m.get("content"), (list, tuple)):
+            for j, part in enumerate(m["content"]):
+                if isinstance(part, dict) and part.get("type") == "image":
+                    yield f"message {i}" + (f" of chat {c}" if n_chats > 1 else "") + f", part {j}", part
+
+
+def _for_template(chat: list[dict]) -> list[dict]:
+    """The chat as the template reads it: text-only part lists joined into a string (trimmed parts,
+    as Gemma's template joins them: every template reads strings), image parts as bare
+    {'type': 'image'} (the template only places them; the pixels never reach it)."""
+    out = []
+    for m in chat:
+        content = m["content"]
+        if isinstance(content, (list, tuple)):
+            if all(p["type"] == "text" for p in content):
+                content = "".join(p["text"].strip() for p in content)
+            else:
+                content = [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+                           for p in content]
+        out.append({**m, "content": content})
+    return out
 
 
 def _id_rows(input_ids) -> list[list[int]]:

@@ -334,6 +334,12 @@ class DiffusionGemma(nn.Module):
         self.generation_settings = None
         self.tokenizer = None
         self.path = None
+        # load_model's vision tower (dgemma_helpers/vision.py VisionTower), when the checkpoint has a
+        # trained one: a plain attribute, not a submodule, so the text model's state_dict, parameter
+        # count and casts stay the text model's. `vision_note` says why there is none (for the error
+        # an image then gets): a placeholder tower, vision=False, or none in the checkpoint.
+        self.vision = None
+        self.vision_note = None
 
     def init_buffers(self) -> None:
         """(Re)make the buffers that come from the config, not the checkpoint, beside the embedding
@@ -379,10 +385,19 @@ class DiffusionGemma(nn.Module):
         cache.end()
         return self.norm(x)
 
-    def encode(self, ids: torch.Tensor, cache, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal pass over new tokens [B, n]; appends them to `cache`. Returns final hidden states."""
-        positions, masks = cache.begin_encode(ids.shape[1], valid)
-        return self._run_layers(self.embed(ids), positions, masks, cache, encoder=True)
+    def encode(self, ids: torch.Tensor, cache, valid: torch.Tensor | None = None, *,
+               embeds: torch.Tensor | None = None, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal pass over new tokens [B, n]; appends them to `cache`. Returns final hidden states.
+
+        `embeds` [B, n, hidden]: input embeddings to use instead of `embed(ids)` (an image prompt's,
+        with the vision features at the image-token positions: dgemma_helpers/vision.py).
+        `blocks` [B, n]: image-block ids (-1 for text); attention is bidirectional inside a block."""
+        if blocks is not None and not self.config.bidirectional_vision:
+            blocks = None  # the checkpoint's encoder reads images causally, like text
+        positions, masks = (cache.begin_encode(ids.shape[1], valid) if blocks is None
+                            else cache.begin_encode(ids.shape[1], valid, blocks))
+        x = self.embed(ids) if embeds is None else embeds
+        return self._run_layers(x, positions, masks, cache, encoder=True)
 
     def denoise(self, canvas: torch.Tensor, cache, soft_embeds: torch.Tensor | None = None,
                 soft_mask: torch.Tensor | None = None) -> torch.Tensor:

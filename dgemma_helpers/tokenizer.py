@@ -12,24 +12,34 @@ log = logging.getLogger("dgemma_helpers")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<think>", "</think>"]
+# Gemma 4's image tokens: begin of image, the soft-token placeholder, end of image (ids follow
+# SPECIAL_TOKENS when train_tokenizer(image_tokens=True)). The chat template writes one placeholder
+# per {"type": "image"} part; dgemma_helpers/vision.py expands it to boi, N placeholders, eoi.
+IMAGE_TOKENS = ["<|image>", "<|image|>", "<image|>"]
 # Gemma-style turns; `enable_thinking=False` closes an empty thought so the model answers directly.
+# Content is a string, or a list of parts as Gemma's template takes them: text parts trimmed, each
+# image part as the image placeholder.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if m['content'] is string %}{{ m['content'] | trim }}{% else %}{% for part in m['content'] %}"
+    "{% if part['type'] == 'image' %}<|image|>{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n"
     "{% if enable_thinking is defined and not enable_thinking %}<think></think>\n{% endif %}{% endif %}"
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096):
-    """A byte-level BPE tokenizer with the kit's special tokens, as a transformers fast tokenizer."""
+def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096, image_tokens: bool = False):
+    """A byte-level BPE tokenizer with the kit's special tokens, as a transformers fast tokenizer.
+    `image_tokens` adds IMAGE_TOKENS right after them (ids 8, 9, 10), for image prompts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    specials = SPECIAL_TOKENS + (IMAGE_TOKENS if image_tokens else [])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     from tokenizers.processors import TemplateProcessing

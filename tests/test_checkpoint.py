@@ -33,7 +33,8 @@ def test_sharded_checkpoint_loads_like_a_single_file(checkpoint, reference, tmp_
 def test_vision_tower_is_skipped_with_a_one_line_note(checkpoint, capfd):
     dg.load_model(checkpoint("plain"))
     notes = [line for line in capfd.readouterr().err.splitlines() if "vision" in line]
-    assert notes == ["dgemma_helpers: text-only engine: skipped the 16 vision-tower tensors"]
+    assert notes == ["dgemma_helpers: skipped the 16 vision-tower tensors: an untrained placeholder (vision_config = "
+                     "the kit's TINY_VISION_CONFIG), not a vision model"]
 
 
 def test_bfloat16_load_casts_every_tensor(checkpoint):

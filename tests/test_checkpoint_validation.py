@@ -217,7 +217,8 @@ def test_tied_encoder_copies_and_vision_tensors_are_skipped(ckpt, capfd):
     save_tensors(ckpt / "model.safetensors", tensors)
     dg.load_model(ckpt)
     notes = [line for line in capfd.readouterr().err.splitlines() if "vision" in line]
-    assert notes == ["dgemma_helpers: text-only engine: skipped the 16 vision-tower tensors"]
+    assert notes == ["dgemma_helpers: skipped the 16 vision-tower tensors: an untrained placeholder (vision_config = "
+                     "the kit's TINY_VISION_CONFIG), not a vision model"]
 
 
 # ---- safetensors layout -----------------------------------------------------------------------------

@@ -44,6 +44,10 @@ PROMISES = {
     "refuses a call that the device has no room for": [
         "tests/test_long_context.py::test_a_call_that_cannot_fit_is_refused_before_anything_is_allocated"],
     "It never unpickles": ["tests/test_errors.py::test_pickle_checkpoint_is_refused_without_opening"],
+    "A URL is refused (nothing is downloaded)": [
+        "tests/test_vision.py::test_bad_images_are_refused_with_the_fix",
+        "tests/test_vision.py::test_too_many_images_and_text_parts",
+        "tests/test_vision.py::test_placeholder_and_missing_towers_refuse_images_with_the_fix"],
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from ..atomic import atomic_dir
 from ..checkpoint import generation_json
 from ..config import TINY_VISION_CONFIG, GenerationSettings
-from ..tokenizer import train_tokenizer
+from ..tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 # Shapes of the real model in miniature: sliding + full layers (keys as values), MoE, odd vocab.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -37,6 +37,7 @@ _SAMPLE_TEXT = (
 
 def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, seed: int = 0, canvas_length: int = 16,
                            tokenizer: bool = True, embed_std: float | None = None, shared_layer_scalars: bool = False,
+                           vision_config: dict[str, Any] | None = None, max_soft_tokens: int = 70,
                            **overrides: Any) -> Path:
     """Write an untrained checkpoint with transformers' `save_pretrained`, atomically.
 
@@ -44,6 +45,11 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
     which makes near-greedy sampling decisions robust to float rounding in comparisons.
     `shared_layer_scalars` gives the encoder's layer scalars the denoiser's values, as trained
     checkpoints have them: vLLM loads one per layer for both passes (the kit and transformers keep two).
+    `vision_config` (a gemma4_vision config dict) gives it a real random vision tower instead of the
+    TINY_VISION_CONFIG placeholder, as the official checkpoint has it: the image token ids point at the
+    tokenizer's image tokens, text_config.use_bidirectional_attention is "vision" (the official value),
+    the tower's output projection is as wide as the text embeddings (so images sway the logits), and a
+    processor_config.json like the official one (with `max_soft_tokens` soft tokens per image) is written.
     """
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
@@ -51,7 +57,13 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     text = dict(PRESETS[preset], **overrides)
     text.setdefault("eos_token_id", [1, 5])  # <eos>, <end_of_turn>
-    config = DiffusionGemmaConfig(text_config=text, vision_config=dict(TINY_VISION_CONFIG), canvas_length=canvas_length)
+    image_ids = {}
+    if vision_config is not None:
+        text.setdefault("use_bidirectional_attention", "vision")
+        boi, image, eoi = (len(SPECIAL_TOKENS) + i for i in range(3))  # train_tokenizer(image_tokens=True)
+        image_ids = dict(boi_token_id=boi, image_token_id=image, eoi_token_id=eoi)
+    config = DiffusionGemmaConfig(text_config=text, vision_config=dict(vision_config or TINY_VISION_CONFIG),
+                                  canvas_length=canvas_length, **image_ids)
     torch.manual_seed(seed)
     model = DiffusionGemmaForBlockDiffusion(config).eval()
     with torch.no_grad():
@@ -71,6 +83,8 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
                     b.copy_(buffers[name.replace("encoder.language_model.", "decoder.")])
         if embed_std is not None:
             model.model.decoder.embed_tokens.weight.normal_(0.0, embed_std, generator=g)
+        if vision_config is not None:
+            model.model.encoder.embed_vision.embedding_projection.weight.normal_(0.0, 1.0, generator=g)
     path = Path(path)
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
@@ -79,9 +93,29 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
         if tokenizer:
             vocab = text["vocab_size"]
-            train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(vocab, 400)).save_pretrained(tmp)
+            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(vocab, 400),
+                                  image_tokens=vision_config is not None)
+            tok.save_pretrained(tmp)
+        if vision_config is not None:
+            (tmp / "processor_config.json").write_text(json.dumps(processor_json(vision_config, max_soft_tokens),
+                                                                  indent=2) + "\n")
         (tmp / "README.md").write_text(
             f"# Untrained random DiffusionGemma ({preset} preset)\n\nRandom weights: its text is noise. Made by "
             "`python -m dgemma_helpers make-random` to exercise the engine without a download.\n")
         (tmp / "dgemma_random.json").write_text(json.dumps({"preset": preset, "seed": seed, "untrained": True}))
     return path
+
+
+def processor_json(vision_config: dict[str, Any], max_soft_tokens: int) -> dict[str, Any]:
+    """processor_config.json in the official Gemma 4 layout: the image processor's settings (its
+    defaults, with the tower's patch and pooling sizes) and the soft tokens per image."""
+    return {
+        "processor_class": "Gemma4Processor", "image_seq_length": max_soft_tokens,
+        "image_processor": {
+            "image_processor_type": "Gemma4ImageProcessor", "do_convert_rgb": True, "do_normalize": False,
+            "do_rescale": True, "do_resize": True, "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+            "rescale_factor": 1 / 255, "resample": 3, "image_seq_length": max_soft_tokens,
+            "max_soft_tokens": max_soft_tokens, "patch_size": vision_config.get("patch_size", 16),
+            "pooling_kernel_size": vision_config.get("pooling_kernel_size", 3),
+        },
+    }
