@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
 import torch
 
-from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
+# Triton decides at import time whether its own library functions (tl.sum, ...) run under the
+# interpreter: set before any test module imports triton (transformers imports it too), so that the
+# kernels run interpreted on a CPU whichever test file is collected first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from dgemma_helpers.train.random_checkpoint import make_random_checkpoint  # noqa: E402
 
 # Checkpoint shapes the reference tests run on. All have sliding and full layers (full layers with
 # keys as values) and a MoE block.

@@ -171,11 +171,15 @@ def test_prefill_chunks_never_split_an_image_block(model, monkeypatch):
     for b in bounds[1:-1]:
         assert not bool(((blocks[:, b] >= 0) & (blocks[:, b] == blocks[:, b - 1])).any())
     whole = KVCache(model.config, 2, ids.shape[1], device="cpu", dtype=torch.float32)
-    one = torch.cat(generation.prefill(model, ids, whole, valid, embeds=embeds, blocks=blocks), dim=1)
+    one = generation.prefill(model, ids, whole, valid, embeds=embeds, blocks=blocks)
+    assert one.shape[1] == ids.shape[1]  # a single chunk
     monkeypatch.setattr(generation, "PREFILL_CHUNK", 20)
     chunked = KVCache(model.config, 2, ids.shape[1], device="cpu", dtype=torch.float32)
-    parts = generation.prefill(model, ids, chunked, valid, embeds=embeds, blocks=blocks)
-    assert len(parts) == len(bounds) - 1
+    parts = []
+    last = generation.prefill(model, ids, chunked, valid, embeds=embeds, blocks=blocks,
+                              on_chunk=lambda start, hidden: parts.append((start, hidden)))
+    assert [start for start, _ in parts] == bounds[:-1] and last is parts[-1][1]
+    parts = [hidden for _, hidden in parts]
     assert rel_err(torch.cat(parts, dim=1)[valid], one[valid]) < REL_TOL
 
 
