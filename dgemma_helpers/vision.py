@@ -18,6 +18,7 @@ transformers and PIL are imported lazily: the package, and a text-only load, nev
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ PROCESSOR_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_n
 # What the official Gemma 4 checkpoints ship in processor_config.json ("image_processor"), equal to
 # transformers' Gemma4ImageProcessorPil defaults; used when a checkpoint ships no processor config.
 DEFAULT_MAX_SOFT_TOKENS = 280
+# The official checkpoint's vision tower, as published for the Gemma 4 26B-A4B family it shares:
+# 27 layers of width 1152 (16 heads of 72), patches of 16 pixels, 3x3 pooling into soft tokens. It
+# lets notebooks count the tower without the checkpoint (a loaded checkpoint uses its own config).
+OFFICIAL_VISION_CONFIG = {
+    "model_type": "gemma4_vision", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 72, "global_head_dim": 72, "patch_size": 16,
+    "pooling_kernel_size": 3, "position_embedding_size": 10240, "default_output_length": 280, "standardize": True,
+}
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^data:")
 
 
@@ -116,6 +125,11 @@ def expected_vision_tensors(vision_config: dict[str, Any], text_hidden: int) -> 
     for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
         out.update({prefix + n: tuple(t.shape) for n, t in module.state_dict().items()})
     return out
+
+
+def vision_parameters(vision_config: dict[str, Any], text_hidden: int) -> int:
+    """Parameters of a vision tower and its embedder, counted on weightless modules."""
+    return sum(math.prod(shape) for shape in expected_vision_tensors(vision_config, text_hidden).values())
 
 
 def check_vision_tensors(path: Path, entries: dict[str, Any], vision_config: dict[str, Any],

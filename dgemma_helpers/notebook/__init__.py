@@ -10,10 +10,10 @@ expert routing (02), the sampler sweep and infilling (03), their plots and plain
 
 from .environment import EnvironmentReport, environment_report
 from .infill import InfillCanvas, infill_canvas
-from .introspection import expert_routing, layer_pattern, parameter_counts, weight_sharing
+from .introspection import expert_routing, layer_pattern, parameter_counts, vision_share, weight_sharing
 from .sweep import RoundLog, SweepRow, sampler_sweep
 from .tables import format_table, records
 
 __all__ = ["EnvironmentReport", "InfillCanvas", "RoundLog", "SweepRow", "environment_report", "expert_routing",
            "format_table", "infill_canvas", "layer_pattern", "parameter_counts", "records", "sampler_sweep",
-           "weight_sharing"]
+           "vision_share", "weight_sharing"]

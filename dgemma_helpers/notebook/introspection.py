@@ -20,6 +20,7 @@ from ..config import SLIDING, ModelConfig
 from ..errors import InputError
 from ..inputs import prompt_batch
 from ..model import DiffusionGemma
+from ..vision import OFFICIAL_VISION_CONFIG, vision_parameters
 
 # Parameter groups, in the order a token meets them.
 PARTS = ("embedding", "self-conditioning", "attention", "norms", "dense MLP", "router", "experts")
@@ -77,6 +78,36 @@ def parameter_counts(model_or_config: DiffusionGemma | ModelConfig) -> Parameter
     active_by_part["experts"] = by_part["experts"] // c.num_experts * c.top_k_experts
     return ParameterCounts(total=model.num_parameters(), active=model.num_parameters(active=True),
                            by_part=by_part, active_by_part=active_by_part)
+
+
+@dataclass
+class VisionShare:
+    """The vision tower's parameters beside the text model's."""
+
+    text: int
+    vision: int  # 0 where the model has no (trained) tower
+    note: str  # where the vision number comes from, or why there is none
+
+    @property
+    def share(self) -> float:
+        return self.vision / (self.text + self.vision)
+
+
+def vision_share(model_or_config: DiffusionGemma | ModelConfig, vision_config: dict | None = None) -> VisionShare:
+    """A loaded model's tower (model.vision), or for a config the tower of `vision_config` (default:
+    the official checkpoint's), counted on weightless modules."""
+    text = parameter_counts(model_or_config).total
+    if isinstance(model_or_config, ModelConfig):
+        vc = vision_config or OFFICIAL_VISION_CONFIG
+        note = "the official checkpoint's vision tower" if vision_config is None else "the given vision_config"
+        return VisionShare(text=text, vision=vision_parameters(vc, model_or_config.hidden_size),
+                           note=f"{note} ({vc['num_hidden_layers']} layers of width {vc['hidden_size']}), counted "
+                                "from its shape")
+    tower = getattr(model_or_config, "vision", None)
+    if tower is None:
+        return VisionShare(text=text, vision=0, note=getattr(model_or_config, "vision_note", None)
+                           or "this model has no vision tower")
+    return VisionShare(text=text, vision=tower.num_parameters(), note="the loaded vision tower and its embedder")
 
 
 # ---- encoder / denoiser weight sharing -------------------------------------------------------------
