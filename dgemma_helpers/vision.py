@@ -244,7 +244,9 @@ def require_vision(model) -> VisionTower:
     if getattr(model, "vision", None) is not None:
         return model.vision
     why = getattr(model, "vision_note", None) or "this checkpoint has no vision tower"
-    raise InputError(f"an image was given, but {why}: {NO_VISION_FIX}.")
+    fix = ("load it again without vision=False" if "vision=False" in why else
+           f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL}")
+    raise InputError(f"an image was given, but {why}: {fix}.")
 
 
 @dataclass
