@@ -414,10 +414,15 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
     path = Path(path)
     with atomic_dir(path) as tmp:
         tensors = {kit_to_hf(n): t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
-        tensors.update(_vision_tensors(model.config))
+        # A loaded vision tower is written back whole; a text model gets the placeholder transformers needs.
+        vision = getattr(model, "vision", None)
+        tensors.update(vision.checkpoint_tensors() if vision is not None else _vision_tensors(model.config))
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         config = model.config.to_hf()
         config["dtype"] = str(model.dtype).replace("torch.", "")
+        if vision is not None:
+            config["vision_config"] = vision.vision_config()
+            (tmp / "processor_config.json").write_text(json.dumps({"image_processor": vision.processor}, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         settings = generation_settings or model.generation_settings or GenerationSettings()
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")

@@ -97,6 +97,15 @@ class VisionTower:
     def num_parameters(self) -> int:
         return sum(t.numel() for m in (self.tower, self.embed) for t in m.state_dict().values())
 
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The tower's and the embedder's weights under their checkpoint names (what load_vision reads)."""
+        return {prefix + name: t.detach().to("cpu").contiguous()
+                for prefix, module in zip(VISION_PREFIXES, (self.tower, self.embed))
+                for name, t in module.state_dict().items()}
+
+    def vision_config(self) -> dict[str, Any]:
+        return self.tower.config.to_dict()
+
 
 def _build(vision_config: dict[str, Any], text_hidden: int):
     """transformers' tower and embedder for a vision_config, as DiffusionGemmaEncoderModel.__init__ builds them."""

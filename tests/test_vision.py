@@ -201,6 +201,23 @@ def test_vision_tower_load_notes_and_memory(path, model, tmp_path, capfd):
         dg.load_model(path, vision="yes")
 
 
+def test_save_checkpoint_keeps_a_loaded_vision_tower(model, tmp_path):
+    """The tower, its vision_config and the processor settings are written back: the saved model
+    reads an image prompt exactly as the loaded one (and transformers loads the file)."""
+    saved = dg.save_checkpoint(model, tmp_path / "saved", tokenizer=model.tokenizer)
+    again = dg.load_model(saved, device="cpu", dtype="float32")
+    assert again.vision is not None and again.vision.processor == model.vision.processor
+    batch = [prompt_inputs(m, None, [chat(2)], None, None, 0) for m in (model, again)]
+    assert batch[0][0].tolist() == batch[1][0].tolist()
+    logits = []
+    for m, (ids, valid, _, images) in zip((model, again), batch):
+        embeds, blocks = prompt_embeddings(m, ids, valid, images)
+        cache = KVCache(m.config, 1, ids.shape[1], device="cpu", dtype=torch.float32)
+        logits.append(m.logits(generation.prefill(m, ids, cache, valid, embeds=embeds, blocks=blocks)))
+    assert torch.equal(logits[0], logits[1])
+    DiffusionGemmaForBlockDiffusion.from_pretrained(saved, dtype=torch.float32)
+
+
 @pytest.fixture(scope="module")
 def placeholder(tmp_path_factory) -> Path:
     return make_random_checkpoint(tmp_path_factory.mktemp("placeholder") / "ckpt")
