@@ -349,8 +349,9 @@ def _full_attention_shape(t: Fields, layer_types: tuple[str, ...], head_dim: int
     return shapes.pop()
 
 
-# The smallest vision tower transformers accepts: checkpoints this kit writes are text-only in
-# practice, but keep the official layout so `DiffusionGemmaForBlockDiffusion` loads them.
+# The smallest vision tower transformers accepts: what the kit writes for a model without a loaded
+# tower (its trained models are text-only), in the official layout so that
+# `DiffusionGemmaForBlockDiffusion` loads the file; load_model recognises it and skips it.
 TINY_VISION_CONFIG = {
     "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
