@@ -14,9 +14,11 @@ from .bench import vllm_cli
 from .bench.command import add_sweep_arguments, run_bench, run_report
 from .cache import KVCache
 from .checkpoint import load_model, read_config, weights_bytes
+from .config import read_json
 from .devices import resolve_dtype
 from .errors import DGemmaError, InputError
 from .memory import estimate_memory
+from .vision import expected_vision_tensors, is_placeholder
 from .generation import generate
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
@@ -77,7 +79,11 @@ def _memory(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(args.dtype, torch.device("cuda"))  # the default is a GPU's, where long contexts run
     estimate = estimate_memory(config, args.prompt_tokens, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, dtype=dtype)
-    estimate = dataclasses.replace(estimate, weights=weights_bytes(config, dtype))
+    # A trained vision tower's weights count too (built weightless from vision_config; nothing is read).
+    vision_config = read_json(path / "config.json", "config").get("vision_config")
+    tower = expected_vision_tensors(vision_config, config.hidden_size) \
+        if isinstance(vision_config, dict) and not is_placeholder(vision_config) else None
+    estimate = dataclasses.replace(estimate, weights=weights_bytes(config, dtype, tower))
     print(f"{path.name}, {str(dtype).replace('torch.', '')}, prompt of {args.prompt_tokens:,} tokens, "
           f"{args.max_new_tokens} new:\n{estimate.summary()}\nKV cache per further token: "
           f"{KVCache.bytes_per_token(config, dtype) * args.batch_size:,} bytes")

@@ -408,3 +408,10 @@ def test_a_template_that_drops_images_is_refused(model):
             dg.generate(model, messages=chat(1), max_new_tokens=8)
     finally:
         model.tokenizer.chat_template = template
+
+
+def test_the_memory_command_counts_the_vision_tower(path, model, capsys):
+    assert main(["memory", "--model", str(path), "--prompt-tokens", "100", "--dtype", "float32"]) == 0
+    weights = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("weights"))
+    expected = weights_bytes(model.config, torch.float32) + 4 * model.vision.num_parameters()
+    assert f"{expected / 2**20:.1f} MiB" in weights
