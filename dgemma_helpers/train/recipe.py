@@ -170,4 +170,7 @@ Samples (held-out prompt in bold, then the model's continuation):
 
 A few million parameters trained for about an hour on Shakespeare (a {c.vocab_size}-token vocabulary): it spells
 and scans like Shakespeare without meaning much. It is a teaching model, not a language model to use.
+
+Text only: the file carries a minimal untrained vision tower solely so that transformers' loader
+accepts it; the kit recognises it, skips it, and refuses images (the official checkpoint reads them).
 """
