@@ -258,10 +258,11 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tup
     return sum(_numel(shape) for shape in shapes) * size
 
 
-def runtime_bytes(config: ModelConfig, dtype: torch.dtype, batch_size: int = 1, context: int = 4096) -> int:
+def runtime_bytes(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", batch_size: int = 1,
+                  context: int = 4096) -> int:
     """Working memory for one generation after a prompt of `context` tokens (memory.estimate_memory);
     load_model checks room for a modest prompt, and generate() checks each call's own."""
-    return estimate_memory(config, context, batch_size=batch_size, dtype=dtype).working
+    return estimate_memory(config, context, batch_size=batch_size, dtype=dtype, device=device).working
 
 
 def plan_tensors(path: Path, entries: dict[str, TensorEntry],
@@ -361,7 +362,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     if vision is False:
         note = "the model was loaded with vision=False"
 
-    need = weights_bytes(config, dtype, vision_shapes) + runtime_bytes(config, dtype)
+    need = weights_bytes(config, dtype, vision_shapes) + runtime_bytes(config, dtype, device)
     free = available_memory(device)
     if free is not None and need > free:
         raise DeviceError(

@@ -201,7 +201,7 @@ def generate(
     # denoise_step, or the fast path's drop-in (same call, same state updates).
     step_fn = stepper(path, model, settings, rng, record_topk)
     needs = estimate_memory(config, P, max_new_tokens=settings.max_new_tokens, batch_size=B, dtype=model.dtype,
-                            probabilities=device.type != "cpu" or source.needs_probs or bool(record_topk))
+                            device=device, probabilities=device.type != "cpu" or source.needs_probs or bool(record_topk))
     check_fits(needs, device, f"generating {settings.max_new_tokens} tokens after {B} prompt(s) of up to {P:,} tokens")
 
     cache = KVCache(config, B, cache_capacity(config, P, settings.max_new_tokens), device=device, dtype=model.dtype)

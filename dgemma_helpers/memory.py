@@ -75,11 +75,12 @@ def cache_capacity(config: ModelConfig, prompt_tokens: int, max_new_tokens: int)
 
 
 def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, max_new_tokens: int = 256,
-                    batch_size: int = 1, dtype: torch.dtype | None = None, probabilities: bool = True) -> MemoryEstimate:
+                    batch_size: int = 1, dtype: torch.dtype | None = None, probabilities: bool = True,
+                    device: torch.device | str | None = None) -> MemoryEstimate:
     """The memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row),
-    for a loaded model (its dtype, and its weights counted) or a config alone (dtype default bfloat16).
-    `probabilities`: the round materialises [B, canvas, vocab] probabilities (GPUs, and transformers'
-    RNG); False for the CPU's tiled head, which never holds them."""
+    for a loaded model (its dtype and device, and its weights counted) or a config alone (default:
+    bfloat16 on a CUDA GPU, where long contexts run). `probabilities`: the round materialises
+    [B, canvas, vocab] probabilities (GPUs, and transformers' RNG); False for the CPU's tiled head."""
     for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -87,11 +88,11 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
     weights = 0
     if isinstance(model, DiffusionGemma):
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        dtype = dtype or model.dtype
+        dtype, device = dtype or model.dtype, device or model.device
         config = model.config
     else:
         config = model
-    dtype = dtype or torch.bfloat16
+    dtype, cuda = dtype or torch.bfloat16, torch.device(device or "cuda").type == "cuda"
     B, L, V, H = batch_size, config.canvas_length, config.vocab_size, config.hidden_size
     S = cache_capacity(config, prompt_tokens, max_new_tokens)
     item = torch.empty((), dtype=dtype).element_size()
@@ -114,13 +115,24 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
         per = B * config.full_kv_heads * config.full_head_dim
         return per * slots * item + 3 * per * min(slots, 16_384) * FLOAT
 
+    def grouped(n: int, slots: int, head_dim: int, kv_heads: int) -> int:
+        # CUDA's masked attention takes no grouped KV heads: model.attend repeats them ([B, H, slots, D]
+        # keys and values) or the math kernel holds [B, H, n, slots] float32 scores, whichever is less.
+        if not cuda or kv_heads >= heads:
+            return 0
+        return B * heads * slots * min(n * FLOAT, 2 * head_dim * item)
+
+    def attention(n: int, slots: int) -> int:
+        sliding = grouped(n, ring + n, config.sliding_head_dim, config.sliding_kv_heads)
+        return max(sliding, grouped(n, slots, config.full_head_dim, config.full_kv_heads) if full else 0)
+
     n = min(prompt_tokens, PREFILL_CHUNK)
     # The masks of a chunk: [n, S] (full layers; per row when rows are padded) and [n, ring + n],
     # each as bool plus the float copy attention makes.
     masks = B * n * (S + ring + n) * (1 + FLOAT)
-    prefill = tokens(n) + masks + rebuilt_keys(S) + B * n * H * FLOAT  # + the chunk's returned hidden states
+    prefill = tokens(n) + masks + rebuilt_keys(S) + attention(n, S) + B * n * H * FLOAT  # + the chunk's hidden states
     logits = (6 if probabilities else 2) * B * L * V * FLOAT  # logits, tempered, probabilities, soft input
-    denoise = tokens(L) + logits + rebuilt_keys(S + L) + B * L * (S + L) * (1 + FLOAT)
+    denoise = tokens(L) + logits + rebuilt_keys(S + L) + attention(L, S + L) + B * L * (S + L) * (1 + FLOAT)
     prefill, denoise = (int(SLACK * peak) + OVERHEAD for peak in (prefill, denoise))
     return MemoryEstimate(kv_cache=kv_cache, prefill=prefill, denoise=denoise, weights=weights, context=S,
                           batch_size=B)

@@ -174,10 +174,28 @@ class Attention(nn.Module):
         else:  # full layers: the values are the keys normalised without a scale; the cache keeps only them
             values = cache.shared_kv(self.layer, self.v_norm(k_raw).transpose(1, 2))
             keys = rebuild_keys(values, self.k_norm, *rope[2:])
-        # q and k are RMS-normed, so the attention scale is 1, not 1/sqrt(d).
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, scale=1.0,
-                                             enable_gqa=True)
+        out = attend(q.transpose(1, 2), keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+           expand: bool | None = None) -> torch.Tensor:
+    """Attention of q [B, H, n, D] over keys/values [B, kv heads, S, D], each KV head serving
+    H / kv-heads query heads. q and k are RMS-normed, so the scale is 1, not 1/sqrt(D).
+
+    On CUDA, PyTorch's kernels that take a mask (memory-efficient, cuDNN) do not take grouped heads,
+    and the one that takes grouped heads (flash) takes no mask: a masked grouped call falls back to
+    the math kernel, which holds [B, H, n, S] float32 scores. `expand` (None: decide) repeats the KV
+    heads instead where that costs less memory than those scores: a prefill chunk over a long
+    prefix, not a 256-token canvas."""
+    groups = q.shape[1] // keys.shape[1]
+    if expand is None:
+        expand = (q.is_cuda and mask is not None and groups > 1
+                  and q.shape[2] * 4 > 2 * keys.shape[-1] * keys.element_size())
+    if expand and groups > 1:
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
 
 
 # ---- feed-forward: dense MLP and mixture of experts, side by side -----------------------------

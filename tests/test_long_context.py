@@ -14,6 +14,8 @@ import torch
 import dgemma_helpers as dg
 from dgemma_helpers.cli import main as cli
 from dgemma_helpers.config import FULL, SLIDING
+from dgemma_helpers.memory import SLACK
+from dgemma_helpers.model import attend
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 
 PROMPT = 33_000  # > 32K tokens, not a multiple of the prefill chunk
@@ -116,3 +118,20 @@ def test_the_memory_command_prints_the_breakdown(capsys):
     out = capsys.readouterr().out
     for line in ("KV cache", "prefill peak", "denoise peak", "working memory", "weights", "per further token"):
         assert line in out
+
+
+def test_repeating_grouped_kv_heads_gives_the_grouped_attention():
+    """model.attend repeats the KV heads where CUDA's masked kernels take no grouped heads (a long
+    prefill chunk); both forms are the same attention, here compared on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 40, 16, generator=g)
+    keys, values = torch.randn(2, 2, 70, 16, generator=g), torch.randn(2, 2, 70, 16, generator=g)
+    mask = torch.rand(2, 1, 40, 70, generator=g) > 0.3
+    torch.testing.assert_close(attend(q, keys, values, mask, expand=True), attend(q, keys, values, mask, expand=False),
+                               rtol=1e-6, atol=1e-6)
+    # The CUDA estimate counts the cheaper of repeated heads and the math kernel's scores; the CPU's neither.
+    config = dg.ModelConfig()
+    gpu, cpu = (dg.estimate_memory(config, 131_072, device=d) for d in ("cuda", "cpu"))
+    repeated = 16 * 131_072 * 2 * 512 * 2  # a full layer's keys and values, repeated to 16 heads, bf16
+    assert gpu.prefill - cpu.prefill == pytest.approx(SLACK * repeated, rel=1e-6)
+    assert gpu.kv_cache == cpu.kv_cache

@@ -156,7 +156,7 @@ def describe_model(label: str, path: str | os.PathLike, gpus: Sequence[GPU], ram
     best = max(gpus, key=lambda g: g.free_bytes, default=None)
     device, dtype, free = ((f"cuda:{best.index}", torch.bfloat16 if best.bf16 else torch.float16, best.free_bytes)
                            if best else ("cpu", torch.float32, ram_free))
-    entry.need_bytes = weights_bytes(config, dtype) + runtime_bytes(config, dtype)
+    entry.need_bytes = weights_bytes(config, dtype) + runtime_bytes(config, dtype, device)
     if free is None or entry.need_bytes <= free:
         entry.runs_on = f"{device} ({str(dtype).replace('torch.', '')})"
     else:
