@@ -91,7 +91,7 @@ def main() -> None:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.device, args.dtype)))
         return
 
-    print("official config (computed, bfloat16):")
+    print("official config (computed, bfloat16; working memory as on a CUDA GPU):")
     print(f"{'context':>9} {'KV B/token':>11} {'KV cache':>10} {'if K and V':>11} {'working':>9}")
     official = computed(torch.bfloat16)
     for r in official:
