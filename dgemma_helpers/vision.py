@@ -35,10 +35,10 @@ VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 OFFICIAL = "google/diffusiongemma-26B-A4B-it"
 NO_VISION_FIX = (f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL}, or load it "
                  "without vision=False")
-# transformers sets no limit on images per prompt (only the context does). The kit processes all of a
-# prompt's images in one pass of the tower, whose activations grow with their number (up to 2520
-# patches each at the official settings), so it refuses more than this many per chat: enough for
-# any multi-image question, and a bound on the tower's memory that the load-time estimate can trust.
+# transformers sets no limit on images per prompt (only the context does). The kit runs the tower
+# one image at a time, so its activations stay one image's; it still refuses more than this many per
+# chat (each image costs up to 282 prompt tokens at the official settings, and a tower pass): enough
+# for any multi-image question, and a plain bound to state.
 MAX_IMAGES = 16
 # Gemma4ImageProcessorPil's settings that a checkpoint's processor config may set.
 PROCESSOR_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
@@ -300,7 +300,10 @@ def expand_images(model, rows: list[list[int]], images: list[list]) -> tuple[lis
                 k += 1
             else:
                 expanded.append(t)
-        feats = vision.features(data["pixel_values"], data["image_position_ids"])
+        # One image at a time: the tower's activations (and its attention over up to 2520 patches)
+        # are then one image's, whatever the number of images in the chat.
+        pixels, positions = data["pixel_values"], data["image_position_ids"]
+        feats = torch.cat([vision.features(pixels[i:i + 1], positions[i:i + 1]) for i in range(len(imgs))])
         if feats.shape[0] != sum(counts):
             raise InputError(f"the vision tower gave {feats.shape[0]} soft tokens for chat {r} but the image "
                              f"processor counted {sum(counts)}: its settings do not fit this vision_config.")
