@@ -17,12 +17,12 @@ from .checkpoint import load_model, read_config, weights_bytes
 from .config import read_json
 from .devices import resolve_dtype
 from .errors import DGemmaError, InputError
-from .memory import estimate_memory
-from .vision import expected_vision_tensors, is_placeholder
 from .generation import generate
+from .memory import estimate_memory
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
 from .train.trainer import TrainConfig
+from .vision import expected_vision_tensors, is_placeholder
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -31,11 +31,11 @@ from .config import GenerationSettings
 from .devices import has_fp8, synchronize, triton_support
 from .errors import DeviceError, InputError
 from .fast import FastStepper
+from .fast.quant import is_quantized
 from .head import materialized_head, tiled_head
 from .inputs import canvas_inputs, check_call, prompt_inputs, token_id_list
 from .memory import PREFILL_CHUNK, cache_capacity, check_fits, estimate_memory
 from .model import DiffusionGemma
-from .fast.quant import is_quantized
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
 from .tokenizer import decode

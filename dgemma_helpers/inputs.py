@@ -90,8 +90,8 @@ def check_chats(messages) -> list[list[dict]]:
                 _check_parts(m["content"], where)
         n_images = sum(1 for _ in _image_parts(chat, c, len(chats)))
         if n_images > MAX_IMAGES:
-            raise InputError(f"chat {c} holds {n_images} images; the kit takes at most {MAX_IMAGES} per chat (all of a "
-                             "prompt's images go through the vision tower at once): split the question, or give "
+            raise InputError(f"chat {c} holds {n_images} images; the kit takes at most {MAX_IMAGES} per chat (each "
+                             "costs its soft tokens of the context and a pass of the vision tower): split the question, or give "
                              "fewer images.")
     return [list(chat) for chat in chats]
 

@@ -99,7 +99,7 @@ def key_rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
 KEY_CHUNK = 16_384  # slots rebuilt at a time: bounds the float32 temporaries of a long context
 
 
-def rebuild_keys(values: torch.Tensor, k_norm: "RMSNorm", cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rebuild_keys(values: torch.Tensor, k_norm: RMSNorm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """A full layer's keys [B, H, S, D] from its values, which are the RMS-normed keys: times the
     k-norm weight (in float32, as the norm does), then rotated on the `a` pairs proportional RoPE
     turns (cos/sin [.., S, a]). With apply_rope's arithmetic on those pairs and the identity

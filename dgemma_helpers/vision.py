@@ -37,7 +37,7 @@ NO_VISION_FIX = (f"use a checkpoint with a trained vision tower, such as the off
                  "without vision=False")
 # transformers sets no limit on images per prompt (only the context does). The kit runs the tower
 # one image at a time, so its activations stay one image's; it still refuses more than this many per
-# chat (each image costs up to 282 prompt tokens at the official settings, and a tower pass): enough
+# chat (each image costs its soft tokens, 282 at the official settings, and a tower pass): enough
 # for any multi-image question, and a plain bound to state.
 MAX_IMAGES = 16
 # Gemma4ImageProcessorPil's settings that a checkpoint's processor config may set.
