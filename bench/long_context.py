@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 import torch
 
 import dgemma_helpers as dg
+from dgemma_helpers.devices import resident_now, resident_peak
 from dgemma_helpers.generation import prefill
 from dgemma_helpers.memory import cache_capacity
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
@@ -59,8 +58,8 @@ def child(checkpoint: str, length: int, device: str, dtype: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
     else:
-        with open("/proc/self/statm") as f:
-            start = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        start = resident_now()
+        resident_peak(reset=True)
     t0 = time.perf_counter()
     cache = dg.KVCache(config, 1, cache_capacity(config, prompt, L), device=dev, dtype=model.dtype)
     prefill(model, ids, cache)
@@ -73,7 +72,7 @@ def child(checkpoint: str, length: int, device: str, dtype: str) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - start
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
+        peak = resident_peak() - start
     return dict(tokens=length, cache_nbytes=cache.nbytes(), estimated_cache=est.kv_cache, peak=peak,
                 estimated_working=est.working, prefill_s=prefill_s, denoise_s=time.perf_counter() - t0,
                 kv_bytes_per_token=dg.KVCache.bytes_per_token(config, model.dtype))

@@ -7,24 +7,14 @@ first denoising step on a given canvas, and write the logits, the peak and the e
 
 from __future__ import annotations
 
-import os
-import resource
 import sys
 
 import torch
 
 import dgemma_helpers as dg
+from dgemma_helpers.devices import resident_now, resident_peak
 from dgemma_helpers.generation import prefill
 from dgemma_helpers.memory import cache_capacity
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def main(checkpoint: str, inputs: str, out: str) -> None:
@@ -34,13 +24,13 @@ def main(checkpoint: str, inputs: str, out: str) -> None:
     ids, canvas, last = data["ids"], data["canvas"], data["last"]
     config, P = model.config, ids.shape[1]
     estimate = dg.estimate_memory(model, P, max_new_tokens=config.canvas_length, probabilities=True)
-    start, start_peak = rss(), peak()
+    start, start_peak = resident_now(), resident_peak(reset=True)
     cache = dg.KVCache(config, 1, cache_capacity(config, P, config.canvas_length), device="cpu", dtype=model.dtype)
     hidden = prefill(model, ids, cache)
     prompt_logits = model.logits(hidden[:, -last:])
     step_logits = model.logits(model.denoise(canvas, cache))
     torch.save({"prompt_logits": prompt_logits, "step_logits": step_logits, "start_rss": start,
-                "start_peak": start_peak, "peak": peak(), "working": estimate.working,
+                "start_peak": start_peak, "peak": resident_peak(), "working": estimate.working,
                 "kv_cache": estimate.kv_cache, "cache_nbytes": cache.nbytes()}, out)
 
 

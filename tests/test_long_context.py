@@ -57,10 +57,10 @@ def test_a_33k_token_prompt_gives_transformers_logits_within_the_estimate(long_c
     clear = (top2[..., 0] - top2[..., 1]) > 1e-3
     assert torch.equal(step.argmax(-1)[clear], theirs.argmax(-1)[clear]) and clear.float().mean() > 0.9
 
-    # Peak resident memory of the probe's work (an over-count: freed pages are not always returned)
-    # stays within the estimate; and the estimate is not vacuous.
+    # Peak resident memory of the probe's work (the peak is reset just before it; an over-count:
+    # freed pages are not always returned) stays within the estimate; and the estimate is not vacuous.
+    assert ours["start_peak"] is not None, "this system does not report a resettable peak (/proc/self/clear_refs)"
     used = ours["peak"] - ours["start_rss"]
-    assert ours["peak"] > ours["start_peak"], "the work's peak did not rise above loading's: nothing measured"
     assert used <= ours["working"], f"measured {used / 2**20:.0f} MiB > estimated {ours['working'] / 2**20:.0f} MiB"
     assert used >= ours["working"] / 8, f"estimate {ours['working'] / 2**20:.0f} MiB vs {used / 2**20:.0f} MiB used"
     assert ours["cache_nbytes"] == ours["kv_cache"]
