@@ -31,7 +31,7 @@ except ImportError:
     resource = None
 
 from ..checkpoint import read_config, weights_bytes
-from ..devices import available_memory, copy_bandwidth, resolve_device, resolve_dtype, synchronize
+from ..devices import available_memory, copy_bandwidth, resident_peak, resolve_device, resolve_dtype, synchronize
 from ..tokenizer import load_tokenizer
 from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
 from .autoregressive import continuation_nll
@@ -317,8 +317,11 @@ def reset_peak_memory(device: torch.device) -> None:
 def read_peak_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    if resource is None:
-        return None
+    # VmHWM, not getrusage's ru_maxrss: a process started from a larger parent (a notebook kernel, a
+    # test runner's child) inherits the parent's size in ru_maxrss, and no reset lowers it.
+    peak = resident_peak()
+    if peak is not None or resource is None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
@@ -327,16 +330,10 @@ _RSS_RESETTABLE: bool | None = None
 
 
 def _clear_rss_peak() -> bool:
-    """Linux lets a process reset its RSS high-water mark (writing 5 to /proc/self/clear_refs)."""
+    """Linux lets a process reset its resident high-water mark (devices.resident_peak)."""
     global _RSS_RESETTABLE
-    if _RSS_RESETTABLE is False:
-        return False
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _RSS_RESETTABLE = True
-    except OSError:
-        _RSS_RESETTABLE = False
+    if _RSS_RESETTABLE is not False:
+        _RSS_RESETTABLE = resident_peak(reset=True) is not None
     return _RSS_RESETTABLE
 
 
@@ -348,8 +345,8 @@ def peak_memory_kind(device: torch.device, short: bool = False) -> str:
     if _RSS_RESETTABLE is None:
         _clear_rss_peak()
     if _RSS_RESETTABLE:
-        return "cpu_rss_peak" if short else ("process RSS high-water mark per run (getrusage ru_maxrss, reset before "
-                                             "each run): the whole process, every loaded model included")
+        return "cpu_rss_peak" if short else ("process RSS high-water mark per run (VmHWM, reset before each run): "
+                                             "the whole process, every loaded model included")
     return "cpu_rss_peak_since_start" if short else "process RSS high-water mark since the process started (getrusage)"
 
 
