@@ -63,7 +63,9 @@ def available_memory(device: torch.device) -> int | None:
     """Free bytes on the device, or None where it cannot be read."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free
+        # What PyTorch's caching allocator holds but no tensor uses (say, an earlier call's cache) is
+        # free for the next allocation too, though the driver counts it as taken.
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:

@@ -14,6 +14,7 @@ import torch
 import dgemma_helpers as dg
 from dgemma_helpers.cli import main as cli
 from dgemma_helpers.config import FULL, SLIDING
+from dgemma_helpers.devices import available_memory
 from dgemma_helpers.memory import SLACK
 from dgemma_helpers.model import attend
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
@@ -135,3 +136,12 @@ def test_repeating_grouped_kv_heads_gives_the_grouped_attention():
     repeated = 16 * 131_072 * 2 * 512 * 2  # a full layer's keys and values, repeated to 16 heads, bf16
     assert gpu.prefill - cpu.prefill == pytest.approx(SLACK * repeated, rel=1e-6)
     assert gpu.kv_cache == cpu.kv_cache
+
+
+def test_free_gpu_memory_counts_what_the_allocator_caches(monkeypatch):
+    """An earlier call's blocks stay reserved by PyTorch's caching allocator: the next call's check
+    must count them as free, or a second long-context call would be refused (CUDA stubbed here)."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 20 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 2**30)
+    assert available_memory(torch.device("cuda")) == (10 + 20 - 4) * 2**30
