@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 # The kit's small trained model (models/dgemma-tiny, in the repository); MODEL=path for another.
 MODEL  ?= models/dgemma-tiny
 PROMPT ?= To be, or not to be
+SHAPE  ?=
 ARGS   ?=
 
 .PHONY: setup test run clean train-tiny report setup-vllm test-vllm
@@ -46,8 +47,10 @@ train-tiny: $(STAMP)
 # A shareable benchmark report: notebook 05 executed through papermill into reports/<timestamp>/
 # (the executed notebook, report.html without code, PNG plots, results.json, results.csv).
 # Flags pass through: make report MODEL=path ARGS="--max-new-tokens 256,1024 --steps 16,48 --batch 1,4"
+# SHAPE=official-2layer (or toy) measures a built-in random checkpoint instead, built once and cached:
+#   make report SHAPE=official-2layer ARGS="--dtype bfloat16 --engines kit,transformers --steps 4"
 report: $(STAMP)
-	$(BIN)/python -m dgemma_helpers report --model $(MODEL) $(ARGS)
+	$(BIN)/python -m dgemma_helpers report $(if $(SHAPE),--shape $(SHAPE),--model $(MODEL)) $(ARGS)
 
 # vLLM, the production engine, beside the kit (bench engines "vllm"/"vllm-server", the vllm
 # tests, notebook 03's comparison). Its own venv, so its pins never touch .venv. Where vLLM is

@@ -15,6 +15,7 @@ from .notebook import default_report_dir, make_report
 from .plots import PLOTS, save_plots
 from .report import engines_table, load_results, machine_summary, markdown_table, results_table, write_results
 from .grid import GridPoint, Sweep, parse_list
+from .shapes import SHAPES, shape_checkpoint
 from .vllm_bench import VLLMBenchEngine, VLLMServerBenchEngine
 
 # vllm_bench builds on engines.py (its Engine base), so engines.py cannot list these without an import
@@ -25,6 +26,6 @@ register_engine("vllm-server", VLLMServerBenchEngine)
 __all__ = [
     "GridPoint", "ENGINES", "Engine", "Measurement", "ModelPool", "PLOTS", "Prompts", "ROW_FIELDS", "Sweep",
     "default_report_dir", "engines_table", "load_results", "machine_info", "machine_summary", "make_report",
-    "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots",
+    "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots", "SHAPES", "shape_checkpoint",
     "VLLMBenchEngine", "VLLMServerBenchEngine", "write_results",
 ]

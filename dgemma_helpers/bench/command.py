@@ -24,6 +24,7 @@ from .harness import run_benchmark
 from .notebook import default_report_dir, make_report
 from .plots import save_plots
 from .report import INTERRUPTED_EXIT, build_report, engines_table, machine_summary, results_table, shown, write_results
+from .shapes import SHAPES, shape_checkpoint
 
 _DEFAULTS = Sweep()
 
@@ -70,6 +71,9 @@ def _locate(path: str) -> str:
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("--model", default=d.model, help=f"diffusion checkpoint directory (default {d.model})")
+    p.add_argument("--shape", choices=sorted(SHAPES),
+                   help="a built-in random checkpoint instead of --model, built once and cached: official-2layer is "
+                        "the official width cut to two layers (4.5 GB), toy the 2-core CPU toy")
     p.add_argument("--engines", default=",".join(d.engines),
                    help=f"comma-separated, from {', '.join(ENGINES)} (default: all; unavailable ones are skipped)")
     p.add_argument("--max-new-tokens", default=_csv(d.max_new_tokens), help="output lengths, e.g. 256,1024 (default %(default)s)")
@@ -98,7 +102,12 @@ def _csv(values: Sequence) -> str:
 
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
-    return make_sweep(args.model, args.engines, args.max_new_tokens, args.steps, args.batch, args.entropy_bounds,
+    model = args.model
+    if getattr(args, "shape", None):
+        if args.model != _DEFAULTS.model:
+            raise InputError(f"--shape {args.shape} and --model {args.model} both name the checkpoint: give one.")
+        model = str(shape_checkpoint(args.shape))
+    return make_sweep(model, args.engines, args.max_new_tokens, args.steps, args.batch, args.entropy_bounds,
                       repeats=args.repeats, warmup=args.warmup, reference=args.reference, baseline=args.baseline,
                       ar_model=args.ar_model, ignore_eos=not args.respect_eos, early_stop=not args.no_early_stop,
                       interleave=args.interleave, device=args.device, dtype=args.dtype, threads=args.threads,

@@ -27,6 +27,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, global_head_dim=128,
                 num_global_key_value_heads=1, num_experts=16, top_k_experts=4, moe_intermediate_size=64,
                 sliding_window=1024, max_position_embeddings=131072),
+    # The official text config at full width, cut to one sliding and one full-attention layer: the
+    # shape where the head (vocab 262,144) and the experts (128, top-8) cost what they cost in the
+    # real model. About 2.3B parameters: 4.6 GB in bfloat16 (see bench/engine_vs_reference.py).
+    "official-2layer": dict(vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=2,
+                            layer_types=["sliding_attention", "full_attention"], num_attention_heads=16,
+                            num_key_value_heads=8, head_dim=256, global_head_dim=512,
+                            num_global_key_value_heads=2, attention_k_eq_v=True, num_experts=128,
+                            top_k_experts=8, moe_intermediate_size=704, sliding_window=1024,
+                            max_position_embeddings=262_144, final_logit_softcapping=30.0,
+                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                                             "full_attention": {"rope_type": "proportional",
+                                                                "partial_rotary_factor": 0.25,
+                                                                "rope_theta": 1_000_000.0}}),
 }
 _SAMPLE_TEXT = (
     "Block diffusion writes a whole canvas of tokens at once. It starts from noise and, round after round, "
@@ -38,7 +51,7 @@ _SAMPLE_TEXT = (
 def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, seed: int = 0, canvas_length: int = 16,
                            tokenizer: bool = True, embed_std: float | None = None, shared_layer_scalars: bool = False,
                            vision_config: dict[str, Any] | None = None, max_soft_tokens: int = 70,
-                           **overrides: Any) -> Path:
+                           dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
     """Write an untrained checkpoint with transformers' `save_pretrained`, atomically.
 
     `embed_std` widens the tied embedding so that the random model is confident (large logit gaps),
@@ -50,6 +63,8 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
     tokenizer's image tokens, text_config.use_bidirectional_attention is "vision" (the official value),
     the tower's output projection is as wide as the text embeddings (so images sway the logits), and a
     processor_config.json like the official one (with `max_soft_tokens` soft tokens per image) is written.
+    `dtype`: the weights' dtype, built in it directly (the official-width preset in bfloat16 needs half
+    the memory of float32 to build).
     """
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
@@ -65,7 +80,7 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
     config = DiffusionGemmaConfig(text_config=text, vision_config=dict(vision_config or TINY_VISION_CONFIG),
                                   canvas_length=canvas_length, **image_ids)
     torch.manual_seed(seed)
-    model = DiffusionGemmaForBlockDiffusion(config).eval()
+    model = DiffusionGemmaForBlockDiffusion._from_config(config, dtype=dtype).eval()
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)
         # Random norm weights and layer scalars (transformers initialises them to 1), so that a
