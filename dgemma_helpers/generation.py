@@ -32,9 +32,9 @@ from .devices import has_fp8, synchronize, triton_support
 from .errors import DeviceError, InputError
 from .fast import FastStepper
 from .fast.quant import is_quantized
-from .head import materialized_head, tiled_head
+from .head import HeadBuffers, HeadOutput, denoise_head
 from .inputs import canvas_inputs, check_call, prompt_inputs, token_id_list
-from .memory import PREFILL_CHUNK, cache_capacity, check_fits, estimate_memory
+from .memory import PREFILL_CHUNK, cache_capacity, check_fits, fitting_head
 from .model import DiffusionGemma
 from .rng import CounterRNG, TransformersRNG, make_rng
 from .sampler import StableAndConfident, finalize_canvas, sampler_round
@@ -200,11 +200,14 @@ def generate(
     source = make_rng(rng, seed, B, device)
     # denoise_step, or the fast path's drop-in (same call, same state updates).
     step_fn = stepper(path, model, settings, rng, record_topk)
-    needs = estimate_memory(config, P, max_new_tokens=settings.max_new_tokens, batch_size=B, dtype=model.dtype,
-                            device=device, probabilities=device.type != "cpu" or source.needs_probs or bool(record_topk))
+    capacity = step_fn.capacity(cache_capacity(config, P, settings.max_new_tokens))
+    head_kind, needs = fitting_head(config, P, max_new_tokens=settings.max_new_tokens, batch_size=B, dtype=model.dtype,
+                                    device=device, probabilities=source.needs_probs or bool(record_topk),
+                                    capacity=capacity)
+    step_fn.head_kind = head_kind
     check_fits(needs, device, f"generating {settings.max_new_tokens} tokens after {B} prompt(s) of up to {P:,} tokens")
 
-    cache = KVCache(config, B, cache_capacity(config, P, settings.max_new_tokens), device=device, dtype=model.dtype)
+    cache = step_fn.new_cache(config, B, capacity, device, model.dtype)
     timings = Timings()
     t0 = time.perf_counter()
     # An image prompt: the vision tower's features in place of the image tokens' embeddings.
@@ -283,27 +286,30 @@ class CanvasState:
     done: torch.Tensor  # [B] rows whose adaptive stop fired: frozen from then on
     pins: torch.Tensor | None = None  # [B, L] positions held fixed (infilling)
     pinned_ids: torch.Tensor | None = None
+    # The previous round's head, when its soft input is still to be made (soft probabilities x E):
+    # made at the start of the next round, so a canvas's last round never pays for it.
+    head: HeadOutput | None = None
 
 
 def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temperature: float,
                  settings: GenerationSettings, stop: StableAndConfident, source: CounterRNG | TransformersRNG,
-                 canvas_index: int, step: int, record: bool = False, topk: int = 0) -> dict[str, Any]:
+                 canvas_index: int, step: int, record: bool = False, topk: int = 0,
+                 head_kind: str = "materialized", buffers: HeadBuffers | None = None) -> dict[str, Any]:
     """One denoising round over the whole batch, updating `state` in place (rows in `state.done`
-    keep theirs). Returns the round's record fields when `record` is set."""
+    keep theirs). Returns the round's record fields when `record` is set. `head_kind`: see
+    memory.fitting_head (full probabilities, for transformers' draws or top-k, need "materialized");
+    `buffers`: the head's tensors, reused from round to round."""
     B, L = state.canvas.shape
     V = model.config.vocab_size
+    if state.head is not None:
+        state.soft, state.head = state.head.soft_input(model), None
     hidden = model.denoise(state.canvas, cache, state.soft)
-    # The tiled head keeps the [B, L, vocab] logits out of memory (fast on CPUs); full
-    # probabilities are needed to replay transformers' multinomial draws or to record top-k.
-    if source.needs_probs or topk or model.device.type != "cpu":
-        head = materialized_head(model, hidden, temperature)
-    else:
-        head = tiled_head(model, hidden, temperature)
-    out = sampler_round(state, head.entropy, head.argmax, head.soft,
+    head = denoise_head(model, hidden, temperature, head_kind, probs=source.needs_probs or bool(topk), buffers=buffers)
+    out = sampler_round(state, head.entropy, head.argmax,
                         lambda accepted: source.sample(model, head, accepted, canvas_index, step),
                         lambda: source.renoise(canvas_index, step + 1, B, L, V, hidden.device),
                         settings.entropy_bound, stop)
-    state.canvas, state.argmax, state.soft, state.done = out.canvas, out.argmax, out.soft, out.done
+    state.canvas, state.argmax, state.done, state.head = out.canvas, out.argmax, out.done, head
 
     if not record:
         return {}
@@ -377,8 +383,20 @@ class Stepper:
 
     def __init__(self, fast: FastStepper | None, *, may_fall_back: bool, reason: str | None = None) -> None:
         self.fast, self.may_fall_back = fast, may_fall_back
+        self.head_kind = "materialized"  # the PyTorch step's head (generate sets it from the memory estimate)
+        self.buffers = HeadBuffers()
         self.path = "fast" if fast is not None else "torch"
         self.fallback_reason = reason
+
+    def new_cache(self, config, batch: int, tokens: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        """The call's KV cache: on the fast path the one its kept CUDA graph reads (capacity rounded
+        up, see fast/step.py), else a new one of exactly `tokens` slots."""
+        if self.fast is not None:
+            return self.fast.new_cache(batch, tokens)
+        return KVCache(config, batch, tokens, device=device, dtype=dtype)
+
+    def capacity(self, tokens: int) -> int:
+        return tokens if self.fast is None else self.fast.capacity(tokens)
 
     def __call__(self, *args, **kwargs) -> dict[str, Any]:
         if self.fast is not None:
@@ -391,7 +409,7 @@ class Stepper:
                 logging.getLogger("dgemma_helpers").warning(
                     "%s; using the PyTorch path (path='torch' skips the attempt)", self.fallback_reason)
                 self.fast, self.path = None, "torch"
-        return denoise_step(*args, **kwargs)
+        return denoise_step(*args, head_kind=self.head_kind, buffers=self.buffers, **kwargs)
 
 
 def stepper(path: str | None, model: DiffusionGemma, settings: GenerationSettings, rng: str,

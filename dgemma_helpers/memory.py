@@ -26,6 +26,7 @@ from .cache import KVCache
 from .config import ModelConfig
 from .devices import available_memory
 from .errors import DeviceError, InputError
+from .head import ROW_BLOCK_BYTES, TILE_BYTES
 from .model import DiffusionGemma
 
 PREFILL_CHUNK = 2048  # prompt tokens encoded per pass: bounds the attention mask and activations
@@ -75,12 +76,17 @@ def cache_capacity(config: ModelConfig, prompt_tokens: int, max_new_tokens: int)
 
 
 def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, max_new_tokens: int = 256,
-                    batch_size: int = 1, dtype: torch.dtype | None = None, probabilities: bool = True,
-                    device: torch.device | str | None = None) -> MemoryEstimate:
+                    batch_size: int = 1, dtype: torch.dtype | None = None, head: str = "materialized",
+                    probabilities: bool = False, device: torch.device | str | None = None,
+                    capacity: int | None = None) -> MemoryEstimate:
     """The memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row),
     for a loaded model (its dtype and device, and its weights counted) or a config alone (default:
-    bfloat16 on a CUDA GPU, where long contexts run). `probabilities`: the round materialises
-    [B, canvas, vocab] probabilities (GPUs, and transformers' RNG); False for the CPU's tiled head."""
+    bfloat16 on a CUDA GPU, where long contexts run). `head`: "materialized" (the [B, canvas, vocab]
+    logits, what generate runs where they fit) or "tiled" (none; see head.py). `probabilities`: the
+    materialized head also keeps float32 probabilities (transformers' RNG, record_topk). `capacity`:
+    the cache's slots, where they are more than the call needs (the fast path rounds them up)."""
+    if head not in HEADS:
+        raise InputError(f"head must be one of {HEADS}; got {head!r}.")
     for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -94,7 +100,7 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
         config = model
     dtype, cuda = dtype or torch.bfloat16, torch.device(device or "cuda").type == "cuda"
     B, L, V, H = batch_size, config.canvas_length, config.vocab_size, config.hidden_size
-    S = cache_capacity(config, prompt_tokens, max_new_tokens)
+    S = max(capacity or 0, cache_capacity(config, prompt_tokens, max_new_tokens))
     item = torch.empty((), dtype=dtype).element_size()
     kv_cache = KVCache.bytes_needed(config, B, S, dtype)
     full = [i for i in range(config.num_layers) if not config.is_sliding(i)]
@@ -131,11 +137,41 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
     # each as bool plus the float copy attention makes.
     masks = B * n * (S + ring + n) * (1 + FLOAT)
     prefill = tokens(n) + masks + rebuilt_keys(S) + attention(n, S) + B * n * H * FLOAT  # + the chunk's hidden states
-    logits = (6 if probabilities else 2) * B * L * V * FLOAT  # logits, tempered, probabilities, soft input
-    denoise = tokens(L) + logits + rebuilt_keys(S + L) + attention(L, S + L) + B * L * (S + L) * (1 + FLOAT)
+    denoise = tokens(L) + head_bytes(head, B * L, V, H, item, probabilities) + rebuilt_keys(S + L) \
+        + attention(L, S + L) + B * L * (S + L) * (1 + FLOAT)
     prefill, denoise = (int(SLACK * peak) + OVERHEAD for peak in (prefill, denoise))
     return MemoryEstimate(kv_cache=kv_cache, prefill=prefill, denoise=denoise, weights=weights, context=S,
                           batch_size=B)
+
+
+HEADS = ("materialized", "tiled")
+
+
+def head_bytes(head: str, rows: int, vocab: int, hidden: int, item: int, probabilities: bool) -> int:
+    """Peak of the denoise head for `rows` canvas positions. Materialized: the logits in the weights'
+    dtype (`item` bytes each), the float32 tempered logits, the soft probabilities kept for the next
+    round, float32 probabilities if asked for, and a block of rows' temporaries. Tiled: a vocabulary
+    tile's temporaries and the float32 running sums."""
+    if head == "tiled":
+        return 4 * TILE_BYTES + rows * (2 * hidden + 8) * FLOAT
+    return rows * vocab * (2 * item + FLOAT + (FLOAT if probabilities else 0)) + 4 * ROW_BLOCK_BYTES
+
+
+def fitting_head(config: ModelConfig, prompt_tokens: int, *, max_new_tokens: int, batch_size: int,
+                 dtype: torch.dtype, device: torch.device, probabilities: bool,
+                 capacity: int | None = None) -> tuple[str, MemoryEstimate]:
+    """The denoise head a generate() call runs, with its estimate: the materialized one (transformers'
+    arithmetic, and the fastest) where its working memory fits in what the device has free, else the
+    tiled one. Full probabilities only come from the materialized head. check_fits then refuses
+    whatever still does not fit."""
+    free = available_memory(device)
+    for head in ("materialized",) if probabilities else HEADS:
+        estimate = estimate_memory(config, prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   dtype=dtype, device=device, head=head, probabilities=probabilities,
+                                   capacity=capacity)
+        if free is None or estimate.working <= free:
+            break
+    return head, estimate
 
 
 def check_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> None:

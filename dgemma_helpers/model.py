@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FULL, SLIDING, ModelConfig
+from .packed_experts import PackedExperts, usable as packed_usable
 
 
 class RMSNorm(nn.Module):
@@ -234,16 +235,24 @@ class Router(nn.Module):
 
 class Experts(nn.Module):
     """All experts' weights as 3-D tensors. The (token, expert) pairs are sorted by expert, then each
-    projection is one grouped GEMM (CUDA, bf16) or one batched GEMM over groups padded to the
-    largest (elsewhere: one big call beats the CPU grouped GEMM's per-expert loop)."""
+    projection is one grouped GEMM (CUDA, bf16), two GEMMs per expert on prepacked copies of its
+    weights (CPU inference: packed_experts.py), or else one batched GEMM over groups padded to the
+    largest."""
+
+    packable = True  # quant.Fp8Experts, whose weights are computed on access, is not
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         E, H, I = config.num_experts, config.hidden_size, config.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H))
         self.down_proj = nn.Parameter(torch.empty(E, H, I))
+        self.packed: PackedExperts | None = None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        if self.packable and packed_usable(x, self.gate_up_proj):
+            self.packed = PackedExperts.of(self.packed, self.gate_up_proj, self.down_proj)
+            if self.packed is not None:
+                return self.packed(x, weights, experts)
         T, top_k = experts.shape
         num_experts = self.gate_up_proj.shape[0]
         flat = experts.reshape(-1)
@@ -377,9 +386,9 @@ class DiffusionGemma(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed_tokens.weight) * self.embed_scale
 
-    def soft_embedding(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    def soft_embedding(self, logits: torch.Tensor | None = None, probs: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(logits) @ E * sqrt(hidden): the self-conditioning input for the next step.
-        Pass `probs` when the caller already holds softmax(logits) in float32."""
+        Pass `probs` instead when the caller already holds softmax(logits)."""
         w = self.embed_tokens.weight
         if probs is None:
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)

@@ -27,14 +27,14 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.hash_ref import gumbel, mix32, uniform_from_hash
+from kernels.hash_ref import gumbel, gumbel_argmax, mix32, uniform_from_hash
 
 from .errors import InputError
 
 NOISE_STREAM, SAMPLE_STREAM = 0x6E6F6973, 0x73616D70  # stream tags: "nois", "samp"
 TORCH_SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 
-__all__ = ["CounterRNG", "NOISE_STREAM", "SAMPLE_STREAM", "TransformersRNG", "gumbel", "make_rng", "mix32",
+__all__ = ["CounterRNG", "NOISE_STREAM", "SAMPLE_STREAM", "TransformersRNG", "gumbel", "gumbel_argmax", "make_rng", "mix32",
            "noise_ids", "row_seeds", "seed_words", "stream_keys", "uniform_from_hash"]
 
 
@@ -95,9 +95,9 @@ class CounterRNG:
         B, L = accepted.shape
         flat = accepted.reshape(-1).nonzero().squeeze(1)
         out = torch.zeros(B * L, dtype=torch.long, device=accepted.device)
-        rows = head.processed_rows(model, flat)
+        z, rows = head.tempered_logits(model, flat)
         keys = self.keys(SAMPLE_STREAM, canvas, step)[flat // L]
-        out[flat] = torch.argmax(rows + gumbel(keys, flat % L, rows.shape[-1]), dim=-1)
+        out[flat] = gumbel_argmax(z, keys, flat % L, rows)
         return out.view(B, L)
 
     def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:

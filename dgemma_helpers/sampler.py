@@ -77,7 +77,6 @@ class RoundInput(Protocol):
 
     canvas: torch.Tensor  # [B, L]
     argmax: torch.Tensor  # [B, L]
-    soft: torch.Tensor | None  # [B, L, hidden]; None on a canvas's first round
     done: torch.Tensor  # [B]
     pins: torch.Tensor | None  # [B, L] held-fixed positions, or None
     pinned_ids: torch.Tensor | None
@@ -87,19 +86,19 @@ class RoundInput(Protocol):
 class RoundOutput:
     canvas: torch.Tensor  # [B, L] accepted samples + fresh noise: what the denoiser reads next
     argmax: torch.Tensor  # [B, L]
-    soft: torch.Tensor  # [B, L, hidden]: the next round's self-conditioning input
     done: torch.Tensor  # [B]
     accepted: torch.Tensor  # [B, L], pinned positions excluded
     entropy: torch.Tensor  # [B, L], 0 at pinned positions
 
 
-def sampler_round(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor, soft: torch.Tensor,
+def sampler_round(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor,
                   sample: Callable[[torch.Tensor], torch.Tensor], noise: Callable[[], torch.Tensor],
                   entropy_bound: float, stop: StableAndConfident) -> RoundOutput:
-    """One round's sampler rules, given the denoise head's entropy, argmax and soft input: the entropy
-    bound picks the accepted positions, which take `sample(accepted)`; every other position takes
-    `noise()` (drawn after the samples: transformers' RNG order); pins hold their ids; rows already
-    done keep everything; the adaptive stop updates. Both denoising steps (generation.denoise_step and
+    """One round's sampler rules, given the denoise head's entropy and argmax: the entropy bound picks
+    the accepted positions, which take `sample(accepted)`; every other position takes `noise()` (drawn
+    after the samples: transformers' RNG order); pins hold their ids; rows already done keep their
+    canvas and argmax (their self-conditioning input needs no keeping: it only feeds their own next
+    pass, whose results they drop); the adaptive stop updates. Both denoising steps (generation.denoise_step and
     the fast path's) run it. No host synchronisation: the fast path captures it in a CUDA graph."""
     pins = prev.pins
     if pins is not None:
@@ -117,7 +116,5 @@ def sampler_round(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor,
     keep = prev.done[:, None]  # rows that stopped earlier keep everything
     argmax = torch.where(keep, prev.argmax, argmax)
     canvas = torch.where(keep, prev.canvas, canvas)
-    if prev.soft is not None:  # (None only on a canvas's first round, when no row is done yet)
-        soft = torch.where(keep[..., None], prev.soft, soft)
     done = prev.done | stop(argmax, mean_entropy)
-    return RoundOutput(canvas, argmax, soft, done, accepted, entropy)
+    return RoundOutput(canvas, argmax, done, accepted, entropy)

@@ -43,6 +43,8 @@ PROMISES = {
         "tests/test_checkpoint_validation.py"],
     "refuses a call that the device has no room for": [
         "tests/test_long_context.py::test_a_call_that_cannot_fit_is_refused_before_anything_is_allocated"],
+    "so a canvas's last round never pays for that second GEMM": [
+        "tests/test_cpu_paths.py::test_a_canvas_last_round_never_pays_for_the_soft_embedding"],
     "It never unpickles": ["tests/test_errors.py::test_pickle_checkpoint_is_refused_without_opening"],
     "A URL is refused (nothing is downloaded)": [
         "tests/test_vision.py::test_bad_images_are_refused_with_the_fix",

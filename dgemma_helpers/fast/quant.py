@@ -41,6 +41,8 @@ class Fp8Experts(Experts):
     Experts.forward (the PyTorch reference path) runs unchanged; fast paths read `*_fp8` and
     `*_scale` directly."""
 
+    packable = False
+
     def __init__(self, experts: Experts) -> None:
         nn.Module.__init__(self)  # not Experts.__init__: no bf16 parameters to allocate
         self.dtype = experts.gate_up_proj.dtype
