@@ -72,11 +72,15 @@ def main() -> None:
 
     import dgemma_helpers as dg
 
+    from dgemma_helpers.fast.step import graph_rounds
+
     for path in ("torch", "fast"):
         row = dict(ms=step_ms(model, path, 1, prompt, steps))
         row["e2e_ms"] = 1e3 * gpu.time_it(lambda: dg.generate(model, input_ids=prompt, seed=1, path=path,
                                                              max_new_tokens=canvas, max_denoising_steps=steps,
                                                              confidence_threshold=0), dev, warm=1, reps=3) / steps
+        if path == "fast":  # one capture in the warm-up call, replays in the timed ones
+            row["graph_captures"] = sum(g.captures for g in graph_rounds(model).values())
         rows[f"ours {path}"] = row
         print(path, row, flush=True)
 
@@ -142,8 +146,7 @@ def build_models(hf: dict, canvas: int, dev: str, dtype: torch.dtype):
 def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> float:
     """Steady-state ms per denoising round: generate()'s loop body on one canvas, after warm-up."""
     import dgemma_helpers as dg
-    from dgemma_helpers.fast import FastStepper
-    from dgemma_helpers.generation import CanvasState, denoise_step, resolve_settings
+    from dgemma_helpers.generation import CanvasState, resolve_settings, stepper
     from dgemma_helpers.rng import CounterRNG
     from dgemma_helpers.sampler import StableAndConfident
 
@@ -156,7 +159,7 @@ def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> f
         noise = rng.canvas(0, batch, cfg.canvas_length, cfg.vocab_size, dev)
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         state = CanvasState(canvas=noise, argmax=noise, soft=None, done=done)
-        step = FastStepper(model, settings) if path == "fast" else denoise_step
+        step = stepper(path, model, settings, "counter", 0)  # what generate() runs: the PyTorch step reuses its head buffers
         stop = StableAndConfident(settings.stability_threshold, settings.confidence_threshold)
 
         def run(i):

@@ -59,6 +59,15 @@ class KVCache:
         self._n = 0
         self._denoise_memo: tuple | None = None
 
+    def reset(self) -> None:
+        """Empty again, for another generation with the same buffers (a kept CUDA graph reads them).
+        The old keys and values stay in the buffers, unread: every mask hides slots not yet written."""
+        self.length = 0
+        self.valid.fill_(True)
+        self.any_padding = False
+        self.ring_pos.fill_(-1)
+        self._mode, self._n, self._denoise_memo = None, 0, None
+
     # ---- encoder: causal over n new tokens, appended to the prefix ---------------------------
     def begin_encode(self, n: int, valid: torch.Tensor | None = None,
                      blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, Masks]:

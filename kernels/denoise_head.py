@@ -15,11 +15,12 @@ Then entropy = log s - t / s (no cancellation) and soft = acc / s * sqrt(hidden)
 Layout. The soft embedding is a second GEMM over the vocabulary whose accumulator is hidden-sized
 (2816 floats per position): too large to stay in registers next to the first GEMM's tile, and a
 read-modify-write of it per vocabulary tile would cost more memory traffic than the weights. So the
-vocabulary is walked in chunks of 16384 tokens, two kernels per chunk:
+vocabulary is walked in chunks (1K to 16K tokens, sized to the L2 cache: tiles_per_chunk), two kernels
+per chunk:
   _logits_kernel  one program per [64 positions x 64 tokens] tile: z by a K-loop over the hidden
                   size, then that tile's max, first argmax, Gumbel-max candidate, s and t (relative
                   to the tile's max), and p = e^(z - tile max) in the weight dtype into a chunk
-                  buffer [N, 16384] (8 MB at batch 1: it stays in L2);
+                  buffer [N, chunk] (it stays in L2);
   _soft_kernel    a GEMM acc[N, hidden] += p @ E_chunk with a prologue that rescales each p tile by
                   e^(tile max - running max) and an epilogue that rescales the running accumulator:
                   the online softmax, one chunk at a time, in registers.
@@ -27,8 +28,9 @@ The per-tile statistics ([N, vocab / 64], 64x smaller than the logits) are merge
 few PyTorch ops (log-sum-exp over tiles; the first tile wins ties, so the first maximum wins).
 
 Cost. Two GEMMs over the vocabulary (z, then p @ E): at 256 positions that is 0.76 TFLOP against
-1.5 GB of embedding reads, so on an H100 this head is compute bound (~1 ms), not bandwidth bound;
-what it saves is memory: nothing of size [positions, vocab] (0.27 GB fp32 per canvas) exists.
+1.5 GB of embedding reads (one pass: the soft kernel finds its chunk in L2), so on an H100 this
+head is compute bound (~1 ms), not bandwidth bound; what it saves is memory: nothing of size
+[positions, vocab] (0.27 GB fp32 per canvas) exists. bench/step_cost.py counts it per step.
 
 Tiles are 64 wide with 2 stages (< 100 KB of shared memory, fits any sm80+ GPU including the
 RTX Pro 6000), 32 wide for fp32 operands (FMA dot products hold every operand in registers);
@@ -136,16 +138,35 @@ def _soft_kernel(p_ptr, e_ptr, tmax_ptr, m_in_ptr, m_out_ptr, acc_ptr, N, V, H, 
     tl.store(a_ptrs, acc, mask=a_mask)
 
 
-def _plan(device: torch.device, dtype: torch.dtype) -> dict:
+DEFAULT_L2 = 50 * 2**20  # an H100's / H200's L2 cache, where the device cannot be asked (the compile check)
+
+
+def _plan(device: torch.device, dtype: torch.dtype, N: int, H: int) -> dict:
     """Tile sizes: the interpreter runs small tiles faster; on a GPU, 64-wide tiles with 2 stages
-    (32-wide in fp32). A chunk is 16384 vocabulary tokens either way."""
+    (32-wide in fp32), and chunks sized to the L2 cache (see tiles_per_chunk)."""
     if gpu_arch(device) is None:
         return dict(BLOCK_N=32, BLOCK_V=64, BLOCK_H=64, BLOCK_M=32, CHUNK_TILES=4, launch={})
+    l2 = DEFAULT_L2
+    if device.type == "cuda" and torch.cuda.is_available():
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size or DEFAULT_L2
+    item = torch.empty((), dtype=dtype).element_size()
     if dtype == torch.float32:
-        return dict(BLOCK_N=32, BLOCK_V=32, BLOCK_H=32, BLOCK_M=32, CHUNK_TILES=512,
+        return dict(BLOCK_N=32, BLOCK_V=32, BLOCK_H=32, BLOCK_M=32, CHUNK_TILES=tiles_per_chunk(N, H, item, 32, l2),
                     launch=dict(num_warps=4, num_stages=2))
-    return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_H=64, BLOCK_M=64, CHUNK_TILES=256,
+    return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_H=64, BLOCK_M=64, CHUNK_TILES=tiles_per_chunk(N, H, item, 64, l2),
                 launch=dict(num_warps=4, num_stages=2))
+
+
+def tiles_per_chunk(N: int, H: int, item: int, block_v: int, l2_bytes: int) -> int:
+    """Vocabulary tiles per chunk such that the chunk's embedding rows [chunk, H] and probabilities
+    [N, chunk], beside the hidden states [N, H] every logits program reads, take at most half the
+    L2 cache. The soft kernel then re-reads both from L2:
+    its H / BLOCK_H column programs each sweep all of p, and the chunk of E is the one the logits
+    kernel just read, so per round the embedding comes from memory once, not twice, and p never
+    (at batch 8 with 16K-token chunks p is 64 MB: past an H200's L2, swept 44 times). Between 1,024
+    and 16,384 tokens: fewer tokens would cost more in kernel launches than they save."""
+    tokens = max(0, l2_bytes // 2 - N * H * item) // ((H + N) * item)
+    return max(1024 // block_v, min(16384 // block_v, tokens // block_v))
 
 
 def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor,
@@ -157,7 +178,7 @@ def denoise_head(hidden: torch.Tensor, embed: torch.Tensor, temperature: torch.T
     N, H = hidden.shape
     V = embed.shape[0]
     hidden, dev = hidden.contiguous(), hidden.device
-    plan = _plan(dev, embed.dtype)
+    plan = _plan(dev, embed.dtype, N, H)
     bn, bv, bh, bm, ct = (plan[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H", "BLOCK_M", "CHUNK_TILES"))
     launch = plan["launch"]
     n_tiles = triton.cdiv(V, bv)

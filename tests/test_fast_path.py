@@ -144,13 +144,18 @@ def test_fast_step_rows_stopping_at_different_rounds(checkpoint, ours):
 
 
 def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint, ours, capfd, monkeypatch):
-    class Broken:
+    model = ours(checkpoint("plain"))
+
+    class Broken:  # a fast step whose kernels fail: its cache is an ordinary one
         replays = 0
+        capacity = staticmethod(lambda tokens: tokens)
+
+        def new_cache(self, batch, tokens):
+            return dg.KVCache(model.config, batch, tokens, device="cpu", dtype=model.dtype)
 
         def __call__(self, *args, **kwargs):
             raise RuntimeError("kernel does not compile here")
 
-    model = ours(checkpoint("plain"))
     monkeypatch.setattr(gen, "stepper", lambda *a, **k: gen.Stepper(Broken(), may_fall_back=True))
     result = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4)
     monkeypatch.undo()
@@ -181,3 +186,44 @@ def test_kit_cuda_engine_records_a_fallback_as_a_failure_not_as_fast_timings(che
     engine.sweep, engine.model = SimpleNamespace(ignore_eos=True, early_stop=False), ours(checkpoint("plain"))
     with pytest.raises(RuntimeError, match="ran the torch path instead of the fast path: the fast path needs a CUDA"):
         engine.run(Prompts(texts=["x"], ids=[[5, 6, 7]]), GridPoint(max_new_tokens=8, batch=1, steps=2), seed=0)
+
+
+def test_the_cuda_graph_is_captured_once_per_shape_and_freed_with_the_model(checkpoint, monkeypatch):
+    """generate() replays the graph an earlier call of the same shape captured (CUDA stubbed: a
+    "capture" runs the warm-up, restores, and hands back the round itself as the replay). A kept graph
+    gives the tokens a fresh one gives; a new batch size is a new shape; the graphs go with the model."""
+    import gc
+    import weakref
+
+    from dgemma_helpers.fast import step
+
+    captures = []
+
+    def fake_capture(round_fn, restore, device):
+        round_fn()
+        restore()
+        captures.append(device)
+        return round_fn
+
+    monkeypatch.setattr(step, "uses_graphs", lambda device: True)
+    monkeypatch.setattr(step, "capture", fake_capture)
+    model = dg.load_model(checkpoint("plain"), device="cpu", dtype="float32")
+    run = lambda ids, seed: dg.generate(model, input_ids=ids, seed=seed, max_new_tokens=48,  # noqa: E731
+                                        max_denoising_steps=6, path="fast")
+    first = run([5, 6, 7], 0)
+    second = run([5, 6, 7, 8, 9], 1)  # another prompt length, in the same cache capacity
+    assert len(captures) == 1
+    assert len(step.graph_rounds(model)) == 1
+    run([[5, 6, 7], [8, 9, 10]], 2)  # batch 2: a graph of its own
+    assert len(captures) == 2 and len(step.graph_rounds(model)) == 2
+    run([5, 6, 7, 8, 9], 1)
+    assert len(captures) == 2  # batch 1's graph was kept
+
+    step.graph_rounds(model).clear()
+    monkeypatch.setattr(step, "uses_graphs", lambda device: False)  # fresh, uncaptured rounds
+    assert torch.equal(run([5, 6, 7], 0).token_ids, first.token_ids)
+    assert torch.equal(run([5, 6, 7, 8, 9], 1).token_ids, second.token_ids)
+    kept = weakref.ref(next(iter(step.graph_rounds(model).values())))
+    del model
+    gc.collect()
+    assert kept() is None

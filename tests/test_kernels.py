@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed: pip install -e '.[dev]' brings it (CPU interpreter)")
 
-from kernels.denoise_head import denoise_head  # noqa: E402
+from kernels.denoise_head import denoise_head, tiles_per_chunk  # noqa: E402
 from kernels.denoise_head_ref import reference_denoise_head  # noqa: E402
 from kernels.moe import moe  # noqa: E402
 from kernels.moe_ref import reference_moe  # noqa: E402
@@ -173,3 +173,15 @@ def test_fp8_experts_logit_error(checkpoint, ours, tmp_path):
             logits.append(m.logits(m.denoise(ids.new_zeros(1, m.config.canvas_length) + 7, cache)))
     err = rel_err(logits[1], logits[0])
     assert 0 < err < 0.35
+
+
+@pytest.mark.parametrize("l2_mb", [50, 128])
+@pytest.mark.parametrize("batch", [1, 4, 8])
+def test_head_chunks_fit_half_the_l2_cache(l2_mb, batch):
+    """A chunk's embedding rows, probabilities and the hidden states take at most half the L2
+    (so the soft kernel re-reads them from L2, not memory), within 1K to 16K tokens."""
+    N, H, l2 = 256 * batch, 2816, l2_mb * 2**20
+    tokens = tiles_per_chunk(N, H, 2, 64, l2) * 64
+    assert 1024 <= tokens <= 16384
+    assert (tokens * H + N * tokens + N * H) * 2 <= l2 // 2 or tokens == 1024
+    assert tiles_per_chunk(N, H, 2, 64, 10**12) * 64 == 16384  # a huge cache: the largest chunk

@@ -174,8 +174,8 @@ def capture(targets: Sequence[int], dtypes: Sequence[str] = DTYPES, batches: Seq
                     for batch in batches:
                         scenario[0] = f"{name}/{dtype}/B{batch}"
                         cache = KVCache(config, batch, config.canvas_length, device="meta", dtype=model.dtype)
-                        buffers = StaticRound(model, settings, cache)
-                        fast_round(model, TRITON_OPS, buffers, settings.entropy_bound)
+                        buffers = StaticRound(model, settings.stability_threshold, cache)
+                        fast_round(model, TRITON_OPS, buffers)
     finally:
         knobs.runtime.jit_cache_hook = previous_hook
         driver._active = previous_driver

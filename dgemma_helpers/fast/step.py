@@ -1,13 +1,15 @@
 """FastStepper: one denoising round with the kernel-backed modules swapped into the model, captured
-once per generation as a CUDA graph and replayed for every round of every canvas.
+as a CUDA graph once per model and shape, and replayed for every round of every canvas of every
+generate() call with that shape.
 
 It is a drop-in for generation.denoise_step (same call, same updates to the CanvasState, same
 record fields). The round is the model's own `denoise` over a StaticCanvasCache, the fused head,
 and sampler.sampler_round, with what a graph needs:
-  * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature, the rows' seed
-    words and the canvas and step numbers live in tensors allocated once; each round copies its
-    few scalars in (async fills, no host sync) and replays the graph, which derives the rows'
-    stream keys from them with the CPU path's own tensor hash (rng.stream_keys);
+  * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature, entropy bound,
+    confidence threshold, the rows' seed words and the canvas and step numbers live in tensors
+    allocated once; each round copies its few scalars in (async fills, no host sync) and replays
+    the graph, which derives the rows' stream keys from them with the CPU path's own tensor hash
+    (rng.stream_keys);
   * no branch on device values: rows that already stopped are kept with torch.where every round,
     pins are a mask that may be all False, the first round's zero self-conditioning signal is a
     zeroed buffer (the signal's MLP maps zeros to zeros, so this equals denoise(soft=None));
@@ -15,14 +17,21 @@ and sampler.sampler_round, with what a graph needs:
     accepted positions is CounterRNG's draw (same hash, same key), so the tokens are the same.
 The only host read per round is generate()'s `done.all()` stop test.
 
-Capture happens on the first round: a warm-up run on a side stream (compiles the Triton kernels,
-creates lazily cached tensors), the inputs restored, then the capture; the KV cache's canvas slots
-are rewritten by every round, so the warm-up leaves nothing behind. Without CUDA (tests, and the
-ahead-of-time compile check on meta tensors) the same body runs eagerly.
+Graphs are kept per model (freed with it) in a GraphRound: the graph, its static buffers and the
+KV cache it reads, keyed by (batch, cache capacity, stability threshold, dtype, device, kernels,
+fp8 experts). `FastStepper.new_cache` hands generate() that cache, its capacity rounded up to a
+multiple of CAPACITY_STEP so that prompts of similar length share a graph. A capture is a warm-up
+run on a side stream (compiles the Triton kernels, creates lazily cached tensors), the inputs
+restored, then the capture; the KV cache's canvas slots are rewritten by every round, so the
+warm-up leaves nothing behind. Without CUDA (tests, and the ahead-of-time compile check on meta
+tensors) the same body runs eagerly.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,15 +43,19 @@ from ..rng import NOISE_STREAM, SAMPLE_STREAM, CounterRNG, noise_ids, stream_key
 from ..sampler import StableAndConfident, sampler_round
 from .modules import fused_modules
 from .ops import Ops, kernel_ops
+from .quant import is_quantized
+
+CAPACITY_STEP = 1024  # cache slots a graph's KV cache is rounded up to (10 MiB of the official model's)
+KEPT_GRAPHS = 2  # graphs kept per model, the most recently used (each holds its KV cache)
 
 
 class StaticStop(StableAndConfident):
     """StableAndConfident with its history in one static buffer: the parent's update (a roll into
     a new tensor) is copied back in place, so a graph that captured it replays it correctly."""
 
-    def __init__(self, stability_threshold: int, confidence_threshold: float, shape: tuple[int, int],
+    def __init__(self, stability_threshold: int, confidence: torch.Tensor, shape: tuple[int, int],
                  device: torch.device) -> None:
-        super().__init__(stability_threshold, confidence_threshold)
+        super().__init__(stability_threshold, confidence)  # a device scalar: one graph serves any threshold
         self.buffer = torch.full((max(stability_threshold, 1), *shape), -1, dtype=torch.long, device=device)
         self.history = self.buffer
 
@@ -61,7 +74,7 @@ class StaticStop(StableAndConfident):
 class StaticRound:
     """The state of a batch's canvas in buffers allocated once (the RoundInput sampler_round reads)."""
 
-    def __init__(self, model: DiffusionGemma, settings: GenerationSettings, cache: KVCache) -> None:
+    def __init__(self, model: DiffusionGemma, stability_threshold: int, cache: KVCache) -> None:
         B, L, dev = cache.batch_size, cache.scratch, model.device
         long = dict(dtype=torch.long, device=dev)
         self.cache = StaticCanvasCache(cache)
@@ -74,10 +87,12 @@ class StaticRound:
         self.entropy = torch.zeros(B, L, dtype=torch.float32, device=dev)
         self.soft = torch.zeros(B, L, model.config.hidden_size, dtype=model.dtype, device=dev)
         self.temperature = torch.ones(1, dtype=torch.float32, device=dev)
+        self.entropy_bound = torch.zeros((), dtype=torch.float32, device=dev)
+        self.confidence = torch.zeros((), dtype=torch.float32, device=dev)
         self.seed_words = torch.zeros(B, 4, **long)  # CounterRNG.words of this generation
         self.canvas_index = torch.zeros(1, **long)
         self.step = torch.zeros(1, **long)
-        self.stop = StaticStop(settings.stability_threshold, settings.confidence_threshold, (B, L), dev)
+        self.stop = StaticStop(stability_threshold, self.confidence, (B, L), dev)
 
     def load(self, state) -> None:
         """A new canvas: its starting state into the buffers (outside any graph)."""
@@ -97,7 +112,7 @@ class StaticRound:
         self.cache.refresh()
 
 
-def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound, entropy_bound: float) -> None:
+def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound) -> None:
     """One round on the static buffers: model.denoise (kernel-backed modules swapped in), the fused
     head, sampler_round; the same update as generation.denoise_step. What a CUDA graph captures."""
     b = buffers
@@ -107,17 +122,71 @@ def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound, entropy_bo
     sample_keys = stream_keys(b.seed_words, SAMPLE_STREAM, b.canvas_index, b.step)
     head = ops.denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, sample_keys,
                             model.config.final_logit_softcapping, model.embed_scale)
-    out = sampler_round(b, head.entropy.view(B, L), head.argmax.view(B, L), head.soft.view(B, L, -1),
+    out = sampler_round(b, head.entropy.view(B, L), head.argmax.view(B, L),
                         lambda accepted: head.sample.view(B, L),
                         lambda: noise_ids(stream_keys(b.seed_words, NOISE_STREAM, b.canvas_index, b.step + 1), L,
                                           model.config.vocab_size),
-                        entropy_bound, b.stop)
-    for name in ("canvas", "argmax", "soft", "done", "accepted", "entropy"):
+                        b.entropy_bound, b.stop)
+    for name in ("canvas", "argmax", "done", "accepted", "entropy"):
         getattr(b, name).copy_(getattr(out, name))
+    b.soft.copy_(head.soft.view(B, L, -1))
+
+
+def capture(round_fn: Callable[[], None], restore: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """`round_fn` as one CUDA graph: a warm-up run on a side stream (compiles kernels, fills lazy
+    caches), `restore()` to undo its updates, then the capture. Returns the graph's replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        round_fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    restore()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        round_fn()
+    return graph.replay
+
+
+def uses_graphs(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+class GraphRound:
+    """One captured round and what it reads: the static buffers, their KV cache, the graph."""
+
+    def __init__(self, model: DiffusionGemma, ops: Ops, stability_threshold: int, cache: KVCache,
+                 use_graph: bool) -> None:
+        self.model = weakref.ref(model)  # the model keeps its rounds, never the other way round
+        self.ops, self.cache, self.use_graph = ops, cache, use_graph
+        self.buffers = StaticRound(model, stability_threshold, cache)
+        self.replay: Callable[[], None] | None = None
+        self.captures = 0
+
+    def round(self) -> None:
+        fast_round(self.model(), self.ops, self.buffers)
+
+    def run(self, restore: Callable[[], None]) -> None:
+        if not self.use_graph:
+            self.round()
+            return
+        if self.replay is None:
+            self.replay = capture(self.round, restore, self.model().device)
+            self.captures += 1
+        self.replay()
+
+
+# Each model's graphs, most recently used last; an entry goes when its model does.
+_ROUNDS: weakref.WeakKeyDictionary[DiffusionGemma, OrderedDict] = weakref.WeakKeyDictionary()
+
+
+def graph_rounds(model: DiffusionGemma) -> OrderedDict:
+    """The graphs kept for `model` (key -> GraphRound), for inspection; `.clear()` frees them."""
+    return _ROUNDS.setdefault(model, OrderedDict())
 
 
 class FastStepper:
-    """Call it like generation.denoise_step. One instance per generate() call."""
+    """Call it like generation.denoise_step. One instance per generate() call; the graph it replays
+    is kept by the model for the next call of the same shape (`new_cache`)."""
 
     def __init__(self, model: DiffusionGemma, settings: GenerationSettings, *, use_graph: bool | None = None,
                  ops: Ops | None = None) -> None:
@@ -125,50 +194,65 @@ class FastStepper:
         self.settings = settings
         self.device = model.device
         self.ops = ops or kernel_ops(self.device)
-        self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self.buffers: StaticRound | None = None
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.use_graph = uses_graphs(self.device) if use_graph is None else use_graph
+        self.graph: GraphRound | None = None
         self._state = self._source = None
         self.replays = 0  # rounds run (for tests and benchmarks)
 
-    def round(self) -> None:
-        fast_round(self.model, self.ops, self.buffers, self.settings.entropy_bound)
+    @property
+    def buffers(self) -> StaticRound | None:
+        return None if self.graph is None else self.graph.buffers
 
-    def _capture(self, state) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self.round()  # warm-up: compiles kernels, fills lazy caches
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.buffers.load(state)  # undo the warm-up's updates
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.round()
+    @staticmethod
+    def capacity(tokens: int) -> int:
+        """The KV cache capacity new_cache gives for `tokens`: rounded up to CAPACITY_STEP."""
+        return -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
+
+    def _key(self, batch: int, capacity: int) -> tuple:
+        m = self.model
+        return (batch, capacity, self.settings.stability_threshold, m.dtype, m.device, self.ops.name, is_quantized(m))
+
+    def new_cache(self, batch: int, tokens: int) -> KVCache:
+        """An empty KV cache for `tokens` committed tokens: the one a kept graph reads (its graph is
+        then replayed, not captured again), or a new one with its graph to come."""
+        key = self._key(batch, self.capacity(tokens))
+        rounds = graph_rounds(self.model)
+        graph = rounds.pop(key, None)
+        if graph is None:
+            while len(rounds) >= KEPT_GRAPHS:  # the least recently used goes first
+                rounds.popitem(last=False)
+            c = self.model.config
+            cache = KVCache(c, batch, key[1], device=self.device, dtype=self.model.dtype)
+            graph = GraphRound(self.model, self.ops, self.settings.stability_threshold, cache, self.use_graph)
+        else:
+            graph.cache.reset()
+        rounds[key] = graph
+        self.graph = graph
+        return graph.cache
+
+    def round(self) -> None:
+        self.graph.round()
 
     def __call__(self, model: DiffusionGemma, cache: KVCache, state, temperature: float, settings: GenerationSettings,
                  stop: StableAndConfident, source: CounterRNG, canvas_index: int, step: int, record: bool = False,
                  topk: int = 0) -> dict[str, Any]:
-        if self.buffers is None or self.buffers.cache.cache is not cache:
-            self.buffers = StaticRound(self.model, self.settings, cache)
-            self.graph = self._source = None
-        b = self.buffers
+        if self.graph is None or self.graph.cache is not cache:  # a cache of the caller's own: a graph for it
+            self.graph = GraphRound(self.model, self.ops, self.settings.stability_threshold, cache, self.use_graph)
+            self._source = None
+        b = self.graph.buffers
         if state is not self._state:
             b.load(state)
             self._state = state
         # Scalars of this round: fills are asynchronous kernel launches, no host sync.
         b.temperature.fill_(temperature)
-        if source is not self._source:
+        if source is not self._source:  # once per call: this call's seeds and sampler settings
             b.seed_words.copy_(source.words)
+            b.entropy_bound.fill_(self.settings.entropy_bound)
+            b.confidence.fill_(self.settings.confidence_threshold)
             self._source = source
         b.canvas_index.fill_(canvas_index)
         b.step.fill_(step)
-        if not self.use_graph:
-            self.round()
-        elif self.graph is None:
-            self._capture(state)
-            self.graph.replay()
-        else:
-            self.graph.replay()
+        self.graph.run(restore=lambda: b.load(state))
         self.replays += 1
         state.canvas, state.argmax, state.soft, state.done = b.canvas, b.argmax, b.soft, b.done
         if not record:
