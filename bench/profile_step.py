@@ -176,6 +176,32 @@ def profile_transformers(path: str, dtype: str, steps: int, prompt: list[int]) -
     return _per_step(timer.seconds, forwards[0])
 
 
+def experts_alone(path: str, dtype: str, reps: int = 12) -> tuple[float, float]:
+    """Layer 0's experts alone, the kit's and transformers' (grouped_mm) on the same weights, input
+    and routing, timed alternately: median ms per call of each. Parts timed inside a whole step vary
+    with what ran before them; this is the like-for-like comparison."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    ref = DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                          experts_implementation="grouped_mm").eval()
+    theirs = ref.model.decoder.layers[0].experts
+    ours = dg.load_model(path, dtype=dtype).layers[0].experts
+    g = torch.Generator().manual_seed(0)
+    H, E = ours.gate_up_proj.shape[2], ours.gate_up_proj.shape[0]
+    x = torch.randn(256, H, generator=g).to(getattr(torch, dtype))
+    weights, chosen = torch.softmax(torch.randn(256, E, generator=g), -1).topk(ref.config.text_config.top_k_experts, -1)
+    times: dict[str, list[float]] = {"kit": [], "transformers": []}
+    with torch.inference_mode():
+        for i in range(reps + 2):
+            for name, run in (("kit", lambda: ours(x, weights, chosen)),
+                              ("transformers", lambda: theirs(x, chosen, weights.to(x.dtype)))):
+                t0 = time.perf_counter()
+                run()
+                if i >= 2:  # the first two: warm-up (the kit packs its copies here)
+                    times[name].append(1000 * (time.perf_counter() - t0))
+    return tuple(sorted(t)[len(t) // 2] for t in times.values())
+
+
 def _per_step(seconds: dict[str, float], steps: int) -> dict[str, float]:
     return {part: 1000 * seconds.get(part, 0.0) / max(steps, 1) for part in PARTS}
 
@@ -205,6 +231,10 @@ def main() -> None:
     for part in PARTS:
         print(f"| {part} | " + " | ".join(f"{c[part]:,.0f}" for c in columns.values()) + " |")
     print("| **total** | " + " | ".join(f"**{sum(c.values()):,.0f}**" for c in columns.values()) + " |")
+    if len(columns) == 2:
+        kit, ref = experts_alone(path, args.dtype)
+        print(f"one layer's experts alone, interleaved: kit {kit:,.1f} ms, transformers (grouped_mm) {ref:,.1f} ms "
+              f"({ref / kit:.2f}x)")
 
 
 if __name__ == "__main__":
