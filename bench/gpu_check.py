@@ -7,7 +7,7 @@ Each kernel runs on fresh random inputs with its outputs (and scratch buffers) p
 (NaN / -1), against its PyTorch reference in kernels/*_ref.py; the relative error must be within
 the dtype's tolerance. Then the optimised step: the fused-kernel denoiser pass, captured in a CUDA
 graph through the static cache view, against model.denoise's logits, and one whole graph-replayed
-round against generation.denoise_step. Prints one line per check and PASS/FAIL last; --json writes
+round against generation.TorchStep. Prints one line per check and PASS/FAIL last; --json writes
 the numbers. Exit status 1 if any check fails.
 """
 
@@ -33,12 +33,12 @@ def main() -> int:
         print("no CUDA GPU here: run with --cpu for the interpreter check")
         return 2
     # After the interpreter switch: a kernel module is decorated for the interpreter or the GPU on import.
-    from kernels.denoise_head import denoise_head
-    from kernels.denoise_head_ref import reference_denoise_head
-    from kernels.moe import moe
-    from kernels.moe_ref import reference_moe
-    from kernels.rmsnorm import rmsnorm
-    from kernels.rmsnorm_ref import reference_rmsnorm
+    from dgemma_kernels.denoise_head import denoise_head
+    from dgemma_kernels.denoise_head_ref import reference_denoise_head
+    from dgemma_kernels.moe import moe
+    from dgemma_kernels.moe_ref import reference_moe
+    from dgemma_kernels.rmsnorm import rmsnorm
+    from dgemma_kernels.rmsnorm_ref import reference_rmsnorm
 
     dev = "cpu" if args.cpu else "cuda"
     dtype = torch.float32 if args.cpu else torch.bfloat16
@@ -119,10 +119,10 @@ def main() -> int:
 
 def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: float, check) -> None:
     import dgemma_helpers as dg
-    from dgemma_helpers.fast import FastStepper, StaticRound, fused_modules, kernel_ops
-    from dgemma_helpers.generation import CanvasState, denoise_step
+    import dgemma_kernels
+    from dgemma_helpers.fast import FastStep, StaticRound
+    from dgemma_helpers.generation import CanvasState, TorchStep
     from dgemma_helpers.rng import CounterRNG
-    from dgemma_helpers.sampler import StableAndConfident
 
     config = gpu.model_config(hf, canvas, layers=None if args.cpu else args.layers)
     model = gpu.random_model(config, dev, dtype)
@@ -140,14 +140,13 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
         def fresh_state():
             return CanvasState(canvas=noise, argmax=noise, soft=soft, done=torch.zeros(B, dtype=torch.bool, device=dev))
 
-        # model.denoise itself over the static cache, kernel-backed modules swapped in: a CUDA graph
-        # of it on a GPU (what the fast round captures), eager on a CPU.
+        # model.denoise itself over the static cache, the fused kernels on: a CUDA graph of it on a
+        # GPU (what the fast round captures), eager on a CPU.
         buffers = StaticRound(model, settings.stability_threshold, cache)
         buffers.load(fresh_state())
-        ops = kernel_ops(torch.device(dev))
 
         def fused_denoise():
-            with fused_modules(model, ops):
+            with dgemma_kernels.fused():
                 return model.denoise(buffers.canvas, buffers.cache, buffers.soft)
 
         if dev == "cuda":
@@ -166,13 +165,12 @@ def step_check(args, dev: str, dtype: torch.dtype, hf: dict, canvas: int, tol: f
         check("step: fused denoiser logits vs model.denoise", gpu.rel_err(model.logits(hidden), ref_logits),
               limit=tol if args.cpu else 3e-2)
 
-        # one whole round, graph-replayed, against denoise_step on the same state
+        # one whole round, graph-replayed, against the PyTorch step on the same state
         rng = CounterRNG(5, B, dev)
-        torch_state = fresh_state()
-        denoise_step(model, cache, torch_state, 0.7, settings, StableAndConfident(1, 0.0), rng, 0, 3)
-        fast_state = fresh_state()
-        stepper = FastStepper(model, settings)
-        stepper(model, cache, fast_state, 0.7, settings, None, rng, 0, 3)
+        torch_state, fast_state = fresh_state(), fresh_state()
+        for step, state in ((TorchStep(model, settings, rng), torch_state), (FastStep(model, settings, rng), fast_state)):
+            step.cache = cache
+            step(state, 0, 3)
         agree = (fast_state.argmax == torch_state.argmax).float().mean().item()
         check("step: round argmax disagreement", 1 - agree, limit=0 if args.cpu else 0.01)
         check("step: round soft embedding", gpu.rel_err(fast_state.soft, torch_state.head.soft_input(model)),

@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
 status=0
-python -m dgemma_helpers.fast.aot --json "$OUT/compile.json" || status=1
+python tools/compile_check.py --json "$OUT/compile.json" || status=1
 python bench/gpu_check.py --json "$OUT/gpu_check.json" || status=1
 python bench/gpu_step.py --json "$OUT/gpu_step.json" || status=1
 python bench/long_context.py --device cuda --dtype bfloat16 --json "$OUT/long_context.json" || status=1

@@ -145,25 +145,20 @@ def build_models(hf: dict, canvas: int, dev: str, dtype: torch.dtype):
 
 def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> float:
     """Steady-state ms per denoising round: generate()'s loop body on one canvas, after warm-up."""
-    import dgemma_helpers as dg
-    from dgemma_helpers.generation import CanvasState, resolve_settings, stepper
+    from dgemma_helpers.generation import make_step, resolve_settings, start_canvas
     from dgemma_helpers.rng import CounterRNG
-    from dgemma_helpers.sampler import StableAndConfident
 
     cfg, dev = model.config, model.device
     settings = resolve_settings(model, dict(confidence_threshold=0.0, max_denoising_steps=steps))
     with torch.inference_mode():
-        cache = dg.KVCache(cfg, batch, prompt.shape[1], device=dev, dtype=model.dtype)
-        model.encode(prompt, cache)
         rng = CounterRNG(1, batch, dev)
-        noise = rng.canvas(0, batch, cfg.canvas_length, cfg.vocab_size, dev)
-        done = torch.zeros(batch, dtype=torch.bool, device=dev)
-        state = CanvasState(canvas=noise, argmax=noise, soft=None, done=done)
-        step = stepper(path, model, settings, "counter", 0)  # what generate() runs: the PyTorch step reuses its head buffers
-        stop = StableAndConfident(settings.stability_threshold, settings.confidence_threshold)
+        step = make_step(path, model, settings, rng)  # what generate() runs (the PyTorch step reuses its buffers)
+        cache = step.new_cache(batch, step.capacity(prompt.shape[1]))
+        model.encode(prompt, cache)
+        state = start_canvas(rng, 0, cfg.canvas_length, cfg.vocab_size, None)
 
         def run(i):
-            step(model, cache, state, settings.temperature(steps - i % steps), settings, stop, rng, 0, i)
+            step(state, 0, i % steps)
             bool(state.done.all())  # generate()'s one host read per round
 
         for i in range(2):  # warm-up (the fast path captures its graph here)
@@ -178,9 +173,9 @@ def step_ms(model, path: str, batch: int, prompt: torch.Tensor, steps: int) -> f
 
 def kernel_bandwidth(model, canvas: int, dev: str) -> dict:
     """Each kernel alone at the denoiser's shapes (batch 1): GB/s of the bytes it must move."""
-    from kernels.denoise_head import denoise_head
-    from kernels.moe import moe
-    from kernels.rmsnorm import rmsnorm
+    from dgemma_kernels.denoise_head import denoise_head
+    from dgemma_kernels.moe import moe
+    from dgemma_kernels.rmsnorm import rmsnorm
 
     H, dtype = model.config.hidden_size, model.dtype
     g = torch.Generator(dev).manual_seed(3)

@@ -98,7 +98,9 @@ def profile_kit(path: str, dtype: str, steps: int, prompt: list[int]) -> tuple[d
                               confidence_threshold=0.0, eos_token_ids=(), seed=0, path="torch")
     run()  # warm-up
     with ExitStack() as stack:
-        timer.function(stack, generation, "denoise_step", "sampler", root=True)  # what the parts below leave of a step
+        # what the parts below leave of a step (the class before issue 19's refactor: a function)
+        owner, name = (generation.TorchStep, "__call__") if hasattr(generation, "TorchStep") else (generation, "denoise_step")
+        timer.function(stack, owner, name, "sampler", root=True)
         for fn in ("denoise_head", "materialized_head", "tiled_head"):  # whichever this version has
             if hasattr(generation, fn):
                 timer.function(stack, generation, fn, "head")

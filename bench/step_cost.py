@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgemma_helpers.config import ModelConfig  # noqa: E402
-from kernels.denoise_head import tiles_per_chunk  # noqa: E402
+from dgemma_kernels.denoise_head import tiles_per_chunk  # noqa: E402
 
 ITEM = 2  # bf16
 PROMPT = 128

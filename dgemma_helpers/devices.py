@@ -1,4 +1,5 @@
-"""Device and dtype resolution, with errors that say what exists here instead."""
+"""Device and dtype resolution, with errors that say what exists here instead; what a device can run
+(Triton, fp8) and so which denoising step a generate() call runs (`select_path`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 
 import torch
 
-from .errors import DeviceError
+from .errors import DeviceError, InputError
 
+PATHS = ("auto", "torch", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -147,3 +149,47 @@ def triton_support(device: torch.device) -> tuple[bool, str]:
 def has_fp8(device: torch.device) -> bool:
     """fp8 (e4m3) conversions in hardware: compute capability 8.9+ (Ada, Hopper, Blackwell)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def select_path(path: str | None, device: torch.device, rng: str, record_topk: int,
+                fp8: bool = False) -> tuple[str, str | None]:
+    """('torch' or 'fast', why auto did not pick 'fast') for this call (`fp8`: the model's experts are
+    quantized). Auto picks 'fast' only where it is known to work: a CUDA GPU of compute capability 8.0+
+    with Triton, the counter-based RNG (the fused head draws with that hash) and no top-k recording
+    (the fused head never holds full probabilities). Forcing path='fast' where it cannot run raises
+    InputError/DeviceError naming the fix; on a CPU it runs the same round without a graph, with the
+    kernels under TRITON_INTERPRET=1 or else their PyTorch references: slow, for tests."""
+    if path is None or path == "auto":
+        if device.type != "cuda":
+            return "torch", f"the fast path needs a CUDA GPU; the model is on {device.type!r}"
+        usable, why = triton_support(device)
+        if not usable:
+            return "torch", why
+        if fp8 and not has_fp8(device):
+            return "torch", "fp8 experts need a GPU with fp8 conversions (compute capability 8.9+)"
+        if rng != "counter":
+            return "torch", f"rng={rng!r} replays transformers' draws, which need full probabilities"
+        if record_topk:
+            return "torch", "record_topk needs full probabilities, which the fused head never holds"
+        return "fast", None
+    if path == "torch":
+        return "torch", None
+    if path != "fast":
+        raise InputError(f"path must be one of {PATHS} (None means 'auto'); got {path!r}.")
+    if rng != "counter":
+        raise InputError(f"path='fast' samples with the counter-based RNG inside the fused head; rng={rng!r} "
+                         "needs the PyTorch path: use rng='counter' or path='torch'.")
+    if record_topk:
+        raise InputError("path='fast' never materialises the probabilities, so record_topk is not available: "
+                         "use record_topk=0 or path='torch'.")
+    if device.type == "cuda":
+        usable, why = triton_support(device)
+        if not usable:
+            raise DeviceError(f"path='fast' needs the Triton kernels, but {why}; use path='torch' (or path=None).")
+        if fp8 and not has_fp8(device):
+            raise DeviceError("path='fast' with fp8 experts needs a GPU with fp8 conversions (compute capability "
+                              "8.9+: Ada, Hopper, Blackwell); use path='torch' or bf16 experts.")
+    elif device.type != "cpu":
+        raise DeviceError(f"path='fast' runs on CUDA GPUs (and, for tests, CPUs); not on {device.type!r}: "
+                          "use path='torch'.")
+    return "fast", None

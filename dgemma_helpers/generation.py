@@ -28,20 +28,18 @@ import torch
 
 from .cache import KVCache
 from .config import GenerationSettings
-from .devices import has_fp8, synchronize, triton_support
-from .errors import DeviceError, InputError
-from .fast import FastStepper
+from .devices import select_path, synchronize
+from .errors import InputError
 from .fast.quant import is_quantized
+from .fast.step import FastStep
 from .head import HeadBuffers, HeadOutput, denoise_head
 from .inputs import canvas_inputs, check_call, prompt_inputs, token_id_list
 from .memory import PREFILL_CHUNK, cache_capacity, check_fits, fitting_head
 from .model import DiffusionGemma
 from .rng import CounterRNG, TransformersRNG, make_rng
-from .sampler import StableAndConfident, finalize_canvas, sampler_round
-from .tokenizer import decode
+from .sampler import StableAndConfident, finalize_canvas, update_canvas
+from .tokenizer import decode, text_ids
 from .vision import prompt_embeddings
-
-PATHS = ("auto", "torch", "fast")
 
 
 def prefill(model: DiffusionGemma, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *,
@@ -87,7 +85,7 @@ class StepRecord:
     """What one denoising round did, for every row of the batch (tensors on the CPU)."""
 
     canvas_index: int
-    step: int  # 1-based round within this canvas
+    step: int  # the round's number within this canvas, from 1 (steps count from 0 everywhere else)
     remaining: int  # transformers' cur_step: N on the first round, counting down
     temperature: float
     canvas_ids: torch.Tensor  # [B, L] the canvas after this round: accepted tokens + fresh noise
@@ -177,103 +175,135 @@ def generate(
     `on_step` receives a StepRecord after every denoising round. `seed`: one int for the batch (row i
     draws from (seed, i); row 0 equals a batch-of-one run with that seed), or one int per prompt (row i
     equals a batch-of-one run with seed[i]); any Python int is a distinct seed (see rng.py).
-    `rng="transformers"` replays the
-    reference's random draws (same seed, same tokens as transformers' generate; slower).
-    `path`: None/"auto" runs the fused-kernel CUDA-graph step (dgemma_helpers/fast) where it can
-    (CUDA + Triton, counter RNG, no top-k), else the PyTorch step; "torch" or "fast" force one.
+    `rng="transformers"` replays the reference's random draws (same seed, same tokens as
+    transformers' generate; slower). `path`: None/"auto" runs the fused-kernel CUDA-graph step
+    (dgemma_helpers/fast) where it can (CUDA + Triton, counter RNG, no top-k), else the PyTorch step;
+    "torch" or "fast" force one.
     """
     t_start = time.perf_counter()
     settings = resolve_settings(model, dict(
         max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
         t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
         confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
-    config, device = model.config, model.device
-    V, L, N = config.vocab_size, config.canvas_length, settings.max_denoising_steps
+    config, device, L = model.config, model.device, model.config.canvas_length
     ids, valid, prompt_ids, images = prompt_inputs(model, prompt, messages, input_ids, thinking, settings.pad_token_id)
     B, P = ids.shape
-    n_canvases = math.ceil(settings.max_new_tokens / L)
-    if P + n_canvases * L > config.max_position_embeddings:
-        raise InputError(f"the prompt ({P} tokens) plus {n_canvases} canvas(es) of {L} tokens exceeds the model's "
-                         f"context of {config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
-    first_canvas, pin_mask = canvas_inputs(initial_canvas, pinned, B, L, V, device)
-    check_call(record_topk, on_step, V)
+    n_canvases = canvases_needed(config, P, settings.max_new_tokens)
+    first_canvas, pin_mask = canvas_inputs(initial_canvas, pinned, B, L, config.vocab_size, device)
+    check_call(record_topk, on_step, config.vocab_size)
     source = make_rng(rng, seed, B, device)
-    # denoise_step, or the fast path's drop-in (same call, same state updates).
-    step_fn = stepper(path, model, settings, rng, record_topk)
-    capacity = step_fn.capacity(cache_capacity(config, P, settings.max_new_tokens))
-    head_kind, needs = fitting_head(config, P, max_new_tokens=settings.max_new_tokens, batch_size=B, dtype=model.dtype,
-                                    device=device, probabilities=source.needs_probs or bool(record_topk),
-                                    capacity=capacity)
-    step_fn.head_kind = head_kind
-    check_fits(needs, device, f"generating {settings.max_new_tokens} tokens after {B} prompt(s) of up to {P:,} tokens")
+    step = make_step(path, model, settings, source, record_topk)
+    cache = allocate(step, model, B, P, settings.max_new_tokens)
 
-    cache = step_fn.new_cache(config, B, capacity, device, model.dtype)
-    timings = Timings()
-    t0 = time.perf_counter()
     # An image prompt: the vision tower's features in place of the image tokens' embeddings.
+    timings, t0 = Timings(), time.perf_counter()
     embeds, blocks = (None, None) if images is None else prompt_embeddings(model, ids, valid, images)
     prefill(model, ids, cache, valid, embeds=embeds, blocks=blocks)
-    synchronize(device)
-    timings.prefill_s = time.perf_counter() - t0
+    timings.prefill_s = _elapsed(t0, device)
 
     eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
-    stop = StableAndConfident(settings.stability_threshold, settings.confidence_threshold)
-    finished_seq = torch.zeros(B, dtype=torch.bool, device=device)
-    forwards = torch.zeros(B, dtype=torch.long, device=device)
-    committed: list[torch.Tensor] = []
-    steps_per_canvas: list[list[int]] = []
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    forwards = torch.zeros(B, dtype=torch.long, device=device)  # denoiser passes per unfinished row
+    committed, steps_per_canvas = [], []
     for c in range(n_canvases):
         t0 = time.perf_counter()
-        # Draw the noise even when the caller gives a canvas: seeds then line up with transformers.
-        noise = source.canvas(c, B, L, V, device)
-        state = CanvasState(canvas=noise, argmax=noise, soft=None, done=torch.zeros(B, dtype=torch.bool, device=device))
-        if c == 0 and first_canvas is not None:
-            state.canvas = state.argmax = first_canvas
-            state.pins, state.pinned_ids = pin_mask, first_canvas if pin_mask is not None else None
-        steps = torch.zeros(B, dtype=torch.long, device=device)
-        stop.reset()
-        for remaining in range(N, 0, -1):
-            active = ~state.done
-            forwards += active & ~finished_seq
-            steps += active
-            temperature = settings.temperature(remaining)
-            record = step_fn(model, cache, state, temperature, settings, stop, source, c, N - remaining,
-                             record=on_step is not None, topk=record_topk)
-            if on_step is not None:
-                on_step(StepRecord(canvas_index=c, step=N - remaining + 1, remaining=remaining,
-                                   temperature=temperature, active=active.cpu(), **record))
-            if bool(state.done.all()):
-                break
-        synchronize(device)
-        timings.denoise_s += time.perf_counter() - t0
+        state = start_canvas(source, c, L, config.vocab_size,
+                             (first_canvas, pin_mask) if c == 0 and first_canvas is not None else None)
+        steps = denoise_canvas(step, state, c, settings, finished, forwards, on_step)
+        timings.denoise_s += _elapsed(t0, device)
         steps_per_canvas.append(steps.tolist())
-
         out_of_length = (c + 1) * L >= settings.max_new_tokens
-        final, finished_seq = finalize_canvas(state.argmax, finished_seq, eos, settings.pad_token_id, out_of_length)
+        final, finished = finalize_canvas(state.argmax, finished, eos, settings.pad_token_id, out_of_length)
         committed.append(final)
         if c == 0:
             timings.first_canvas_s = time.perf_counter() - t_start
-        if bool(finished_seq.all()):
+        if bool(finished.all()):
             break
         t0 = time.perf_counter()
         model.encode(final, cache)
-        synchronize(device)
-        timings.commit_s += time.perf_counter() - t0
+        timings.commit_s += _elapsed(t0, device)
+    return result(model, torch.cat(committed, dim=1), forwards, prompt_ids, steps_per_canvas, settings, timings,
+                  t_start, step)
 
-    tokens = torch.cat(committed, dim=1)
+
+def canvases_needed(config, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Canvases a call denoises, refused where prompt and canvases overflow the context."""
+    n, L = math.ceil(max_new_tokens / config.canvas_length), config.canvas_length
+    if prompt_tokens + n * L > config.max_position_embeddings:
+        raise InputError(f"the prompt ({prompt_tokens} tokens) plus {n} canvas(es) of {L} tokens exceeds the "
+                         f"model's context of {config.max_position_embeddings} tokens: shorten the prompt or "
+                         "max_new_tokens.")
+    return n
+
+
+def allocate(step, model: DiffusionGemma, batch: int, prompt_tokens: int, max_new_tokens: int) -> KVCache:
+    """The call's KV cache, after the memory estimate says it and the round's peak fit (the estimate
+    also picks the PyTorch step's head: memory.fitting_head)."""
+    capacity = step.capacity(cache_capacity(model.config, prompt_tokens, max_new_tokens))
+    step.head_kind, needs = fitting_head(model.config, prompt_tokens, max_new_tokens=max_new_tokens, batch_size=batch,
+                                         dtype=model.dtype, device=model.device, probabilities=step.needs_probs,
+                                         capacity=capacity)
+    check_fits(needs, model.device, f"generating {max_new_tokens} tokens after {batch} prompt(s) of up to "
+                                    f"{prompt_tokens:,} tokens")
+    return step.new_cache(batch, capacity)
+
+
+def start_canvas(source: CounterRNG | TransformersRNG, canvas_index: int, length: int, vocab: int,
+                 given: tuple[torch.Tensor, torch.Tensor | None] | None) -> CanvasState:
+    """A canvas's first state: uniform noise, or the caller's canvas and pins (the noise is drawn
+    anyway, so seeds line up with transformers)."""
+    noise = source.canvas(canvas_index, length, vocab)
+    state = CanvasState(canvas=noise, argmax=noise, soft=None,
+                        done=torch.zeros(noise.shape[0], dtype=torch.bool, device=noise.device))
+    if given is not None:
+        canvas, pins = given
+        state.canvas = state.argmax = canvas
+        state.pins, state.pinned_ids = pins, canvas if pins is not None else None
+    return state
+
+
+def denoise_canvas(step, state: CanvasState, canvas_index: int, settings: GenerationSettings, finished: torch.Tensor,
+                   forwards: torch.Tensor, on_step: Callable[[StepRecord], None] | None) -> torch.Tensor:
+    """Rounds over one canvas until every row stops or the steps run out; returns each row's rounds."""
+    N = settings.max_denoising_steps
+    steps = torch.zeros_like(forwards)
+    for i in range(N):
+        active = ~state.done
+        forwards += active & ~finished
+        steps += active
+        fields = step(state, canvas_index, i, record=on_step is not None)
+        if on_step is not None:
+            on_step(StepRecord(canvas_index=canvas_index, step=i + 1, remaining=N - i,
+                               temperature=settings.temperature(N - i), active=active.cpu(),
+                               **{k: None if v is None else v.to("cpu", copy=True) for k, v in fields.items()}))
+        if bool(state.done.all()):
+            break
+    return steps
+
+
+def result(model: DiffusionGemma, tokens: torch.Tensor, forwards: torch.Tensor, prompt_ids: list[list[int]],
+           steps_per_canvas: list[list[int]], settings: GenerationSettings, timings: Timings, t_start: float,
+           step) -> GenerationResult:
+    """The GenerationResult: tokens cut to max_new_tokens, texts, and both tokens-per-forward figures."""
+    B, pad = tokens.shape[0], settings.pad_token_id
     passes = forwards.clamp(min=1).float()
-    row_canvas_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).tolist()
+    row_canvas_tpf = ((tokens != pad).sum(dim=1).float() / passes).tolist()
     tokens = tokens[:, :settings.max_new_tokens]
-    row_tpf = ((tokens != settings.pad_token_id).sum(dim=1).float() / passes).tolist()
+    row_tpf = ((tokens != pad).sum(dim=1).float() / passes).tolist()
     tokens = tokens.cpu()
-    texts = [decode(model.tokenizer, _until_eos(row, settings)) for row in tokens.tolist()]
+    texts = [decode(model.tokenizer, text_ids(row, settings.eos_token_ids, pad)) for row in tokens.tolist()]
     timings.total_s = time.perf_counter() - t_start
     return GenerationResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids,
                             tokens_per_forward=sum(row_tpf) / B, row_tokens_per_forward=row_tpf,
                             canvas_tokens_per_forward=sum(row_canvas_tpf) / B,
                             row_canvas_tokens_per_forward=row_canvas_tpf,
                             steps_per_canvas=steps_per_canvas, settings=settings, timings=timings,
-                            path=step_fn.path, fallback_reason=step_fn.fallback_reason)
+                            path=step.path, fallback_reason=step.fallback_reason)
+
+
+def _elapsed(t0: float, device: torch.device) -> float:
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
 @dataclass
@@ -291,131 +321,70 @@ class CanvasState:
     head: HeadOutput | None = None
 
 
-def denoise_step(model: DiffusionGemma, cache: KVCache, state: CanvasState, temperature: float,
-                 settings: GenerationSettings, stop: StableAndConfident, source: CounterRNG | TransformersRNG,
-                 canvas_index: int, step: int, record: bool = False, topk: int = 0,
-                 head_kind: str = "materialized", buffers: HeadBuffers | None = None) -> dict[str, Any]:
-    """One denoising round over the whole batch, updating `state` in place (rows in `state.done`
-    keep theirs). Returns the round's record fields when `record` is set. `head_kind`: see
-    memory.fitting_head (full probabilities, for transformers' draws or top-k, need "materialized");
-    `buffers`: the head's tensors, reused from round to round."""
-    B, L = state.canvas.shape
-    V = model.config.vocab_size
-    if state.head is not None:
-        state.soft, state.head = state.head.soft_input(model), None
-    hidden = model.denoise(state.canvas, cache, state.soft)
-    head = denoise_head(model, hidden, temperature, head_kind, probs=source.needs_probs or bool(topk), buffers=buffers)
-    out = sampler_round(state, head.entropy, head.argmax,
-                        lambda accepted: source.sample(model, head, accepted, canvas_index, step),
-                        lambda: source.renoise(canvas_index, step + 1, B, L, V, hidden.device),
-                        settings.entropy_bound, stop)
-    state.canvas, state.argmax, state.done, state.head = out.canvas, out.argmax, out.done, head
+# ---- the step: one denoising round ------------------------------------------------------------
+class TorchStep:
+    """One denoising round over the whole batch in PyTorch, updating the CanvasState in place (rows in
+    `state.done` keep theirs): model.denoise, the head (head.py), the sampler's rules (sampler.py).
+    The reference step; the fast path's FastStep (fast/step.py) is its drop-in. One per generate() call:
+    it holds what every round of the call shares (the adaptive stop, the head's buffers)."""
 
-    if not record:
-        return {}
-    rec = dict(canvas_ids=out.canvas.cpu(), argmax_ids=out.argmax.cpu(), accepted=out.accepted.cpu(),
-               entropy=out.entropy.float().cpu(), pinned=None if state.pins is None else state.pins.cpu())
-    if topk:
-        top = torch.topk(head.probs, topk, dim=-1)
-        rec.update(top_ids=top.indices.cpu(), top_probs=top.values.cpu())
-    return rec
+    path = "torch"
 
-
-def _until_eos(row: list[int], settings: GenerationSettings) -> list[int]:
-    for i, t in enumerate(row):
-        if t in settings.eos_token_ids:
-            return row[:i]
-    return [t for t in row if t != settings.pad_token_id]
-
-
-# ---- which denoising step a call runs ---------------------------------------------------------
-def select_path(path: str | None, device: torch.device, rng: str, record_topk: int,
-                fp8: bool = False) -> tuple[str, str | None]:
-    """('torch' or 'fast', why auto did not pick 'fast') for this call (`fp8`: the model's experts are
-    quantized). Auto picks 'fast' only where it is known to work: a CUDA GPU of compute capability 8.0+
-    with Triton, the counter-based RNG (the fused head draws with that hash) and no top-k recording
-    (the fused head never holds full probabilities). Forcing path='fast' where it cannot run raises
-    InputError/DeviceError naming the fix; on a CPU it runs the same round without a graph, with the
-    kernels under TRITON_INTERPRET=1 or else their PyTorch references: slow, for tests."""
-    if path is None or path == "auto":
-        if device.type != "cuda":
-            return "torch", f"the fast path needs a CUDA GPU; the model is on {device.type!r}"
-        usable, why = triton_support(device)
-        if not usable:
-            return "torch", why
-        if fp8 and not has_fp8(device):
-            return "torch", "fp8 experts need a GPU with fp8 conversions (compute capability 8.9+)"
-        if rng != "counter":
-            return "torch", f"rng={rng!r} replays transformers' draws, which need full probabilities"
-        if record_topk:
-            return "torch", "record_topk needs full probabilities, which the fused head never holds"
-        return "fast", None
-    if path == "torch":
-        return "torch", None
-    if path != "fast":
-        raise InputError(f"path must be one of {PATHS} (None means 'auto'); got {path!r}.")
-    if rng != "counter":
-        raise InputError(f"path='fast' samples with the counter-based RNG inside the fused head; rng={rng!r} "
-                         "needs the PyTorch path: use rng='counter' or path='torch'.")
-    if record_topk:
-        raise InputError("path='fast' never materialises the probabilities, so record_topk is not available: "
-                         "use record_topk=0 or path='torch'.")
-    if device.type == "cuda":
-        usable, why = triton_support(device)
-        if not usable:
-            raise DeviceError(f"path='fast' needs the Triton kernels, but {why}; use path='torch' (or path=None).")
-        if fp8 and not has_fp8(device):
-            raise DeviceError("path='fast' with fp8 experts needs a GPU with fp8 conversions (compute capability "
-                              "8.9+: Ada, Hopper, Blackwell); use path='torch' or bf16 experts.")
-    elif device.type != "cpu":
-        raise DeviceError(f"path='fast' runs on CUDA GPUs (and, for tests, CPUs); not on {device.type!r}: "
-                          "use path='torch'.")
-    return "fast", None
-
-
-class Stepper:
-    """The step a generate() call runs, and which one it ran: `path` and `fallback_reason` end up in
-    the GenerationResult. With path=None/'auto' on a GPU the fast step runs unless its first round
-    fails (say, a kernel that does not compile on this GPU): then a one-line warning and the PyTorch
-    step for the rest of the call, and the failure becomes the result's fallback_reason. Nothing is
-    lost: the fast step writes the canvas state only after a round succeeds, and every round rewrites
-    the KV cache's canvas slots. A failure after the first round, or of a forced path='fast', is raised."""
-
-    def __init__(self, fast: FastStepper | None, *, may_fall_back: bool, reason: str | None = None) -> None:
-        self.fast, self.may_fall_back = fast, may_fall_back
-        self.head_kind = "materialized"  # the PyTorch step's head (generate sets it from the memory estimate)
+    def __init__(self, model: DiffusionGemma, settings: GenerationSettings, source: CounterRNG | TransformersRNG,
+                 topk: int = 0, reason: str | None = None) -> None:
+        self.model, self.settings, self.source, self.topk = model, settings, source, topk
+        self.fallback_reason = reason  # why path=None did not run the fast step
+        self.needs_probs = source.needs_probs or bool(topk)  # full probabilities: the materialized head
+        self.head_kind = "materialized"  # memory.fitting_head may pick "tiled" (generate's allocate)
+        self.stop = StableAndConfident(settings.stability_threshold, settings.confidence_threshold)
         self.buffers = HeadBuffers()
-        self.path = "fast" if fast is not None else "torch"
-        self.fallback_reason = reason
+        self.cache: KVCache | None = None
+        self._state: CanvasState | None = None
 
-    def new_cache(self, config, batch: int, tokens: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        """The call's KV cache: on the fast path the one its kept CUDA graph reads (capacity rounded
-        up, see fast/step.py), else a new one of exactly `tokens` slots."""
-        if self.fast is not None:
-            return self.fast.new_cache(batch, tokens)
-        return KVCache(config, batch, tokens, device=device, dtype=dtype)
+    @staticmethod
+    def capacity(tokens: int) -> int:
+        return tokens
 
-    def capacity(self, tokens: int) -> int:
-        return tokens if self.fast is None else self.fast.capacity(tokens)
+    def new_cache(self, batch: int, tokens: int) -> KVCache:
+        m = self.model
+        self.cache = KVCache(m.config, batch, tokens, device=m.device, dtype=m.dtype)
+        return self.cache
 
-    def __call__(self, *args, **kwargs) -> dict[str, Any]:
-        if self.fast is not None:
-            try:
-                return self.fast(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - reported and recorded, then the reference path takes over
-                if not self.may_fall_back or self.fast.replays:
-                    raise
-                self.fallback_reason = f"the fast path failed on its first round: {type(e).__name__}: {str(e)[:300]}"
-                logging.getLogger("dgemma_helpers").warning(
-                    "%s; using the PyTorch path (path='torch' skips the attempt)", self.fallback_reason)
-                self.fast, self.path = None, "torch"
-        return denoise_step(*args, head_kind=self.head_kind, buffers=self.buffers, **kwargs)
+    def __call__(self, state: CanvasState, canvas_index: int, round_index: int,
+                 record: bool = False) -> dict[str, torch.Tensor | None]:
+        """Round `round_index` (from 0) of canvas `canvas_index`; returns the round's record fields
+        (the tensors a StepRecord holds) when `record` is set."""
+        model, source = self.model, self.source
+        if state is not self._state:  # a new canvas
+            self.stop.reset()
+            self._state = state
+        L = state.canvas.shape[1]
+        if state.head is not None:
+            state.soft, state.head = state.head.soft_input(model), None
+        temperature = self.settings.temperature(self.settings.max_denoising_steps - round_index)
+        hidden = model.denoise(state.canvas, self.cache, state.soft)
+        head = denoise_head(model, hidden, temperature, self.head_kind, probs=self.needs_probs, buffers=self.buffers)
+        out = update_canvas(state, head.entropy, head.argmax,
+                            lambda accepted: source.sample(model, head, accepted, canvas_index, round_index),
+                            lambda: source.renoise(canvas_index, round_index + 1, L, model.config.vocab_size),
+                            self.settings.entropy_bound, self.stop)
+        state.canvas, state.argmax, state.done, state.head = out.canvas, out.argmax, out.done, head
+        if not record:
+            return {}
+        fields = dict(canvas_ids=out.canvas, argmax_ids=out.argmax, accepted=out.accepted, entropy=out.entropy.float(),
+                      pinned=state.pins)
+        if self.topk:
+            top = torch.topk(head.probs, self.topk, dim=-1)
+            fields.update(top_ids=top.indices, top_probs=top.values)
+        return fields
 
 
-def stepper(path: str | None, model: DiffusionGemma, settings: GenerationSettings, rng: str,
-            record_topk: int) -> Stepper:
-    chosen, reason = select_path(path, model.device, rng, record_topk, fp8=is_quantized(model))
+def make_step(path: str | None, model: DiffusionGemma, settings: GenerationSettings,
+              source: CounterRNG | TransformersRNG, topk: int = 0) -> TorchStep | FastStep:
+    """The step a call runs (devices.select_path decides). With path=None/"auto" the fast step falls
+    back to the PyTorch one if its first round fails (fast/step.py says how); a forced one never does."""
+    chosen, reason = select_path(path, model.device, source.name, topk, fp8=is_quantized(model))
+    torch_step = TorchStep(model, settings, source, topk, reason)
     if chosen == "torch":
-        return Stepper(None, may_fall_back=False, reason=reason)
-    return Stepper(FastStepper(model, settings), may_fall_back=path in (None, "auto"))
-
+        return torch_step
+    return FastStep(model, settings, source, fallback=torch_step if path in (None, "auto") else None)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.denoise_head_ref import LOG_PROB_FLOOR
+from dgemma_kernels.denoise_head_ref import LOG_PROB_FLOOR
 
 from .model import DiffusionGemma
 

@@ -12,6 +12,7 @@ in float32, embeddings scaled by sqrt(hidden) rounded to the weight dtype.
 
 from __future__ import annotations
 
+import dgemma_kernels as kernels
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,16 +24,18 @@ from .packed_experts import PackedExperts, usable as packed_usable
 class RMSNorm(nn.Module):
     """rms_norm(x) * weight, optionally added to a residual and times a layer scalar:
     (residual + rms_norm(x) * weight) * scale, each step rounded to x's dtype as separate PyTorch ops
-    round it. The residual and scale forms are how Layer calls its norms, so the fast path's fused
-    kernel (dgemma_helpers/fast/modules.py) replaces this module whole, with the same numerics."""
+    round it. The residual and scale forms are how Layer calls its full-width norms (`fusable`): on
+    the fast path (inside dgemma_kernels.fused()) each of those is one kernel, same numerics."""
 
-    def __init__(self, dim: int, eps: float, with_scale: bool = True) -> None:
+    def __init__(self, dim: int, eps: float, with_scale: bool = True, fusable: bool = False) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.fusable = eps, fusable
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fusable and kernels.active():
+            return kernels.run_rmsnorm(x, self.weight, self.eps, residual=residual, scale=scale)
         if x.dtype == torch.float32:  # one fused op
             y = F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         else:
@@ -234,10 +237,10 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """All experts' weights as 3-D tensors. The (token, expert) pairs are sorted by expert, then each
-    projection is one grouped GEMM (CUDA, bf16), two GEMMs per expert on prepacked copies of its
-    weights (CPU inference: packed_experts.py), or else one batched GEMM over groups padded to the
-    largest."""
+    """All experts' weights as 3-D tensors. On the fast path, the fused MoE kernels; else the (token,
+    expert) pairs are sorted by expert, then each projection is one grouped GEMM (CUDA, bf16), two
+    GEMMs per expert on prepacked copies of its weights (CPU inference: packed_experts.py), or else
+    one batched GEMM over groups padded to the largest."""
 
     packable = True  # quant.Fp8Experts, whose weights are computed on access, is not
 
@@ -249,6 +252,8 @@ class Experts(nn.Module):
         self.packed: PackedExperts | None = None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        if kernels.active():  # the fast path: the fused MoE kernels
+            return kernels.run_moe(x, weights, experts, self.gate_up_proj, self.down_proj)
         if self.packable and packed_usable(x, self.gate_up_proj):
             self.packed = PackedExperts.of(self.packed, self.gate_up_proj, self.down_proj)
             if self.packed is not None:
@@ -299,10 +304,12 @@ class Layer(nn.Module):
         self.mlp = MLP(H, config.intermediate_size)
         self.router = Router(config)
         self.experts = Experts(config)
+        # The norms forward() calls whole are one kernel each on the fast path; the two
+        # pre-feedforward ones only scale a shared normalisation (.scale()).
         for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                      "post_feedforward_layernorm", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2",
                      "pre_feedforward_layernorm_2"):
-            setattr(self, name, RMSNorm(H, eps))
+            setattr(self, name, RMSNorm(H, eps, fusable=not name.startswith("pre_")))
         # The checkpoint stores this scalar separately for the encoder and the denoiser.
         self.register_buffer("layer_scalar", torch.ones(1))
         self.register_buffer("encoder_layer_scalar", torch.ones(1))

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels.hash_ref import gumbel, gumbel_argmax, mix32, uniform_from_hash
+from dgemma_kernels.hash_ref import gumbel, gumbel_argmax, mix32, uniform_from_hash
 
 from .errors import InputError
 
@@ -87,7 +87,8 @@ class CounterRNG:
     def keys(self, tag: int, canvas: int | torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
         return stream_keys(self.words, tag, canvas, step)
 
-    def canvas(self, canvas: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
+    def canvas(self, canvas: int, length: int, vocab: int) -> torch.Tensor:
+        """Canvas `canvas`'s starting noise [B, length]."""
         return noise_ids(self.keys(NOISE_STREAM, canvas, 0), length, vocab)
 
     def sample(self, model, head, accepted: torch.Tensor, canvas: int, step: int) -> torch.Tensor:
@@ -100,7 +101,8 @@ class CounterRNG:
         out[flat] = gumbel_argmax(z, keys, flat % L, rows)
         return out.view(B, L)
 
-    def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
+    def renoise(self, canvas: int, step: int, length: int, vocab: int) -> torch.Tensor:
+        """The fresh noise [B, length] that step `step` puts at the positions it does not accept."""
         return noise_ids(self.keys(NOISE_STREAM, canvas, step), length, vocab)
 
 
@@ -108,20 +110,22 @@ class TransformersRNG:
     name = "transformers"
     needs_probs = True
 
-    def __init__(self, seed: int, device: torch.device) -> None:
+    def __init__(self, seed: int, batch: int, device: torch.device) -> None:
+        self.batch, self.device = batch, device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-    def canvas(self, canvas: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
-        return torch.randint(0, vocab, (batch, length), device=device, generator=self.generator)
+    # transformers draws in this order from one generator: the coordinates are the order itself.
+    def canvas(self, canvas: int, length: int, vocab: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (self.batch, length), device=self.device, generator=self.generator)
 
     def sample(self, model, head, accepted: torch.Tensor, canvas: int, step: int) -> torch.Tensor:
         """Draws at every position, as transformers does (it needs the materialized head)."""
         B, L, V = head.probs.shape
         return torch.multinomial(head.probs.view(-1, V), num_samples=1, generator=self.generator).view(B, L)
 
-    def renoise(self, canvas: int, step: int, batch: int, length: int, vocab: int, device: torch.device) -> torch.Tensor:
-        return torch.randint(0, vocab, (batch, length), device=device, generator=self.generator)
+    def renoise(self, canvas: int, step: int, length: int, vocab: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (self.batch, length), device=self.device, generator=self.generator)
 
 
 def make_rng(kind: str, seed: int | Sequence[int] | None, batch: int,
@@ -138,4 +142,4 @@ def make_rng(kind: str, seed: int | Sequence[int] | None, batch: int,
     if not 0 <= seed < TORCH_SEED_LIMIT:
         raise InputError(f"rng='transformers' seeds a torch.Generator, which takes 0..2**64-1; got {seed} "
                          "(rng='counter' takes any int).")
-    return TransformersRNG(seed, device)
+    return TransformersRNG(seed, batch, device)

@@ -72,7 +72,7 @@ def finalize_canvas(canvas: torch.Tensor, finished: torch.Tensor, eos_ids: torch
 
 
 class RoundInput(Protocol):
-    """What a round starts from: the live canvas state (generation.CanvasState, or the fast path's
+    """What a round starts from: the live canvas state (generation.CanvasState, or the fast step's
     static buffers)."""
 
     canvas: torch.Tensor  # [B, L]
@@ -91,15 +91,15 @@ class RoundOutput:
     entropy: torch.Tensor  # [B, L], 0 at pinned positions
 
 
-def sampler_round(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor,
+def update_canvas(prev: RoundInput, entropy: torch.Tensor, argmax: torch.Tensor,
                   sample: Callable[[torch.Tensor], torch.Tensor], noise: Callable[[], torch.Tensor],
                   entropy_bound: float, stop: StableAndConfident) -> RoundOutput:
     """One round's sampler rules, given the denoise head's entropy and argmax: the entropy bound picks
     the accepted positions, which take `sample(accepted)`; every other position takes `noise()` (drawn
     after the samples: transformers' RNG order); pins hold their ids; rows already done keep their
     canvas and argmax (their self-conditioning input needs no keeping: it only feeds their own next
-    pass, whose results they drop); the adaptive stop updates. Both denoising steps (generation.denoise_step and
-    the fast path's) run it. No host synchronisation: the fast path captures it in a CUDA graph."""
+    pass, whose results they drop); the adaptive stop updates. Both denoising steps (generation.TorchStep and
+    fast.step.FastStep) run it. No host synchronisation: the fast path captures it in a CUDA graph."""
     pins = prev.pins
     if pins is not None:
         entropy = entropy.masked_fill(pins, 0.0)  # pinned tokens are known: they use none of the bound

@@ -99,3 +99,11 @@ def decode(tokenizer, ids: list[int]) -> str | None:
     if tokenizer is None:
         return None
     return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def text_ids(row: list[int], eos_ids, pad_id: int) -> list[int]:
+    """The ids of a generated row that are text: up to its first EOS, pads dropped."""
+    for i, t in enumerate(row):
+        if t in eos_ids:
+            return row[:i]
+    return [t for t in row if t != pad_id]

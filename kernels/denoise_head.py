@@ -34,7 +34,7 @@ head is compute bound (~1 ms), not bandwidth bound; what it saves is memory: not
 
 Tiles are 64 wide with 2 stages (< 100 KB of shared memory, fits any sm80+ GPU including the
 RTX Pro 6000), 32 wide for fp32 operands (FMA dot products hold every operand in registers);
-fast/aot.py compiles them for every target. Only tl.dot, exp and log are used, so the kernels also
+tools/compile_check.py compiles them for every target. Only tl.dot, exp and log are used, so the kernels also
 run under TRITON_INTERPRET=1.
 """
 

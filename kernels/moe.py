@@ -23,7 +23,7 @@ shared memory, which every sm80+ GPU has (Ampere, Ada, Hopper, and Blackwell inc
 64-pair block holds two 64 x 64 fp32 accumulators (gate and up), which with 4 warps needs more than
 255 registers a thread on sm_100 and sm_120: it gets 8 warps. (At 3 stages sm_100 also spilled a
 few bytes with fp8 weights; at 4 nothing spills anywhere.) fp32 operands multiply on FMA units
-with every operand in registers, so they get 32-wide tiles. fast/aot.py holds every choice to
+with every operand in registers, so they get 32-wide tiles. tools/compile_check.py holds every choice to
 "compiles, no spills, shared memory within the limit" on sm_80/89/90/100/120.
 """
 

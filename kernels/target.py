@@ -3,7 +3,7 @@
 Tiles that suit one architecture spill registers on another: Hopper's and Blackwell's tensor-core
 instructions keep an accumulator in fewer registers per thread than Ampere's and the RTX Pro
 6000's (sm_120) mma.sync, and sm_120 and consumer parts have ~99 KB of shared memory per block
-where Hopper has 227 KB. fast/aot.py compiles every choice for every target and holds them to
+where Hopper has 227 KB. tools/compile_check.py compiles every choice for every target and holds them to
 "no spills, shared memory within the limit"."""
 
 from __future__ import annotations

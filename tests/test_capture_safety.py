@@ -28,11 +28,10 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 import dgemma_helpers as dg  # noqa: E402
-from dgemma_helpers.fast import FastStepper, kernel_ops  # noqa: E402
-from dgemma_helpers.generation import CanvasState, denoise_step, prefill, resolve_settings  # noqa: E402
+from dgemma_helpers.fast import FastStep  # noqa: E402
+from dgemma_helpers.generation import CanvasState, TorchStep, prefill, resolve_settings  # noqa: E402
 from dgemma_helpers.fast.quant import quantize_experts  # noqa: E402
 from dgemma_helpers.rng import CounterRNG  # noqa: E402
-from dgemma_helpers.sampler import StableAndConfident  # noqa: E402
 
 aten = torch.ops.aten
 HOST_SYNCS = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.equal, aten.allclose}
@@ -120,14 +119,14 @@ def fast_round_setup(model, *, pins: bool = False, done_row: bool = False):
         state.pins = torch.zeros(B, L, dtype=torch.bool)
         state.pins[:, :3] = True
         state.pinned_ids = noise
-    stepper = FastStepper(model, settings, ops=kernel_ops(model.device))
-    assert stepper.ops.name == "triton"
-    stepper(model, cache, state, 0.8, settings, None, CounterRNG([3, 4], B), 0, 0)  # warm-up round
-    b = stepper.buffers
+    step = FastStep(model, settings, CounterRNG([3, 4], B), kernels="triton")
+    step.cache = cache
+    step(state, 0, 0)  # warm-up round
+    b = step.buffers
     static = [b.canvas, b.argmax, b.pinned_ids, b.pins, b.accepted, b.done, b.entropy, b.soft, b.temperature,
               b.seed_words, b.canvas_index, b.step, b.stop.buffer, b.cache.positions, b.cache.full_mask, b.cache.sliding_mask,
               *[k for k in cache.keys if k is not None], *cache.values, b.cache.slot_positions]
-    return stepper, static
+    return step, static
 
 
 @pytest.mark.parametrize("variant", ["plain", "pins and a finished row", "fp8 experts"])
@@ -135,9 +134,9 @@ def test_fast_round_holds_nothing_a_cuda_graph_cannot(checkpoint, ours, variant)
     model = ours(checkpoint("ring"))
     if variant == "fp8 experts":
         model = quantize_experts(dg.load_model(checkpoint("ring"), device="cpu", dtype="float32"))
-    stepper, static = fast_round_setup(model, pins=variant != "plain", done_row=variant != "plain")
+    step, static = fast_round_setup(model, pins=variant != "plain", done_row=variant != "plain")
     with torch.inference_mode(), checked(GraphSafety()) as mode:
-        stepper.round()
+        step.graph.round()
     assert mode.problems == []
     assert outlived(mode, static) == []
     assert len(mode.made) > 100  # the round really ran under the mode
@@ -154,5 +153,7 @@ def test_the_check_finds_what_the_pytorch_step_does(checkpoint, ours):
     noise = torch.randint(0, V, (1, L), generator=torch.Generator().manual_seed(1))
     state = CanvasState(canvas=noise, argmax=noise, soft=None, done=torch.tensor([False]))
     with torch.inference_mode(), checked(GraphSafety()) as mode:
-        denoise_step(model, cache, state, 0.8, settings, StableAndConfident(1, 0.0), CounterRNG(3, 1), 0, 0)
+        step = TorchStep(model, settings, CounterRNG(3, 1))
+        step.cache = cache
+        step(state, 0, 0)
     assert any("nonzero" in p for p in mode.problems)

@@ -1,5 +1,5 @@
 """Every Triton kernel compiles for the real GPU targets, on this CPU, at the specialisations the
-fast path's own round produces for the official config and for models/dgemma-tiny (fast/aot.py).
+fast path's own round produces for the official config and for models/dgemma-tiny (tools/compile_check.py).
 Runs in a subprocess: the check needs the kernels decorated for a GPU, and tests/test_kernels.py
 decorates them for the interpreter in this process."""
 
@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: pip install -e '.[dev]' brings it")
 
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "compile_check.py"
 KERNELS = {"_rmsnorm_kernel", "_gate_up_kernel", "_down_kernel", "_logits_kernel", "_soft_kernel"}
 TARGETS = {80, 90, 100, 120}
 
@@ -27,7 +29,7 @@ def run_python(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "compile.json"
-    proc = run_python("-m", "dgemma_helpers.fast.aot", "--json", str(out))
+    proc = run_python(str(TOOL), "--json", str(out))
     print(proc.stdout[-6000:])  # the table, in the test log
     return proc, json.loads(out.read_text()) if out.exists() else None
 
@@ -66,13 +68,15 @@ def test_the_check_fails_on_a_plain_global_read_in_a_kernel():
     report it as a compile error (it was the denoise head's e^-60 floor)."""
     script = textwrap.dedent("""
         import json
-        from dgemma_helpers.fast import aot
-        import kernels.denoise_head as head
+        import sys
+        sys.path.insert(0, TOOLS)
+        import compile_check as aot
+        import dgemma_kernels.denoise_head as head
         head.FLOOR = -60.0  # a plain float, as the kernels once read it
         report = aot.run_check(targets=[90], fp8_targets=[], dtypes=["bf16"], batches=[1], workers=1)
         print(json.dumps([(r["kernel"], r["problems"]) for r in report["results"] if r["problems"]]))
         print("OK" if report["ok"] else "FAILED")
-    """)
+    """).replace("TOOLS", repr(str(TOOL.parent)))
     proc = run_python("-c", script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

@@ -1,4 +1,4 @@
-"""The fast path's selection logic and its step logic, on a CPU (no Triton needed): FastStepper
+"""The fast path's selection logic and its step logic, on a CPU (no Triton needed): FastStep
 with the kernels' PyTorch references must reproduce the PyTorch path token for token."""
 
 from __future__ import annotations
@@ -25,33 +25,33 @@ def reference_kernels(monkeypatch):
 
 def test_auto_never_picks_fast_on_cpu():
     for path in (None, "auto"):
-        chosen, reason = gen.select_path(path, CPU, "counter", 0)
+        chosen, reason = devices.select_path(path, CPU, "counter", 0)
         assert chosen == "torch" and "needs a CUDA GPU" in reason
 
 
 def test_auto_picks_fast_on_a_capable_gpu(monkeypatch):
-    monkeypatch.setattr(gen, "triton_support", lambda device: (True, "test"))
-    monkeypatch.setattr(gen, "has_fp8", lambda device: False)
-    assert gen.select_path(None, CUDA, "counter", 0) == ("fast", None)
-    assert "full probabilities" in gen.select_path(None, CUDA, "transformers", 0)[1]  # torch, and why
-    assert gen.select_path(None, CUDA, "counter", 5)[0] == "torch"  # top-k recording likewise
-    assert "8.9" in gen.select_path(None, CUDA, "counter", 0, fp8=True)[1]  # no fp8 conversions on this GPU
-    assert gen.select_path("torch", CUDA, "counter", 0) == ("torch", None)  # asked for: no fallback reason
-    monkeypatch.setattr(gen, "triton_support", lambda device: (False, "triton is not installed"))
-    assert gen.select_path(None, CUDA, "counter", 0) == ("torch", "triton is not installed")
+    monkeypatch.setattr(devices, "triton_support", lambda device: (True, "test"))
+    monkeypatch.setattr(devices, "has_fp8", lambda device: False)
+    assert devices.select_path(None, CUDA, "counter", 0) == ("fast", None)
+    assert "full probabilities" in devices.select_path(None, CUDA, "transformers", 0)[1]  # torch, and why
+    assert devices.select_path(None, CUDA, "counter", 5)[0] == "torch"  # top-k recording likewise
+    assert "8.9" in devices.select_path(None, CUDA, "counter", 0, fp8=True)[1]  # no fp8 conversions on this GPU
+    assert devices.select_path("torch", CUDA, "counter", 0) == ("torch", None)  # asked for: no fallback reason
+    monkeypatch.setattr(devices, "triton_support", lambda device: (False, "triton is not installed"))
+    assert devices.select_path(None, CUDA, "counter", 0) == ("torch", "triton is not installed")
 
 
 def test_forced_fast_path_errors_name_the_fix(monkeypatch):
     with pytest.raises(InputError, match="rng='counter' or path='torch'"):
-        gen.select_path("fast", CPU, "transformers", 0)
+        devices.select_path("fast", CPU, "transformers", 0)
     with pytest.raises(InputError, match="record_topk=0"):
-        gen.select_path("fast", CPU, "counter", 3)
+        devices.select_path("fast", CPU, "counter", 3)
     with pytest.raises(InputError, match="'auto', 'torch', 'fast'"):
-        gen.select_path("cuda-graph", CPU, "counter", 0)
-    monkeypatch.setattr(gen, "triton_support", lambda device: (False, "triton is not installed (pip install triton"))
+        devices.select_path("cuda-graph", CPU, "counter", 0)
+    monkeypatch.setattr(devices, "triton_support", lambda device: (False, "triton is not installed (pip install triton"))
     with pytest.raises(DeviceError, match="pip install triton"):
-        gen.select_path("fast", CUDA, "counter", 0)
-    assert gen.select_path("fast", CPU, "counter", 0) == ("fast", None)  # CPUs run it eagerly, for tests
+        devices.select_path("fast", CUDA, "counter", 0)
+    assert devices.select_path("fast", CPU, "counter", 0) == ("fast", None)  # CPUs run it eagerly, for tests
 
 
 def test_triton_support_on_cpu(monkeypatch):
@@ -81,7 +81,7 @@ def test_generate_rejects_bad_path(checkpoint, ours):
 def test_static_stop_matches_stable_and_confident():
     g = torch.Generator().manual_seed(0)
     for threshold in (0, 1, 2):
-        plain, static = StableAndConfident(threshold, 0.5), StaticStop(threshold, 0.5, (3, 4), CPU)
+        plain, static = StableAndConfident(threshold, 0.5), StaticStop(threshold, torch.tensor(0.5), (3, 4), CPU)
         seq = [torch.randint(0, 2, (3, 4), generator=g) for _ in range(6)]
         for a in seq + seq[-1:] * 3:
             m = torch.rand(3, generator=g)
@@ -144,34 +144,35 @@ def test_fast_step_rows_stopping_at_different_rounds(checkpoint, ours):
 
 
 def test_auto_path_falls_back_to_torch_when_the_fast_path_fails_first(checkpoint, ours, capfd, monkeypatch):
+    """path=None: the fast step (selected as on a GPU) fails on its first round, the PyTorch step runs
+    the call and the result says why; a failure after the first round, or of a forced path, is raised."""
+    from dgemma_helpers.fast import step as fast_step
+
     model = ours(checkpoint("plain"))
+    monkeypatch.setattr(gen, "select_path", lambda path, *a, **k: ("torch" if path == "torch" else "fast", None))
+    working = fast_step.fast_round
 
-    class Broken:  # a fast step whose kernels fail: its cache is an ordinary one
-        replays = 0
-        capacity = staticmethod(lambda tokens: tokens)
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel does not compile here")
 
-        def new_cache(self, batch, tokens):
-            return dg.KVCache(model.config, batch, tokens, device="cpu", dtype=model.dtype)
-
-        def __call__(self, *args, **kwargs):
-            raise RuntimeError("kernel does not compile here")
-
-    monkeypatch.setattr(gen, "stepper", lambda *a, **k: gen.Stepper(Broken(), may_fall_back=True))
+    monkeypatch.setattr(fast_step, "fast_round", broken)
     result = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4)
-    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="does not compile"):  # forced path='fast': never a fallback
+        dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4, path="fast")
+    calls = []
+
+    def fails_later(*args, **kwargs):  # the first round runs, the second fails
+        calls.append(1)
+        return working(*args, **kwargs) if len(calls) == 1 else broken()
+
+    monkeypatch.setattr(fast_step, "fast_round", fails_later)
+    with pytest.raises(RuntimeError, match="does not compile"):
+        dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4)
     expected = dg.generate(model, input_ids=[5, 6, 7], seed=0, max_new_tokens=16, max_denoising_steps=4, path="torch")
     assert torch.equal(result.token_ids, expected.token_ids)
     assert "fast path failed on its first round" in capfd.readouterr().err
     assert result.path == "torch"
     assert result.fallback_reason == "the fast path failed on its first round: RuntimeError: kernel does not compile here"
-
-    class BrokenLater(Broken):
-        replays = 3
-
-    with pytest.raises(RuntimeError, match="does not compile"):
-        gen.Stepper(BrokenLater(), may_fall_back=True)()
-    with pytest.raises(RuntimeError, match="does not compile"):  # forced path='fast': never a fallback
-        gen.Stepper(Broken(), may_fall_back=False)()
 
 
 def test_kit_cuda_engine_records_a_fallback_as_a_failure_not_as_fast_timings(checkpoint, ours):

@@ -13,12 +13,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed: pip install -e '.[dev]' brings it (CPU interpreter)")
 
-from kernels.denoise_head import denoise_head, tiles_per_chunk  # noqa: E402
-from kernels.denoise_head_ref import reference_denoise_head  # noqa: E402
-from kernels.moe import moe  # noqa: E402
-from kernels.moe_ref import reference_moe  # noqa: E402
-from kernels.rmsnorm import rmsnorm  # noqa: E402
-from kernels.rmsnorm_ref import reference_rmsnorm  # noqa: E402
+from dgemma_kernels.denoise_head import denoise_head, tiles_per_chunk  # noqa: E402
+from dgemma_kernels.denoise_head_ref import reference_denoise_head  # noqa: E402
+from dgemma_kernels.moe import moe  # noqa: E402
+from dgemma_kernels.moe_ref import reference_moe  # noqa: E402
+from dgemma_kernels.rmsnorm import rmsnorm  # noqa: E402
+from dgemma_kernels.rmsnorm_ref import reference_rmsnorm  # noqa: E402
 
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers.head import tiled_head  # noqa: E402

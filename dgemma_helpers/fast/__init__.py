@@ -1,18 +1,14 @@
-"""The optimised denoising path: the one model with kernel-backed parts swapped in, and the whole
-denoising round captured in one CUDA graph. `generate(..., path=None)` picks it on a CUDA GPU with
-Triton (sm80+) and never on a CPU; `path="torch"` / `path="fast"` force either (generation.py
-chooses). Same API, same results up to float rounding (the PyTorch path stays the reference).
+"""The optimised denoising path: the one model with the fused kernels switched on in its layers
+(dgemma_kernels.fused()), and the whole denoising round captured in one CUDA graph.
+`generate(..., path=None)` picks it on a CUDA GPU with Triton (sm80+) and never on a CPU;
+`path="torch"` / `path="fast"` force either (devices.select_path decides). Same API, same results
+up to float rounding (the PyTorch path stays the reference).
 
-    ops.py       the kernels the path uses: Triton, or their PyTorch references
-    modules.py   FusedRMSNorm, FusedExperts: drop-ins for model.RMSNorm / model.Experts
-    step.py      FastStepper: static buffers, the branch-free round, graph capture and replay
+    step.py      FastStep: static buffers, the branch-free round, graph capture, kept and replayed
     quant.py     FP8 (e4m3) experts, quantised at load time: quantize_experts (dg.quantize_experts)
-    aot.py       the ahead-of-time compile check of every kernel for the real GPU targets
 """
 
-from .modules import FusedExperts, FusedRMSNorm, fused_modules
-from .ops import REFERENCE_OPS, Ops, kernel_ops
-from .step import FastStepper, StaticRound, fast_round
+from .quant import quantize_experts
+from .step import FastStep, StaticRound, fast_round, graph_rounds
 
-__all__ = ["FastStepper", "FusedExperts", "FusedRMSNorm", "Ops", "REFERENCE_OPS", "StaticRound", "fast_round",
-           "fused_modules", "kernel_ops"]
+__all__ = ["FastStep", "StaticRound", "fast_round", "graph_rounds", "quantize_experts"]

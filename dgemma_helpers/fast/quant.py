@@ -14,6 +14,7 @@ and works on any device, CPUs included, so the logit error can be measured anywh
 
 from __future__ import annotations
 
+import dgemma_kernels as kernels
 import torch
 from torch import nn
 
@@ -52,6 +53,12 @@ class Fp8Experts(Experts):
         self.register_buffer("gate_up_scale", gate_up_scale)
         self.register_buffer("down_fp8", down)
         self.register_buffer("down_scale", down_scale)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        if kernels.active():  # the fused kernel reads the fp8 bytes and applies the scales itself
+            return kernels.run_moe(x, weights, experts, self.gate_up_fp8, self.down_fp8, self.gate_up_scale,
+                               self.down_scale)
+        return super().forward(x, weights, experts)
 
     @property
     def gate_up_proj(self) -> torch.Tensor:  # type: ignore[override]

@@ -1,10 +1,11 @@
-"""FastStepper: one denoising round with the kernel-backed modules swapped into the model, captured
-as a CUDA graph once per model and shape, and replayed for every round of every canvas of every
-generate() call with that shape.
+"""FastStep: the denoising round with the fused kernels in the model's layers, captured as a CUDA
+graph once per model and shape, and replayed for every round of every canvas of every generate()
+call with that shape.
 
-It is a drop-in for generation.denoise_step (same call, same updates to the CanvasState, same
-record fields). The round is the model's own `denoise` over a StaticCanvasCache, the fused head,
-and sampler.sampler_round, with what a graph needs:
+It is a drop-in for generation.TorchStep (same call, same updates to the CanvasState, same record
+fields). The round is the model's own `denoise` over a StaticCanvasCache with the kernels switched on
+(dgemma_kernels.fused(): RMSNorm and Experts then call them), the fused head, and
+sampler.update_canvas, with what a graph needs:
   * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature, entropy bound,
     confidence threshold, the rows' seed words and the canvas and step numbers live in tensors
     allocated once; each round copies its few scalars in (async fills, no host sync) and replays
@@ -19,30 +20,36 @@ The only host read per round is generate()'s `done.all()` stop test.
 
 Graphs are kept per model (freed with it) in a GraphRound: the graph, its static buffers and the
 KV cache it reads, keyed by (batch, cache capacity, stability threshold, dtype, device, kernels,
-fp8 experts). `FastStepper.new_cache` hands generate() that cache, its capacity rounded up to a
+fp8 experts). `FastStep.new_cache` hands generate() that cache, its capacity rounded up to a
 multiple of CAPACITY_STEP so that prompts of similar length share a graph. A capture is a warm-up
 run on a side stream (compiles the Triton kernels, creates lazily cached tensors), the inputs
 restored, then the capture; the KV cache's canvas slots are rewritten by every round, so the
 warm-up leaves nothing behind. Without CUDA (tests, and the ahead-of-time compile check on meta
 tensors) the same body runs eagerly.
+
+With path=None the step has the PyTorch step as its `fallback`: if its first round fails (say, a
+kernel that does not compile on this GPU), a one-line warning, and the PyTorch step runs the rest of
+the call; the failure becomes the result's fallback_reason. Nothing is lost: the fast step writes
+the canvas state only after a round succeeds, and every round rewrites the KV cache's canvas slots.
+A later failure, or one of a forced path="fast", is raised.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import dgemma_kernels as kernels
 import torch
 
 from ..cache import KVCache, StaticCanvasCache
 from ..config import GenerationSettings
 from ..model import DiffusionGemma
 from ..rng import NOISE_STREAM, SAMPLE_STREAM, CounterRNG, noise_ids, stream_keys
-from ..sampler import StableAndConfident, sampler_round
-from .modules import fused_modules
-from .ops import Ops, kernel_ops
+from ..sampler import StableAndConfident, update_canvas
 from .quant import is_quantized
 
 CAPACITY_STEP = 1024  # cache slots a graph's KV cache is rounded up to (10 MiB of the official model's)
@@ -72,7 +79,7 @@ class StaticStop(StableAndConfident):
 
 
 class StaticRound:
-    """The state of a batch's canvas in buffers allocated once (the RoundInput sampler_round reads)."""
+    """The state of a batch's canvas in buffers allocated once (the RoundInput update_canvas reads)."""
 
     def __init__(self, model: DiffusionGemma, stability_threshold: int, cache: KVCache) -> None:
         B, L, dev = cache.batch_size, cache.scratch, model.device
@@ -112,17 +119,17 @@ class StaticRound:
         self.cache.refresh()
 
 
-def fast_round(model: DiffusionGemma, ops: Ops, buffers: StaticRound) -> None:
-    """One round on the static buffers: model.denoise (kernel-backed modules swapped in), the fused
-    head, sampler_round; the same update as generation.denoise_step. What a CUDA graph captures."""
+def fast_round(model: DiffusionGemma, buffers: StaticRound, kernel_kind: str = "auto") -> None:
+    """One round on the static buffers: model.denoise with the fused kernels, the fused head,
+    update_canvas; the same update as generation.TorchStep. What a CUDA graph captures."""
     b = buffers
     B, L = b.canvas.shape
-    with fused_modules(model, ops):
+    with kernels.fused(kernel_kind):
         hidden = model.denoise(b.canvas, b.cache, b.soft)
-    sample_keys = stream_keys(b.seed_words, SAMPLE_STREAM, b.canvas_index, b.step)
-    head = ops.denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, sample_keys,
-                            model.config.final_logit_softcapping, model.embed_scale)
-    out = sampler_round(b, head.entropy.view(B, L), head.argmax.view(B, L),
+        sample_keys = stream_keys(b.seed_words, SAMPLE_STREAM, b.canvas_index, b.step)
+        head = kernels.run_denoise_head(hidden.reshape(B * L, -1), model.embed_tokens.weight, b.temperature, sample_keys,
+                                    model.config.final_logit_softcapping, model.embed_scale)
+    out = update_canvas(b, head.entropy.view(B, L), head.argmax.view(B, L),
                         lambda accepted: head.sample.view(B, L),
                         lambda: noise_ids(stream_keys(b.seed_words, NOISE_STREAM, b.canvas_index, b.step + 1), L,
                                           model.config.vocab_size),
@@ -154,16 +161,16 @@ def uses_graphs(device: torch.device) -> bool:
 class GraphRound:
     """One captured round and what it reads: the static buffers, their KV cache, the graph."""
 
-    def __init__(self, model: DiffusionGemma, ops: Ops, stability_threshold: int, cache: KVCache,
+    def __init__(self, model: DiffusionGemma, kernel_kind: str, stability_threshold: int, cache: KVCache,
                  use_graph: bool) -> None:
         self.model = weakref.ref(model)  # the model keeps its rounds, never the other way round
-        self.ops, self.cache, self.use_graph = ops, cache, use_graph
+        self.kernel_kind, self.cache, self.use_graph = kernel_kind, cache, use_graph
         self.buffers = StaticRound(model, stability_threshold, cache)
         self.replay: Callable[[], None] | None = None
         self.captures = 0
 
     def round(self) -> None:
-        fast_round(self.model(), self.ops, self.buffers)
+        fast_round(self.model(), self.buffers, self.kernel_kind)
 
     def run(self, restore: Callable[[], None]) -> None:
         if not self.use_graph:
@@ -184,80 +191,94 @@ def graph_rounds(model: DiffusionGemma) -> OrderedDict:
     return _ROUNDS.setdefault(model, OrderedDict())
 
 
-class FastStepper:
-    """Call it like generation.denoise_step. One instance per generate() call; the graph it replays
-    is kept by the model for the next call of the same shape (`new_cache`)."""
+class FastStep:
+    """Call it like generation.TorchStep. One per generate() call; the graph it replays is kept by
+    the model for the next call of the same shape (`new_cache`). `kernels`: "auto" (Triton where it
+    runs, else the PyTorch references), "triton" or "reference"."""
 
-    def __init__(self, model: DiffusionGemma, settings: GenerationSettings, *, use_graph: bool | None = None,
-                 ops: Ops | None = None) -> None:
-        self.model = model
-        self.settings = settings
-        self.device = model.device
-        self.ops = ops or kernel_ops(self.device)
-        self.use_graph = uses_graphs(self.device) if use_graph is None else use_graph
+    path = "fast"
+    needs_probs = False  # the fused head never holds the [batch, canvas, vocab] probabilities
+
+    def __init__(self, model: DiffusionGemma, settings: GenerationSettings, source: CounterRNG, *,
+                 fallback=None, kernels: str = "auto", use_graph: bool | None = None) -> None:
+        self.model, self.settings, self.source, self.fallback = model, settings, source, fallback
+        self.kernel_kind = kernels
+        self.use_graph = uses_graphs(model.device) if use_graph is None else use_graph
+        self.fallback_reason: str | None = None
         self.graph: GraphRound | None = None
-        self._state = self._source = None
-        self.replays = 0  # rounds run (for tests and benchmarks)
+        self.cache: KVCache | None = None
+        self._state = None
+        self.rounds = 0  # rounds run (for tests and benchmarks)
 
     @property
     def buffers(self) -> StaticRound | None:
         return None if self.graph is None else self.graph.buffers
+
+    @property
+    def head_kind(self) -> str:
+        return "fused"
+
+    @head_kind.setter
+    def head_kind(self, kind: str) -> None:  # what the memory estimate picked: for the fallback's head
+        if self.fallback is not None:
+            self.fallback.head_kind = kind
 
     @staticmethod
     def capacity(tokens: int) -> int:
         """The KV cache capacity new_cache gives for `tokens`: rounded up to CAPACITY_STEP."""
         return -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
 
-    def _key(self, batch: int, capacity: int) -> tuple:
-        m = self.model
-        return (batch, capacity, self.settings.stability_threshold, m.dtype, m.device, self.ops.name, is_quantized(m))
-
     def new_cache(self, batch: int, tokens: int) -> KVCache:
         """An empty KV cache for `tokens` committed tokens: the one a kept graph reads (its graph is
         then replayed, not captured again), or a new one with its graph to come."""
-        key = self._key(batch, self.capacity(tokens))
-        rounds = graph_rounds(self.model)
+        m = self.model
+        key = (batch, self.capacity(tokens), self.settings.stability_threshold, m.dtype, m.device, self.kernel_kind,
+               is_quantized(m))
+        rounds = graph_rounds(m)
         graph = rounds.pop(key, None)
         if graph is None:
             while len(rounds) >= KEPT_GRAPHS:  # the least recently used goes first
                 rounds.popitem(last=False)
-            c = self.model.config
-            cache = KVCache(c, batch, key[1], device=self.device, dtype=self.model.dtype)
-            graph = GraphRound(self.model, self.ops, self.settings.stability_threshold, cache, self.use_graph)
+            cache = KVCache(m.config, batch, key[1], device=m.device, dtype=m.dtype)
+            graph = GraphRound(m, self.kernel_kind, self.settings.stability_threshold, cache, self.use_graph)
         else:
             graph.cache.reset()
         rounds[key] = graph
-        self.graph = graph
+        self.graph, self.cache = graph, graph.cache
         return graph.cache
 
-    def round(self) -> None:
-        self.graph.round()
+    def __call__(self, state, canvas_index: int, round_index: int, record: bool = False) -> dict[str, Any]:
+        if self.fallback_reason is not None:
+            return self.fallback(state, canvas_index, round_index, record)
+        try:
+            return self._round(state, canvas_index, round_index, record)
+        except Exception as e:  # noqa: BLE001 - reported and recorded, then the reference step takes over
+            if self.fallback is None or self.rounds:
+                raise
+            self.fallback_reason = f"the fast path failed on its first round: {type(e).__name__}: {str(e)[:300]}"
+            logging.getLogger("dgemma_helpers").warning(
+                "%s; using the PyTorch path (path='torch' skips the attempt)", self.fallback_reason)
+            self.path, self.fallback.cache = "torch", self.cache
+            return self.fallback(state, canvas_index, round_index, record)
 
-    def __call__(self, model: DiffusionGemma, cache: KVCache, state, temperature: float, settings: GenerationSettings,
-                 stop: StableAndConfident, source: CounterRNG, canvas_index: int, step: int, record: bool = False,
-                 topk: int = 0) -> dict[str, Any]:
-        if self.graph is None or self.graph.cache is not cache:  # a cache of the caller's own: a graph for it
-            self.graph = GraphRound(self.model, self.ops, self.settings.stability_threshold, cache, self.use_graph)
-            self._source = None
+    def _round(self, state, canvas_index: int, round_index: int, record: bool) -> dict[str, Any]:
+        if self.graph is None or self.graph.cache is not self.cache:  # a cache of the caller's own
+            self.graph = GraphRound(self.model, self.kernel_kind, self.settings.stability_threshold, self.cache,
+                                    self.use_graph)
         b = self.graph.buffers
-        if state is not self._state:
+        if state is not self._state:  # a new canvas (or a new call): its state and this call's settings
             b.load(state)
-            self._state = state
-        # Scalars of this round: fills are asynchronous kernel launches, no host sync.
-        b.temperature.fill_(temperature)
-        if source is not self._source:  # once per call: this call's seeds and sampler settings
-            b.seed_words.copy_(source.words)
+            b.seed_words.copy_(self.source.words)
             b.entropy_bound.fill_(self.settings.entropy_bound)
             b.confidence.fill_(self.settings.confidence_threshold)
-            self._source = source
+            self._state = state
+        # Scalars of this round: fills are asynchronous kernel launches, no host sync.
+        b.temperature.fill_(self.settings.temperature(self.settings.max_denoising_steps - round_index))
         b.canvas_index.fill_(canvas_index)
-        b.step.fill_(step)
+        b.step.fill_(round_index)
         self.graph.run(restore=lambda: b.load(state))
-        self.replays += 1
+        self.rounds += 1
         state.canvas, state.argmax, state.soft, state.done = b.canvas, b.argmax, b.soft, b.done
         if not record:
             return {}
-        # Copies, also on a CPU (where .cpu() would return the static buffer the next round overwrites).
-        snap = lambda t: t.to("cpu", copy=True)  # noqa: E731
-        return dict(canvas_ids=snap(b.canvas), argmax_ids=snap(b.argmax), accepted=snap(b.accepted),
-                    entropy=snap(b.entropy), pinned=None if state.pins is None else state.pins.cpu())
+        return dict(canvas_ids=b.canvas, argmax_ids=b.argmax, accepted=b.accepted, entropy=b.entropy, pinned=state.pins)

@@ -1,11 +1,13 @@
 """Ahead-of-time compile check: every Triton kernel of the kit compiled for the real GPU targets on
 a machine without a GPU or a driver, with the ptxas inside the triton wheel.
 
-    python -m dgemma_helpers.fast.aot                       # the table; exit status 1 on any problem
-    python -m dgemma_helpers.fast.aot --targets 90,120 --json compile.json --details
+    python tools/compile_check.py                       # the table; exit status 1 on any problem
+    python tools/compile_check.py --targets 90,120 --json compile.json --details
+
+A developer's tool, not part of the runtime package (tests/test_compile.py runs it).
 
 What gets compiled is what a GPU launch would compile. The fast path's own round
-(step.fast_round with the Triton kernels) runs on weightless models (meta tensors) of the official
+(dgemma_helpers.fast.step.fast_round with the Triton kernels) runs on weightless models (meta tensors) of the official
 config and of models/dgemma-tiny, in each dtype and at batch sizes 1 to 8, under a stand-in Triton
 driver that reports the target. Triton's `jit_cache_hook` stops every launch right after
 specialisation (signature, constexprs, pointer alignment, warps, stages: what the launchers chose
@@ -46,26 +48,24 @@ from triton.backends.driver import DriverBase  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-import kernels.denoise_head  # noqa: E402
-import kernels.moe  # noqa: E402
-import kernels.rmsnorm  # noqa: E402
-import kernels.tl_math  # noqa: E402
+import dgemma_kernels.denoise_head  # noqa: E402
+import dgemma_kernels.moe  # noqa: E402
+import dgemma_kernels.rmsnorm  # noqa: E402
+import dgemma_kernels.tl_math  # noqa: E402
+from dgemma_helpers.atomic import atomic_write  # noqa: E402
+from dgemma_helpers.cache import KVCache  # noqa: E402
+from dgemma_helpers.checkpoint import read_config  # noqa: E402
+from dgemma_helpers.config import GenerationSettings, ModelConfig  # noqa: E402
+from dgemma_helpers.fast.quant import quantize_experts  # noqa: E402
+from dgemma_helpers.fast.step import StaticRound, fast_round  # noqa: E402
+from dgemma_helpers.model import DiffusionGemma  # noqa: E402
+from dgemma_helpers.model_paths import find_model  # noqa: E402
 
-from ..atomic import atomic_write  # noqa: E402
-from ..cache import KVCache  # noqa: E402
-from ..checkpoint import read_config  # noqa: E402
-from ..config import GenerationSettings, ModelConfig  # noqa: E402
-from ..model_paths import find_model  # noqa: E402
-from ..model import DiffusionGemma  # noqa: E402
-from .quant import quantize_experts  # noqa: E402
-from .ops import Ops  # noqa: E402
-from .step import StaticRound, fast_round  # noqa: E402
-
+kernels = dgemma_kernels
 KERNEL_MODULES = (kernels.rmsnorm, kernels.moe, kernels.denoise_head, kernels.tl_math)
 if not isinstance(kernels.rmsnorm._rmsnorm_kernel, JITFunction):
     raise ImportError("the kernels were imported for the Triton interpreter (TRITON_INTERPRET=1) before this check: "
-                      "run it in a process of its own, `python -m dgemma_helpers.fast.aot`.")
-TRITON_OPS = Ops("triton", kernels.rmsnorm.rmsnorm, kernels.moe.moe, kernels.denoise_head.denoise_head)
+                      "run it in a process of its own, `python tools/compile_check.py`.")
 TARGETS = (80, 90, 100, 120)  # A100; H100/H200; B200; RTX Pro 6000 / RTX 50xx
 FP8_TARGETS = (89, 90, 100, 120)  # fp8 conversions exist from Ada (sm_89) on; the kit never runs fp8 below
 DTYPES = ("bf16", "fp8", "fp16", "fp32")  # fp8: bf16 activations, e4m3 expert weights (quantize_experts)
@@ -175,7 +175,7 @@ def capture(targets: Sequence[int], dtypes: Sequence[str] = DTYPES, batches: Seq
                         scenario[0] = f"{name}/{dtype}/B{batch}"
                         cache = KVCache(config, batch, config.canvas_length, device="meta", dtype=model.dtype)
                         buffers = StaticRound(model, settings.stability_threshold, cache)
-                        fast_round(model, TRITON_OPS, buffers)
+                        fast_round(model, buffers, "triton")
     finally:
         knobs.runtime.jit_cache_hook = previous_hook
         driver._active = previous_driver
@@ -285,7 +285,7 @@ def summary_table(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dgemma_helpers.fast.aot", description=__doc__,
+    p = argparse.ArgumentParser(prog="python tools/compile_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default=",".join(map(str, TARGETS)), help="compute capabilities (default: %(default)s)")
     p.add_argument("--fp8-targets", default=",".join(map(str, FP8_TARGETS)), help="default: %(default)s")
