@@ -37,7 +37,8 @@ log = logging.getLogger("dgemma_helpers")
 GET_MODEL_HINT = (
     "Use the official checkpoint by its Hub id, google/diffusiongemma-26B-A4B-it (as load_model's path or --model; "
     "about 50 GB, downloaded once into the Hugging Face cache), or download it with "
-    "`hf download google/diffusiongemma-26B-A4B-it --local-dir PATH`, or use the kit's small model in models/dgemma-tiny."
+    "`hf download google/diffusiongemma-26B-A4B-it --local-dir PATH`, or use the kit's small model in "
+    "models/dgemma-tiny."
 )
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}

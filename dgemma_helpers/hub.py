@@ -13,7 +13,6 @@ spelling: an id is only an id where no such file or directory exists.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,19 +96,13 @@ def _parse(path: object, revision: str | None) -> HubModel | None:
 
 
 def missing_files(folder: Path, weights: bool) -> list[str]:
-    """What the kit needs that `folder` lacks: config.json, and with `weights` the safetensors (every
-    shard its index names). Only names are looked up; checkpoint.py checks the files themselves."""
+    """What the kit needs that `folder` lacks: config.json, and with `weights` the safetensors (one
+    file or the shard index). Only names are looked up: missing shards are huggingface_hub's to see
+    (its file list of the repo) or checkpoint.index_checkpoint's, which names them."""
     lacking = [] if (folder / "config.json").exists() else ["config.json"]
-    if not weights:
-        return lacking
-    index = folder / "model.safetensors.index.json"
-    if not index.exists():
-        return lacking + ([] if (folder / "model.safetensors").exists() else ["model.safetensors"])
-    try:
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return lacking  # a corrupt index is named by checkpoint.index_checkpoint
-    return lacking + sorted(s for s in shards if isinstance(s, str) and not (folder / s).exists())
+    if weights and not any((folder / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
+        lacking.append("model.safetensors (or model.safetensors.index.json)")
+    return lacking
 
 
 def _in_cache(model: HubModel, files: tuple[str, ...]) -> tuple[Path | None, str]:
@@ -167,12 +160,12 @@ def snapshot(model: HubModel, files: tuple[str, ...] = KIT_FILES, *, local_files
                               f"https://huggingface.co/{model.repo_id}, log in (`hf auth login`, or set HF_TOKEN), "
                               "and load it again.") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{model.repo_id} is not a model on the Hugging Face Hub (repository not found; a private "
-                              f"one needs `hf auth login`). {not_local}") from None
+        raise CheckpointError(f"{model.repo_id} is not a model on the Hugging Face Hub (repository not found; a "
+                              f"private one needs `hf auth login`). {not_local}") from None
     except RevisionNotFoundError:
         raise CheckpointError(f"{model.repo_id} has no revision {model.revision!r} on the Hugging Face Hub: pin a "
-                              f"commit, branch or tag that it has (https://huggingface.co/{model.repo_id}/commits/main)."
-                              ) from None
+                              "commit, branch or tag that it has "
+                              f"(https://huggingface.co/{model.repo_id}/commits/main).") from None
     except OSError as e:  # the Hub unreachable or failing, the disk full, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"downloading {model} from the Hugging Face Hub failed ({reason}): check the network and "
@@ -181,7 +174,7 @@ def snapshot(model: HubModel, files: tuple[str, ...] = KIT_FILES, *, local_files
 
 
 def load_plan(path: str, revision: str | None = None, *, local_files_only: bool = False) -> str:
-    """What load_model(path) would do here with the Hub, in one sentence; nothing is fetched."""
+    """What load_model(path) would do here with the Hub, in words; nothing is fetched."""
     model = hub_model(path, revision)
     if model is None:
         return f"{path!r} is a local path: load_model reads it from disk and never the Hub."
@@ -190,10 +183,8 @@ def load_plan(path: str, revision: str | None = None, *, local_files_only: bool 
         return f"{model} is in the local Hugging Face cache: load_model reads {folder} without the network."
     size = f" ({OFFICIAL_SIZE})" if model.repo_id == OFFICIAL_REPO else ""
     off = downloads_off(local_files_only)
-    if off is not None:
-        return (f"{model} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and downloads are off "
-                f"here ({off}): load_model would refuse and name the command that fetches it, `{model.fetch_command}`.")
-    return (f"{model} is not in the local Hugging Face cache: load_model would download its config, tokenizer and "
-            f"safetensors files{size} into {constants.HF_HUB_CACHE} (a progress bar per file; an interrupted download "
-            "resumes), after checking from its config.json that the device has room.")
-
+    return (f"{model} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): load_model would download "
+            f"its config, tokenizer and safetensors files{size} into it (a progress bar per file; an interrupted "
+            "download resumes), once its config.json has shown that the device has room"
+            + (f". Here downloads are off ({off}), so it would refuse and name the command that fetches it, "
+               f"`{model.fetch_command}`." if off else "."))

@@ -125,8 +125,10 @@ def test_an_id_in_the_hub_cache_loads_offline(cache, checkpoint):
     direct = dg.load_model(checkpoint("plain"), device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
     kwargs = dict(max_new_tokens=16, max_denoising_steps=2, seed=0)
-    assert torch.equal(dg.generate(model, "The sky", **kwargs).token_ids, dg.generate(direct, "The sky", **kwargs).token_ids)
-    assert dg.generate(model, messages=[{"role": "user", "content": "Hi"}], **kwargs).text  # its tokenizer + template
+    ours, theirs = (dg.generate(m, "The sky", **kwargs).token_ids for m in (model, direct))
+    assert torch.equal(ours, theirs)
+    assert model.tokenizer is not None and model.tokenizer.chat_template  # read through the snapshot's symlinks
+    assert isinstance(dg.generate(model, messages=[{"role": "user", "content": "Hi"}], **kwargs).text, str)
     assert find_model(REPO) == snapshot and hub_cache_snapshots(REPO) == [snapshot]
     assert dg.load_model("hf://org/name", device="cpu", local_files_only=True).path == snapshot
     assert "reads " + str(snapshot) in hub.load_plan(REPO)
@@ -136,7 +138,7 @@ def test_a_revision_pin_loads_that_snapshot(cache, checkpoint):
     add_snapshot(cache, REPO, checkpoint("plain"), MAIN)  # vocabulary 1000
     pinned = add_snapshot(cache, REPO, checkpoint("ring"), PINNED, refs=("v2",))  # vocabulary 997
     assert dg.load_model(REPO, device="cpu").config.vocab_size == 1000
-    for spelled, revision in ((REPO, PINNED), (REPO, "v2"), ("hf://org/name@" + PINNED, None), ("hf://org/name@v2", None)):
+    for spelled, revision in ((REPO, PINNED), (REPO, "v2"), (f"hf://{REPO}@{PINNED}", None), (f"hf://{REPO}@v2", None)):
         model = dg.load_model(spelled, device="cpu", revision=revision)
         assert model.path == pinned and model.config.vocab_size == 997
     assert read_config(REPO, revision="v2")[1].vocab_size == 997
@@ -194,7 +196,7 @@ def test_an_id_not_in_the_cache_is_downloaded(downloads, cache):
     assert [c["allow_patterns"] for c in downloads] == [list(hub.CONFIG_FILES), list(hub.KIT_FILES)]
     assert all(c["repo_id"] == REPO and c["revision"] is None for c in downloads)
     assert not (model.path / "pytorch_model.bin").exists() and (model.path / "tokenizer.json").exists()
-    assert dg.generate(model, "Hi", max_new_tokens=8, max_denoising_steps=2).text is not None
+    assert isinstance(dg.generate(model, "Hi", max_new_tokens=8, max_denoising_steps=2).text, str)
     dg.load_model(REPO, device="cpu")  # now cached: nothing more is downloaded
     assert len(downloads) == 2
     dg.load_model(REPO, device="cpu", revision=MAIN)
@@ -221,7 +223,7 @@ def hub_error(kind: type[Exception]) -> Exception:
 
 
 @pytest.mark.parametrize("raised, words", [
-    (hub_error(errors.GatedRepoError), r"gated on the Hugging Face Hub: accept its terms at https://huggingface.co/org/name"),
+    (hub_error(errors.GatedRepoError), r"gated on the Hugging Face Hub: accept its terms at https://hugging"),
     (hub_error(errors.RepositoryNotFoundError), r"not a model on the Hugging Face Hub.*No local directory 'org/name'"),
     (hub_error(errors.RevisionNotFoundError), r"has no revision 'v9' on the Hugging Face Hub"),
     (OSError(28, "No space left on device"), r"failed \(\[Errno 28\] No space left on device\).*resumes.*hf download"),
@@ -246,10 +248,12 @@ def test_the_environment_report_never_downloads(downloads, cache, checkpoint, tm
 
 
 def test_load_plan_says_what_load_model_would_do(cache, monkeypatch, tmp_path):
-    assert "downloads are off here (HF_HUB_OFFLINE=1)" in hub.load_plan(hub.OFFICIAL_REPO)
+    assert "Here downloads are off (HF_HUB_OFFLINE=1)" in hub.load_plan(hub.OFFICIAL_REPO)
     assert "`hf download google/diffusiongemma-26B-A4B-it`" in hub.load_plan(hub.OFFICIAL_REPO)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert "would download" in hub.load_plan(hub.OFFICIAL_REPO) and "about 50 GB" in hub.load_plan(hub.OFFICIAL_REPO)
+    plan = hub.load_plan(hub.OFFICIAL_REPO)
+    assert "would download" in plan and "about 50 GB" in plan and "downloads are off" not in plan
+    assert "local_files_only=True" in hub.load_plan(hub.OFFICIAL_REPO, local_files_only=True)
     assert "is a local path" in hub.load_plan(str(tmp_path))
 
 
