@@ -25,6 +25,7 @@ from .atomic import atomic_dir
 from .config import TINY_VISION_CONFIG, GenerationSettings, ModelConfig, read_json
 from .devices import available_memory, resolve_device, resolve_dtype
 from .errors import CheckpointError, DeviceError, InputError
+from .hub import CONFIG_FILES, KIT_FILES, hub_model, snapshot
 from .memory import estimate_memory
 from .model import DiffusionGemma
 from .tokenizer import load_tokenizer
@@ -34,8 +35,10 @@ from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_s
 log = logging.getLogger("dgemma_helpers")
 
 GET_MODEL_HINT = (
-    "Download the official checkpoint with `hf download google/diffusiongemma-26B-A4B-it --local-dir PATH` "
-    "(about 50 GB), or use the kit's small model in models/dgemma-tiny."
+    "Use the official checkpoint by its Hub id, google/diffusiongemma-26B-A4B-it (as load_model's path or --model; "
+    "about 50 GB, downloaded once into the Hugging Face cache), or download it with "
+    "`hf download google/diffusiongemma-26B-A4B-it --local-dir PATH`, or use the kit's small model in "
+    "models/dgemma-tiny."
 )
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -218,11 +221,16 @@ def index_checkpoint(path: Path) -> dict[str, TensorEntry]:
 
 
 # ---- loading ----------------------------------------------------------------------------------------
-def read_config(path: str | os.PathLike) -> tuple[Path, ModelConfig]:
-    """The checkpoint directory and its checked config.json (no weights are read)."""
+def read_config(path: str | os.PathLike, *, revision: str | None = None,
+                local_files_only: bool = False) -> tuple[Path, ModelConfig]:
+    """The checkpoint directory and its checked config.json (no weights are read). A Hugging Face
+    Hub id (hub.py) gives its snapshot in the local cache, where only the configs are fetched."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise InputError(f"the model path must be a checkpoint directory (a str or Path), got {shown(path)} "
                          f"({type(path).__name__}). {GET_MODEL_HINT}")
+    model = hub_model(path, revision)
+    if model is not None:
+        path = snapshot(model, CONFIG_FILES, local_files_only=local_files_only)
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist. {GET_MODEL_HINT}")
@@ -324,9 +332,12 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, *, vision: bool | None = None) -> DiffusionGemma:
-    """Load a DiffusionGemmaForBlockDiffusion checkpoint directory (official or tiny) for generation.
+               dtype: str | torch.dtype | None = None, *, vision: bool | None = None, revision: str | None = None,
+               local_files_only: bool = False) -> DiffusionGemma:
+    """Load a DiffusionGemmaForBlockDiffusion checkpoint (official or tiny) for generation.
 
+    path: a directory, or a Hub id ("google/diffusiongemma-26B-A4B-it", "hf://org/name@REVISION"; see
+    hub.py): from the local Hugging Face cache, else downloaded unless HF_HUB_OFFLINE=1 or local_files_only.
     device: "cuda", "cuda:1", "cpu", ... (default: the first GPU if there is one, else the CPU).
     dtype: "bfloat16", "float32", ... (default: bfloat16 on GPU, float32 on CPU).
     vision: None loads the vision tower (into transformers' modules, dgemma_helpers/vision.py) when the
@@ -335,6 +346,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     if vision not in (None, True, False):
         raise InputError(f"vision must be None (load a trained vision tower if there is one), True (require one) "
                          f"or False (skip it), got {shown(vision)}.")
+    model_id = hub_model(path, revision)
+    if model_id is not None:  # its config first (a few KB): a device without room is refused before the weights
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        _, head = read_config(path, revision=revision, local_files_only=local_files_only)
+        check_room(str(model_id), head, dtype, device)
+        path = snapshot(model_id, KIT_FILES, local_files_only=local_files_only)
     path, config = read_config(path)
     settings = read_generation_settings(path, config)
     device = resolve_device(device)
@@ -362,13 +380,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     if vision is False:
         note = "the model was loaded with vision=False"
 
-    need = weights_bytes(config, dtype, vision_shapes) + runtime_bytes(config, dtype, device)
-    free = available_memory(device)
-    if free is not None and need > free:
-        raise DeviceError(
-            f"{path.name} needs about {need / 2**30:.1f} GiB on {device} in {str(dtype).replace('torch.', '')} "
-            f"(weights + working memory) but only {free / 2**30:.1f} GiB is free. Free memory, use a larger device, "
-            "pick dtype='bfloat16', or use models/dgemma-tiny.")
+    check_room(path.name, config, dtype, device, vision_shapes)
 
     with torch.device("meta"):
         model = DiffusionGemma(config)
@@ -395,6 +407,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         model.vision = load_vision(path, raw_config, vision_entries, config, device, dtype)
     model.vision_note = note
     return model
+
+
+def check_room(name: str, config: ModelConfig, dtype: torch.dtype, device: torch.device,
+               vision: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse, before anything is allocated, a model whose weights and working memory the device lacks."""
+    need = weights_bytes(config, dtype, vision) + runtime_bytes(config, dtype, device)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise DeviceError(
+            f"{name} needs about {need / 2**30:.1f} GiB on {device} in {str(dtype).replace('torch.', '')} "
+            f"(weights + working memory) but only {free / 2**30:.1f} GiB is free. Free memory, use a larger device, "
+            "pick dtype='bfloat16', or use models/dgemma-tiny.")
 
 
 # ---- saving -----------------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ from .train.recipe import train_tiny
 from .train.trainer import TrainConfig
 from .vision import expected_vision_tensors, is_placeholder
 
+MODEL_HELP = ("checkpoint directory (e.g. models/dgemma-tiny), or a Hugging Face Hub id such as "
+              "google/diffusiongemma-26B-A4B-it (hf://ORG/NAME@REVISION pins a revision): read from the local "
+              "Hugging Face cache, else downloaded unless HF_HUB_OFFLINE=1")
+
 
 def _generate(args: argparse.Namespace) -> None:
     if args.image and not args.chat:
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text block by block")
-    g.add_argument("--model", required=True, help="checkpoint directory (official or models/dgemma-tiny)")
+    g.add_argument("--model", required=True, help=MODEL_HELP)
     what = g.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="plain text to continue")
     what.add_argument("--chat", help="a user message, sent through the checkpoint's chat template")
@@ -141,11 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.set_defaults(func=_generate)
 
     i = sub.add_parser("info", help="print a checkpoint's text config")
-    i.add_argument("--model", required=True)
+    i.add_argument("--model", required=True, help=MODEL_HELP + " (only its config files are fetched)")
     i.set_defaults(func=_info)
 
     m = sub.add_parser("memory", help="estimate the memory of a generation from a checkpoint's config (nothing loaded)")
-    m.add_argument("--model", required=True)
+    m.add_argument("--model", required=True, help=MODEL_HELP + " (only its config files are fetched)")
     m.add_argument("--prompt-tokens", type=int, required=True, help="tokens in the longest prompt")
     m.add_argument("--max-new-tokens", type=int, default=256, help="(default: %(default)s)")
     m.add_argument("--batch-size", type=int, default=1, help="prompts per call (default: %(default)s)")

@@ -1,8 +1,10 @@
 """Where models are: `find_model()` resolves a model path the way the notebooks and the command
 line need it. A relative path such as "models/dgemma-tiny" is looked up from the working directory
 and its parents (a notebook runs in notebooks/) and from the repository root, and a missing model is
-refused with how to get one. Nothing is ever downloaded: the official checkpoint is looked for where
-people keep it and in the local Hugging Face cache."""
+refused with how to get one. A Hugging Face Hub id that is no local path ("org/name", hub.py) gives
+its snapshot in the local Hugging Face cache, downloaded first unless downloads are off. The
+environment report looks for the official checkpoint where people keep it and in that cache, and
+never downloads."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 
 from .checkpoint import GET_MODEL_HINT
 from .errors import CheckpointError
+from .hub import OFFICIAL_REPO, cached_snapshot, hub_model, snapshot
 
-OFFICIAL_REPO = "google/diffusiongemma-26B-A4B-it"
 DOWNLOAD_COMMAND = f"hf download {OFFICIAL_REPO} --local-dir ~/models/diffusiongemma"
 TINY_MODEL = "models/dgemma-tiny"
 MAKE_RANDOM_COMMAND = "python -m dgemma_helpers make-random /tmp/rand --canvas-length 32"
@@ -33,13 +35,18 @@ def model_candidates(path: str | os.PathLike) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def find_model(path: str | os.PathLike = TINY_MODEL) -> Path:
-    """The directory of a model path (see model_candidates); a missing one is refused with how to get it."""
+def find_model(path: str | os.PathLike = TINY_MODEL, *, local_files_only: bool = False) -> Path:
+    """The directory of a model path (see model_candidates), else of a Hub id's snapshot (hub.snapshot:
+    from the cache, downloaded unless local_files_only or HF_HUB_OFFLINE=1); a missing one is refused
+    with how to get it."""
     candidates = model_candidates(path)
     for c in candidates:
         if c.exists():
             return c
-    raise CheckpointError(missing_model_message(path, candidates))
+    model = hub_model(path)
+    if model is None:
+        raise CheckpointError(missing_model_message(path, candidates))
+    return snapshot(model, local_files_only=local_files_only, not_local=missing_model_message(path, candidates))
 
 
 def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) -> str:
@@ -55,8 +62,7 @@ def missing_model_message(path: str | os.PathLike, looked_in: Sequence[Path]) ->
 
 
 def hub_cache_snapshots(repo: str = OFFICIAL_REPO) -> list[Path]:
-    """Snapshots of `repo` already in the local Hugging Face cache (nothing is fetched)."""
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-    snapshots = Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots"
-    return sorted(snapshots.iterdir()) if snapshots.is_dir() else []
+    """The snapshot of `repo` that load_model(repo) reads from the local Hugging Face cache, found by
+    huggingface_hub (its cache rules); empty when there is none. Nothing is fetched."""
+    found = cached_snapshot(repo)
+    return [found] if found is not None else []

@@ -13,6 +13,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Nothing is downloaded in tests: huggingface_hub (and transformers through it) reads this at import
+# and refuses every request to the Hub. tests/test_hub.py fakes the one download it exercises.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest  # noqa: E402
 
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint  # noqa: E402

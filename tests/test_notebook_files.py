@@ -43,3 +43,5 @@ def test_default_model_is_the_tiny_one(name):
               for t in s.targets if isinstance(t, ast.Name)}
     assert values["model_path"] == "models/dgemma-tiny"
     assert values["device"] is None and values["dtype"] is None
+    if name == "02_model_load.ipynb":  # its official-model cell downloads about 50 GB: off unless asked for
+        assert values["load_official"] is False

@@ -46,6 +46,13 @@ PROMISES = {
     "so a canvas's last round never pays for that second GEMM": [
         "tests/test_cpu_paths.py::test_a_canvas_last_round_never_pays_for_the_soft_embedding"],
     "It never unpickles": ["tests/test_errors.py::test_pickle_checkpoint_is_refused_without_opening"],
+    "refuses a device without room before the weights are downloaded": [
+        "tests/test_hub.py::test_a_device_without_room_is_refused_before_the_weights_are_downloaded",
+        "tests/test_hub.py::test_info_fetches_the_configs_only"],
+    "id missing from the cache is refused with the command that fetches it": [
+        "tests/test_hub.py::test_an_id_not_in_the_cache_names_the_command_that_fetches_it",
+        "tests/test_hub.py::test_a_partly_cached_snapshot_is_not_loaded_offline"],
+    "the kit's tests never download": ["tests/test_hub.py::test_tests_never_download"],
     "A URL is refused (nothing is downloaded)": [
         "tests/test_vision.py::test_bad_images_are_refused_with_the_fix",
         "tests/test_vision.py::test_too_many_images_and_text_parts",

@@ -70,7 +70,7 @@ def _locate(path: str) -> str:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
-    p.add_argument("--model", default=d.model, help=f"diffusion checkpoint directory (default {d.model})")
+    p.add_argument("--model", default=d.model, help=f"diffusion checkpoint directory or Hugging Face Hub id (default {d.model})")
     p.add_argument("--shape", choices=sorted(SHAPES),
                    help="a built-in random checkpoint instead of --model, built once and cached: official-2layer is "
                         "the official width cut to two layers (4.5 GB), toy the 2-core CPU toy")

@@ -200,7 +200,7 @@ def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_pa
 
 def find_or_keep(path: str | os.PathLike) -> Path:
     try:
-        return find_model(path)
+        return find_model(path, local_files_only=True)  # a Hub id counts where it is cached: a report never downloads
     except CheckpointError:
         return Path(path).expanduser()
 
