@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 
@@ -65,15 +67,25 @@ def test_thinking_on_a_template_without_the_switch_is_refused(checkpoint, ours, 
         dg.generate(model, messages=[{"role": "user", "content": "x"}], thinking=True)
 
 
-def test_transformers_does_not_mistake_our_kernels_package_for_the_hub_one():
-    import kernels
-    from transformers.utils import import_utils
+def test_a_top_level_kernels_package_shadows_nothing_of_the_kit(tmp_path):
+    """The kit's kernels install as `dgemma_kernels`: a stand-in top-level `kernels` (Hugging Face's
+    hub-kernels package has that name) first on sys.path changes nothing, and the kit never imports it."""
+    import subprocess
+    import sys
 
-    assert kernels.__file__.endswith("kernels/__init__.py") and "site-packages/kernels" not in kernels.__file__
-    import_utils.is_kernels_available.cache_clear() if hasattr(import_utils.is_kernels_available, "cache_clear") else None
-    assert not import_utils.is_kernels_available()
-    # And transformers still loads and runs a model with our package importable.
-    from transformers import DiffusionGemmaConfig  # noqa: F401
+    (tmp_path / "kernels").mkdir()
+    # Importable, as the hub package is (transformers probes it); too old for transformers to use.
+    (tmp_path / "kernels" / "__init__.py").write_text("__version__ = '0.0.1'\nSTAND_IN = True\n")
+    script = ("import sys, dgemma_helpers as dg, dgemma_kernels\n"
+              "m = dg.load_model(dg.find_model('models/dgemma-tiny'))\n"
+              "r = dg.generate(m, 'To be', max_new_tokens=8, max_denoising_steps=2, seed=0)\n"
+              "assert getattr(sys.modules.get('kernels'), 'STAND_IN', True), 'another kernels package was imported'\n"
+              "print('OK', len(r.token_ids[0]), dgemma_kernels.__file__)")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("OK 8") and proc.stdout.strip().endswith("kernels/__init__.py")
 
 
 def test_public_api_is_typed_and_documented():
