@@ -28,7 +28,8 @@ import torch
 
 from dgemma_helpers.bench import gpu
 
-from dgemma_helpers.devices import copy_bandwidth, synchronize
+from dgemma_helpers.bench.measure import copy_bandwidth
+from dgemma_helpers.devices import synchronize
 
 
 def main() -> None:

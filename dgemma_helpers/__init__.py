@@ -6,10 +6,10 @@
     print(result.text, result.tokens_per_forward)
 """
 
+import importlib as _importlib
 import logging as _logging
 import sys as _sys
 
-from . import bench, fast, notebook, visualization
 from .cache import KVCache
 from .checkpoint import load_model, save_checkpoint
 from .config import GenerationSettings, ModelConfig
@@ -19,20 +19,21 @@ from .generation import GenerationResult, StepRecord, Timings, generate
 from .memory import MemoryEstimate, estimate_memory
 from .model import DiffusionGemma
 from .model_paths import find_model
-from .visualization import DenoisingTrace
 
 __version__ = "0.1.0"
 
+# The engine and the public face load with the package; the rest (benchmarks, notebooks' helpers,
+# the player, training) on first use, so that `import dgemma_helpers` needs neither matplotlib nor
+# anywidget nor papermill (tests/test_cli_and_packaging.py checks sys.modules).
+_SUBPACKAGES = ("bench", "fast", "notebook", "train", "visualization")
+_LAZY_NAMES = {"DenoisingTrace": "visualization", "DenoisingPlayer": "visualization"}
+
 
 def __getattr__(name: str):
-    # dg.DenoisingPlayer needs anywidget/ipywidgets and dg.train the training extras: imported on first use
-    # only, and left out of __all__ so that `import *` works without them.
-    import importlib
-
-    if name == "DenoisingPlayer":
-        return visualization.DenoisingPlayer
-    if name == "train":
-        return importlib.import_module(".train", __name__)
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(_importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'dgemma_helpers' has no attribute {name!r}")
 
 

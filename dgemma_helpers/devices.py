@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
 import torch
 
@@ -83,51 +82,9 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def resident_peak(reset: bool = False) -> int | None:
-    """This process's peak resident memory in bytes (Linux: VmHWM), or None where it cannot be read.
-    `reset=True` starts a new peak from the current size. Unlike getrusage's ru_maxrss, which a
-    process forked from a large parent inherits, the reset makes the peak this process's own work."""
-    try:
-        if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def resident_now() -> int | None:
-    """This process's resident memory in bytes now (Linux), or None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 10) -> float:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + written), the median of `reps` timed
-    copies of `nbytes` after a warm-up: the speed limit for streaming weights."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        t = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(time.perf_counter() - t)
-    return 2 * nbytes / sorted(times)[len(times) // 2]
 
 
 def triton_support(device: torch.device) -> tuple[bool, str]:

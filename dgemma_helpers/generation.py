@@ -16,7 +16,6 @@ the same order and shapes as transformers' `generate`, so a seed gives the refer
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence

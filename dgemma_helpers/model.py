@@ -12,12 +12,16 @@ in float32, embeddings scaled by sqrt(hidden) rounded to the weight dtype.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import dgemma_kernels as kernels
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FULL, SLIDING, ModelConfig
+from .config import FULL, SLIDING, GenerationSettings, ModelConfig
 from .packed_experts import PackedExperts, usable as packed_usable
 
 
@@ -349,6 +353,24 @@ class SelfConditioning(nn.Module):
 
 
 # ---- the model ---------------------------------------------------------------------------------
+@dataclass
+class CheckpointParts:
+    """What a generation needs besides the weights, as load_model found it in the checkpoint (all
+    None for a model built in code). `vision`: the trained vision tower (vision.VisionTower), kept out
+    of the text model's modules so its state_dict, parameter count and casts stay the text model's;
+    `vision_note` says why there is none (a placeholder tower, vision=False, none in the checkpoint)."""
+
+    path: Path | None = None
+    tokenizer: Any = None  # tokenizers/transformers tokenizer with the chat template
+    generation_settings: GenerationSettings | None = None  # the sampler defaults of generation_config.json
+    vision: Any = None
+    vision_note: str | None = None
+
+
+def _part(name: str) -> property:
+    return property(lambda self: getattr(self.checkpoint, name), lambda self, value: setattr(self.checkpoint, name, value))
+
+
 class DiffusionGemma(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -364,16 +386,11 @@ class DiffusionGemma(nn.Module):
         self.init_buffers()
         # Kept out of the module's buffers so that casting the model never rounds them.
         self._inv_freq: dict[tuple[str, torch.device], torch.Tensor] = {}
-        # Filled by load_model: sampler defaults and the tokenizer, when the checkpoint has them.
-        self.generation_settings = None
-        self.tokenizer = None
-        self.path = None
-        # load_model's vision tower (dgemma_helpers/vision.py VisionTower), when the checkpoint has a
-        # trained one: a plain attribute, not a submodule, so the text model's state_dict, parameter
-        # count and casts stay the text model's. `vision_note` says why there is none (for the error
-        # an image then gets): a placeholder tower, vision=False, or none in the checkpoint.
-        self.vision = None
-        self.vision_note = None
+        self.checkpoint = CheckpointParts()  # what load_model read beside the weights
+
+    # The model holds weights; these five live in `checkpoint`, reachable under their old names too.
+    path, tokenizer, generation_settings, vision, vision_note = (_part(n) for n in (
+        "path", "tokenizer", "generation_settings", "vision", "vision_note"))
 
     def init_buffers(self) -> None:
         """(Re)make the buffers that come from the config, not the checkpoint, beside the embedding

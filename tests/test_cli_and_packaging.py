@@ -96,3 +96,21 @@ def test_public_api_is_typed_and_documented():
         sig = inspect.signature(fn)
         assert fn.__doc__, name
         assert sig.return_annotation is not inspect.Signature.empty, name
+
+
+def test_import_loads_the_engine_only():
+    """`import dgemma_helpers` loads the engine and the public face; the optional parts (plots,
+    the widget, papermill, benchmarks, training) load on first use."""
+    import subprocess
+    import sys
+
+    script = ("import sys, dgemma_helpers as dg\n"
+              "optional = ('matplotlib', 'anywidget', 'ipywidgets', 'papermill', 'nbformat', 'peft',\n"
+              "            'dgemma_helpers.bench', 'dgemma_helpers.notebook', 'dgemma_helpers.train',\n"
+              "            'dgemma_helpers.visualization')\n"
+              "print(sorted(m for m in optional if m in sys.modules))\n"
+              "dg.bench.run_benchmark, dg.DenoisingTrace, dg.train\n"
+              "print('dgemma_helpers.bench' in sys.modules, 'dgemma_helpers.visualization' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[]", "True True"]

@@ -25,18 +25,14 @@ from typing import Any
 
 import torch
 
-try:
-    import resource  # POSIX only: on Windows the CPU peak memory is not measured
-except ImportError:
-    resource = None
-
 from ..checkpoint import read_config, weights_bytes
-from ..devices import available_memory, copy_bandwidth, resident_peak, resolve_device, resolve_dtype, synchronize
+from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
 from ..tokenizer import load_tokenizer
 from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
 from .autoregressive import continuation_nll
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
 from .grid import GridPoint, Sweep
+from .measure import copy_bandwidth, peak_memory_kind, read_peak_memory, reset_peak_memory
 
 SCHEMA = "dgemma-bench/1"
 
@@ -306,50 +302,7 @@ def _guarded(fn, notes: list[str]):
     return call
 
 
-# ---- memory, machine, floor -------------------------------------------------------------------
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _clear_rss_peak()
-
-
-def read_peak_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # VmHWM, not getrusage's ru_maxrss: a process started from a larger parent (a notebook kernel, a
-    # test runner's child) inherits the parent's size in ru_maxrss, and no reset lowers it.
-    peak = resident_peak()
-    if peak is not None or resource is None:
-        return peak
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-
-_RSS_RESETTABLE: bool | None = None
-
-
-def _clear_rss_peak() -> bool:
-    """Linux lets a process reset its resident high-water mark (devices.resident_peak)."""
-    global _RSS_RESETTABLE
-    if _RSS_RESETTABLE is not False:
-        _RSS_RESETTABLE = resident_peak(reset=True) is not None
-    return _RSS_RESETTABLE
-
-
-def peak_memory_kind(device: torch.device, short: bool = False) -> str:
-    if device.type == "cuda":
-        return "cuda_allocated" if short else "CUDA max_memory_allocated per run (tensors only, not the allocator's cache)"
-    if resource is None:
-        return "none" if short else "not measured (no getrusage on this platform)"
-    if _RSS_RESETTABLE is None:
-        _clear_rss_peak()
-    if _RSS_RESETTABLE:
-        return "cpu_rss_peak" if short else ("process RSS high-water mark per run (VmHWM, reset before each run): "
-                                             "the whole process, every loaded model included")
-    return "cpu_rss_peak_since_start" if short else "process RSS high-water mark since the process started (getrusage)"
-
-
+# ---- machine, floor ---------------------------------------------------------------------------
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     import transformers
 
