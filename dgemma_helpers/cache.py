@@ -30,9 +30,8 @@ Masks = dict[str, torch.Tensor | None]
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, capacity: int, *,
                  device: torch.device | str, dtype: torch.dtype) -> None:
-        """`capacity`: committed tokens it can hold (prompt + every canvas that gets encoded)."""
-        if config.sliding_window < 2:
-            raise ValueError(f"sliding_window={config.sliding_window} must be >= 2.")
+        """`capacity`: committed tokens it can hold (prompt + every canvas that gets encoded). The
+        config's sliding_window >= 2 was checked where it was read (config.py)."""
         self.config = config
         self.batch_size = batch_size
         self.capacity = capacity

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_dir
@@ -28,8 +26,9 @@ from .errors import CheckpointError, DeviceError, InputError
 from .hub import CONFIG_FILES, KIT_FILES, hub_model, snapshot
 from .memory import estimate_memory
 from .model import DiffusionGemma
+from .shards import FLOAT_DTYPES, TensorEntry, copy_tensors, numel, read_safetensors_header
 from .tokenizer import load_tokenizer
-from .validate import is_int, shown
+from .validate import shown
 from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_status
 
 log = logging.getLogger("dgemma_helpers")
@@ -40,23 +39,11 @@ GET_MODEL_HINT = (
     "`hf download google/diffusiongemma-26B-A4B-it --local-dir PATH`, or use the kit's small model in "
     "models/dgemma-tiny."
 )
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-# What model weights may be stored as. The kit's own checkpoints are never fp8: quantize_experts()
-# quantises at load time (fast/quant.py), so an fp8 or integer tensor is someone else's layout.
-FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 TEXT_PREFIXES = ("model.decoder.", "model.encoder.language_model.")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PICKLE_HINT = ("which this kit never opens (unpickling runs arbitrary code). If you trust the file, convert it once "
                "with transformers: `DiffusionGemmaForBlockDiffusion.from_pretrained(SRC).save_pretrained(DST)` writes "
                "safetensors.")
-
-
-@dataclass
-class TensorEntry:
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
 
 
 # ---- names --------------------------------------------------------------------------------------
@@ -108,68 +95,6 @@ def check_links(path: Path) -> None:
     for entry in sorted(path.iterdir()):
         if entry.is_symlink() and entry.suffix != ".md":
             inside_checkpoint(path, entry.name, "the link")
-
-
-# ---- safetensors headers --------------------------------------------------------------------------
-def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse and check one file's header without reading its data: the same layout rules the
-    safetensors library enforces (contiguous tensors covering the file), so that it never fails later."""
-    fix = f"re-download or re-save {path.name}"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file: a safetensors shard must be one; {fix}.")
-    try:
-        return _parse_header(path, fix)
-    except OSError as e:  # unreadable (permissions, I/O error): name the file, not a traceback
-        raise CheckpointError(f"{path} could not be read ({e.strerror or e}); {fix}.") from e
-
-
-def _parse_header(path: Path, fix: str) -> dict[str, TensorEntry]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file; {fix}.")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise CheckpointError(f"{path} is corrupt or truncated: its header claims {n} bytes but the file has "
-                                  f"{size}; {fix}.")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise CheckpointError(f"{path} has a corrupt safetensors header ({e}); {fix}.") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object); {fix}.")
-    header.pop("__metadata__", None)
-    entries, spans = {}, []
-    for name, info in header.items():
-        try:
-            dtype, shape, (start, stop) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: corrupt header entry for {name!r}; {fix}.") from e
-        if not (isinstance(dtype, str) and all(is_int(d) and d >= 0 for d in shape)
-                and is_int(start) and is_int(stop) and 0 <= start <= stop):
-            raise CheckpointError(f"{path}: corrupt header entry for {name!r} ({shown(info)}); {fix}.")
-        if dtype not in DTYPE_BYTES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, which this kit cannot read (model "
-                                  f"weights are {', '.join(FLOAT_DTYPES)}); re-save the checkpoint in bfloat16 or "
-                                  "float32.")
-        if stop - start != _numel(shape) * DTYPE_BYTES[dtype]:
-            raise CheckpointError(f"{path}: header entry for {name!r} is inconsistent ({dtype}, {shape}, "
-                                  f"{stop - start} bytes); {fix}.")
-        entries[name] = TensorEntry(path, dtype, shape)
-        spans.append((start, stop, name))
-    end = 0
-    for start, stop, name in sorted(spans):
-        if start != end:
-            raise CheckpointError(f"{path}: tensor {name!r} starts at byte {start} of the data, expected {end} "
-                                  f"(tensors overlap or leave a gap): the file is corrupt; {fix}.")
-        end = stop
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: its header needs {8 + n + end} bytes, the file has {size}; {fix}.")
-    if 8 + n + end < size:
-        raise CheckpointError(f"{path} has {size - 8 - n - end} bytes after its last tensor: it is corrupt or was not "
-                              f"written by safetensors; {fix}.")
-    return entries
 
 
 def index_checkpoint(path: Path) -> dict[str, TensorEntry]:
@@ -263,7 +188,7 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tup
     """The text model's weights, plus the vision tower's (name -> shape) when it is loaded."""
     size = torch.empty((), dtype=dtype).element_size()
     shapes = list(expected_tensors(config).values()) + list((vision or {}).values())
-    return sum(_numel(shape) for shape in shapes) * size
+    return sum(numel(shape) for shape in shapes) * size
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", batch_size: int = 1,
@@ -389,15 +314,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     by_file: dict[Path, list[str]] = {}
     for name, entry in plan.items():
         by_file.setdefault(entry.file, []).append(name)
-    state = model.state_dict()
-    with torch.no_grad():
-        for file, names in by_file.items():
-            try:
-                with safe_open(file, framework="pt", device="cpu") as f:
-                    for name in names:
-                        state[name].copy_(f.get_tensor(kit_to_hf(name)))
-            except (SafetensorError, OSError) as e:  # the file changed since its header was checked
-                raise CheckpointError(f"{file} could not be read ({e}); re-download or re-save it.") from e
+    copy_tensors(by_file, model.state_dict(), kit_to_hf)
     model.eval().requires_grad_(False)
     model.path = path
     model.generation_settings = settings
@@ -497,10 +414,3 @@ class _TextDims:
 
 def _listed(names: list[str], limit: int = 8) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

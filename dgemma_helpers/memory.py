@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .devices import available_memory
 from .errors import DeviceError, InputError
 from .head import ROW_BLOCK_BYTES, TILE_BYTES
-from .model import DiffusionGemma
+from .model import KEY_CHUNK, DiffusionGemma
 
 PREFILL_CHUNK = 2048  # prompt tokens encoded per pass: bounds the attention mask and activations
 FLOAT = 4  # temporaries are float32 whatever the weights' dtype (norms, softmax, logits)
@@ -119,7 +119,7 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
         if not full:
             return 0
         per = B * config.full_kv_heads * config.full_head_dim
-        return per * slots * item + 3 * per * min(slots, 16_384) * FLOAT
+        return per * slots * item + 3 * per * min(slots, KEY_CHUNK) * FLOAT
 
     def grouped(n: int, slots: int, head_dim: int, kv_heads: int) -> int:
         # CUDA's masked attention takes no grouped KV heads: model.attend repeats them ([B, H, slots, D]

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .config import TINY_VISION_CONFIG, ModelConfig, read_json
 from .errors import CheckpointError, InputError
+from .shards import copy_tensors
 
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 OFFICIAL = "google/diffusiongemma-26B-A4B-it"
@@ -196,16 +196,8 @@ def load_vision(path: Path, raw_config: dict[str, Any], entries: dict[str, Any],
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
-    with torch.no_grad():
-        for file, names in by_file.items():
-            try:
-                with safe_open(file, framework="pt", device="cpu") as f:
-                    for name in names:
-                        prefix = next(p for p in VISION_PREFIXES if name.startswith(p))
-                        target = modules[prefix].state_dict()[name[len(prefix):]]
-                        target.copy_(f.get_tensor(name))
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(f"{file} could not be read ({e}); re-download or re-save it.") from e
+    targets = {prefix + n: t for prefix, m in modules.items() for n, t in m.state_dict().items()}
+    copy_tensors(by_file, targets)
     # Non-persistent buffers (the rotary tables) are not in the checkpoint and were left empty by the
     # meta build: take them from a freshly built copy of their module, in its own dtype (float32), as
     # from_pretrained leaves them.

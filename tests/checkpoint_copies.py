@@ -80,7 +80,7 @@ def no_weights_read(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("tensor data was read before the checkpoint was checked")
 
-    monkeypatch.setattr("dgemma_helpers.checkpoint.safe_open", forbidden)
+    monkeypatch.setattr("dgemma_helpers.shards.safe_open", forbidden)
 
 
 @pytest.fixture()
