@@ -112,40 +112,7 @@ class ModelConfig:
         Every field is checked for its JSON type and range before use (`source` names the file in
         the messages): a wrong value is a CheckpointError naming the field, never a raw error later.
         """
-        fix = f"Correct it in {source}, or re-download the checkpoint's config.json."
-        model_type = cfg.get("model_type")
-        if model_type != "diffusion_gemma":
-            raise CheckpointError(
-                f"{source} has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs "
-                "DiffusionGemma checkpoints only (google/diffusiongemma-26B-A4B-it or models/dgemma-tiny)."
-            )
-        text = cfg.get("text_config")
-        if not isinstance(text, dict):
-            raise CheckpointError(f"{source} has no 'text_config' section: it is not a DiffusionGemma config.")
-        top, t = Fields(cfg, source, "", fix), Fields(text, source, "text_config.", fix)
-        if not (top.flag("tie_word_embeddings", True) and t.flag("tie_word_embeddings", True)):
-            raise CheckpointError(f"{source} sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser "
-                                  "share their weights, which this engine requires.")
-        # These two flags are omitted by the official config; transformers treats both as on.
-        if not t.flag("enable_moe_block", True, nullable=True):
-            raise CheckpointError(f"{source} sets enable_moe_block=false: this engine (like transformers) needs the "
-                                  "MoE block.")
-        activation = t.string("hidden_activation", "gelu_pytorch_tanh")
-        if activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise CheckpointError(f"{source}: unsupported hidden_activation {activation!r}: expected "
-                                  "gelu_pytorch_tanh.")
-        bidirectional = t.string("use_bidirectional_attention", "vision", nullable=True)
-        if bidirectional == "all":
-            raise CheckpointError("use_bidirectional_attention='all' is not supported: the encoder must be causal.")
-        if bidirectional != "vision":
-            raise t.error("use_bidirectional_attention", bidirectional, "null or \"vision\"")
-        required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "head_dim", "num_experts", "top_k_experts", "moe_intermediate_size"]
-        missing = [k for k in required if text.get(k) is None]
-        if missing:
-            raise CheckpointError(f"{source} text_config lacks {missing}: the file is incomplete or not a "
-                                  "DiffusionGemma config.")
-
+        top, t = _sections(cfg, source)
         vocab = t.integer("vocab_size")
         n_layers = t.integer("num_hidden_layers", high=MAX_LAYERS)
         layer_types = _layer_types(t, n_layers)
@@ -153,16 +120,7 @@ class ModelConfig:
         kv_heads = t.integer("num_key_value_heads")
         full_head_dim, full_kv_heads = _full_attention_shape(t, layer_types, head_dim, kv_heads)
 
-        rope = t.section("rope_parameters")
-        sliding = rope.section(SLIDING)
-        full = rope.section(FULL) if rope.has(FULL) else Fields(DEFAULT_FULL_ROPE, source, f"{rope.where}{FULL}.", fix)
-        if sliding.string("rope_type", "default") != "default" or sliding.number("partial_rotary_factor", 1.0) != 1.0:
-            raise CheckpointError(f"{source}: unsupported sliding-layer RoPE {sliding.data}: expected default RoPE "
-                                  "over the whole head.")
-        if full.string("rope_type", "") != "proportional" or full.number("factor", 1.0) != 1.0:
-            raise CheckpointError(f"{source}: unsupported full-layer RoPE {full.data}: expected unscaled "
-                                  "proportional RoPE.")
-
+        sliding, full = _rope_sections(t)
         config = cls(
             vocab_size=vocab,
             hidden_size=t.integer("hidden_size"),
@@ -191,7 +149,7 @@ class ModelConfig:
             image_token_id=top.integer("image_token_id", 258_880, low=0, nullable=True),
             boi_token_id=top.integer("boi_token_id", 255_999, low=0, nullable=True),
             eoi_token_id=top.integer("eoi_token_id", 258_882, low=0, nullable=True),
-            bidirectional_vision=text.get("use_bidirectional_attention") == "vision",
+            bidirectional_vision=t.data.get("use_bidirectional_attention") == "vision",
         )
         config.validate(source)
         return config
@@ -291,6 +249,58 @@ class ModelConfig:
             "text_config": text,
             "vision_config": dict(TINY_VISION_CONFIG),
         }
+
+
+def _sections(cfg: dict[str, Any], source: str) -> tuple[Fields, Fields]:
+    """config.json's top level and text_config, once they say a DiffusionGemma this engine runs."""
+    fix = f"Correct it in {source}, or re-download the checkpoint's config.json."
+    model_type = cfg.get("model_type")
+    if model_type != "diffusion_gemma":
+        raise CheckpointError(
+            f"{source} has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs "
+            "DiffusionGemma checkpoints only (google/diffusiongemma-26B-A4B-it or models/dgemma-tiny)."
+        )
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise CheckpointError(f"{source} has no 'text_config' section: it is not a DiffusionGemma config.")
+    top, t = Fields(cfg, source, "", fix), Fields(text, source, "text_config.", fix)
+    if not (top.flag("tie_word_embeddings", True) and t.flag("tie_word_embeddings", True)):
+        raise CheckpointError(f"{source} sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser "
+                              "share their weights, which this engine requires.")
+    # These two flags are omitted by the official config; transformers treats both as on.
+    if not t.flag("enable_moe_block", True, nullable=True):
+        raise CheckpointError(f"{source} sets enable_moe_block=false: this engine (like transformers) needs the "
+                              "MoE block.")
+    activation = t.string("hidden_activation", "gelu_pytorch_tanh")
+    if activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise CheckpointError(f"{source}: unsupported hidden_activation {activation!r}: expected "
+                              "gelu_pytorch_tanh.")
+    bidirectional = t.string("use_bidirectional_attention", "vision", nullable=True)
+    if bidirectional == "all":
+        raise CheckpointError("use_bidirectional_attention='all' is not supported: the encoder must be causal.")
+    if bidirectional != "vision":
+        raise t.error("use_bidirectional_attention", bidirectional, "null or \"vision\"")
+    required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "num_experts", "top_k_experts", "moe_intermediate_size"]
+    missing = [k for k in required if text.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{source} text_config lacks {missing}: the file is incomplete or not a "
+                              "DiffusionGemma config.")
+    return top, t
+
+
+def _rope_sections(t: Fields) -> tuple[Fields, Fields]:
+    """The sliding and full layers' RoPE settings, refused unless default and proportional RoPE."""
+    rope = t.section("rope_parameters")
+    sliding = rope.section(SLIDING)
+    full = rope.section(FULL) if rope.has(FULL) else Fields(DEFAULT_FULL_ROPE, t.file, f"{rope.where}{FULL}.", t.fix)
+    if sliding.string("rope_type", "default") != "default" or sliding.number("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError(f"{t.file}: unsupported sliding-layer RoPE {sliding.data}: expected default RoPE "
+                              "over the whole head.")
+    if full.string("rope_type", "") != "proportional" or full.number("factor", 1.0) != 1.0:
+        raise CheckpointError(f"{t.file}: unsupported full-layer RoPE {full.data}: expected unscaled "
+                              "proportional RoPE.")
+    return sliding, full
 
 
 def default_layer_types(n_layers: int) -> tuple[str, ...]:

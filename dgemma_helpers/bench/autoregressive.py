@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -72,45 +72,52 @@ def generate_autoregressive(
     EOS (later positions are pad); `eos_token_ids=()` ignores EOS and always writes max_new_tokens.
     """
     t_start = time.perf_counter()
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise InputError(f"temperature must be a finite number >= 0, 0 meaning greedy (got {temperature!r}).")
     if seed is not None and not isinstance(seed, int):
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
+    pick = token_picker(temperature, seed, model.device)
     settings = resolve_settings(model, dict(max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids))
-    config, device = model.config, model.device
     pad, n_new = settings.pad_token_id, settings.max_new_tokens
     ids, valid, prompt_ids = prompt_batch(model, prompt, messages, input_ids, thinking, pad)
     B, P = ids.shape
-    if P + n_new > config.max_position_embeddings:
+    if P + n_new > model.config.max_position_embeddings:
         raise InputError(f"the prompt ({P} tokens) plus {n_new} new tokens exceeds the model's context of "
-                         f"{config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()  # non-deterministic, and the global RNG stays untouched
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        if generator is None:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
+                         f"{model.config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
     # The last new token is never encoded: nothing reads its keys.
-    cache = KVCache(config, B, P + n_new - 1, device=device, dtype=model.dtype)
+    cache = KVCache(model.config, B, P + n_new - 1, device=model.device, dtype=model.dtype)
     timings = ARTimings()
-    hidden = prefill(model, ids, cache, valid)
-    logits = model.logits(hidden[:, -1:])[:, 0]
-    synchronize(device)
+    logits = model.logits(prefill(model, ids, cache, valid)[:, -1:])[:, 0]
+    synchronize(model.device)
     timings.prefill_s = time.perf_counter() - t_start
+    tokens, forwards = decode_tokens(model, cache, logits, pick, settings, timings, t_start)
+    texts = [decode(model.tokenizer, [t for t in row if t != pad]) for row in tokens.tolist()]
+    timings.total_s = time.perf_counter() - t_start
+    return ARResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids, num_forwards=forwards, timings=timings)
 
+
+def token_picker(temperature: float, seed: int | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Greedy at temperature 0; above it, samples from softmax(logits / temperature) with a private
+    generator (seeded, or fresh entropy: the global RNG stays untouched)."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0, 0 meaning greedy (got {temperature!r}).")
+    if temperature == 0:
+        return lambda logits: logits.argmax(dim=-1)
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return lambda logits: torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
+
+
+def decode_tokens(model: DiffusionGemma, cache: KVCache, logits: torch.Tensor, pick, settings, timings: ARTimings,
+                  t_start: float) -> tuple[torch.Tensor, int]:
+    """One token per forward pass from the prefill's `logits` on: the tokens [B, n] (pad after a
+    row's EOS) and the forward passes run. Fills the timings of the first token and canvas."""
+    device, pad, n_new = model.device, settings.pad_token_id, settings.max_new_tokens
     eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
-    forwards = 0
-    t0 = time.perf_counter()
+    forwards, t0 = 0, time.perf_counter()
     for i in range(n_new):
         token = torch.where(finished, pad, pick(logits))
         out.append(token)
@@ -119,7 +126,7 @@ def generate_autoregressive(
         if i == 0:
             synchronize(device)
             timings.first_token_s = time.perf_counter() - t_start
-        if i + 1 == config.canvas_length:
+        if i + 1 == model.config.canvas_length:
             synchronize(device)
             timings.first_canvas_s = time.perf_counter() - t_start
         if i + 1 == n_new or (eos is not None and bool(finished.all())):
@@ -130,11 +137,7 @@ def generate_autoregressive(
     timings.decode_s = time.perf_counter() - t0
     if not timings.first_canvas_s:  # fewer tokens than a canvas: the whole output is the first chunk
         timings.first_canvas_s = time.perf_counter() - t_start
-
-    tokens = torch.stack(out, dim=1).cpu()
-    texts = [decode(model.tokenizer, [t for t in row if t != pad]) for row in tokens.tolist()]
-    timings.total_s = time.perf_counter() - t_start
-    return ARResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids, num_forwards=forwards, timings=timings)
+    return torch.stack(out, dim=1).cpu(), forwards
 
 
 @torch.inference_mode()

