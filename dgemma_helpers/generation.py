@@ -143,41 +143,27 @@ def resolve_settings(model: DiffusionGemma, overrides: dict[str, Any]) -> Genera
 
 @torch.inference_mode()
 def generate(
-    model: DiffusionGemma,
-    prompt: str | Sequence[str] | None = None,
-    *,
+    model: DiffusionGemma, prompt: str | Sequence[str] | None = None, *,
     messages: Sequence[dict] | Sequence[Sequence[dict]] | None = None,
     input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
-    max_new_tokens: int | None = None,
-    max_denoising_steps: int | None = None,
-    entropy_bound: float | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    stability_threshold: int | None = None,
-    confidence_threshold: float | None = None,
-    eos_token_ids: Sequence[int] | None = None,
-    seed: int | Sequence[int] | None = None,
-    rng: str = "counter",
-    initial_canvas: Sequence[int] | torch.Tensor | None = None,
-    pinned: Sequence[int] | torch.Tensor | None = None,
-    thinking: bool | None = None,
-    on_step: Callable[[StepRecord], None] | None = None,
-    record_topk: int = 0,
+    max_new_tokens: int | None = None, max_denoising_steps: int | None = None, entropy_bound: float | None = None,
+    t_min: float | None = None, t_max: float | None = None, stability_threshold: int | None = None,
+    confidence_threshold: float | None = None, eos_token_ids: Sequence[int] | None = None,
+    seed: int | Sequence[int] | None = None, rng: str = "counter",
+    initial_canvas: Sequence[int] | torch.Tensor | None = None, pinned: Sequence[int] | torch.Tensor | None = None,
+    thinking: bool | None = None, on_step: Callable[[StepRecord], None] | None = None, record_topk: int = 0,
     path: str | None = None,
 ) -> GenerationResult:
-    """Generate text block by block. Give one of `prompt` (str or list of str), `messages` (a chat,
-    or a list of chats, through the checkpoint's chat template) or `input_ids`.
+    """Generate text block by block from one of `prompt` (str or list of str), `messages` (a chat, or a
+    list of chats, through the checkpoint's chat template) or `input_ids`.
 
     Sampler settings default to the checkpoint's generation_config.json (else the published ones);
     `confidence_threshold=0` switches adaptive stopping off. `initial_canvas` [L] or [B, L] is the
-    first canvas to start from; `pinned` (positions, or a bool mask) are never renoised: infilling.
-    `on_step` receives a StepRecord after every denoising round. `seed`: one int for the batch (row i
-    draws from (seed, i); row 0 equals a batch-of-one run with that seed), or one int per prompt (row i
-    equals a batch-of-one run with seed[i]); any Python int is a distinct seed (see rng.py).
-    `rng="transformers"` replays the reference's random draws (same seed, same tokens as
-    transformers' generate; slower). `path`: None/"auto" runs the fused-kernel CUDA-graph step
-    (dgemma_helpers/fast) where it can (CUDA + Triton, counter RNG, no top-k), else the PyTorch step;
-    "torch" or "fast" force one.
+    first canvas; `pinned` positions (or a bool mask) are never renoised: infilling. `on_step` gets a
+    StepRecord after every round. `seed`: one int (row i draws from (seed, i)) or one per prompt; any
+    Python int is a seed of its own (rng.py). `rng="transformers"` replays the reference's draws
+    (same seed, same tokens as transformers' generate). `path`: None/"auto" runs the fused-kernel
+    CUDA-graph step where it can (CUDA + Triton, counter RNG, no top-k), "torch"/"fast" force one.
     """
     t_start = time.perf_counter()
     settings = resolve_settings(model, dict(
