@@ -8,6 +8,7 @@ import torch
 
 from .errors import InputError
 from .tokenizer import encode_prompts
+from .validate import described, is_int
 from .vision import MAX_IMAGES, ImageBatch, expand_images, load_image, require_vision
 
 
@@ -35,7 +36,7 @@ def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad
     if prompt is not None:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"prompt must be a string or a non-empty list of strings (got {_shown(prompt)}).")
+            raise InputError(f"prompt must be a string or a non-empty list of strings (got {described(prompt)}).")
         if any(not p.strip() for p in prompts):
             raise InputError("a prompt is empty: give some text to continue (or messages=... for a chat).")
     image_batch = None
@@ -75,15 +76,15 @@ def check_chats(messages) -> list[list[dict]]:
     """One chat ([{'role': ..., 'content': '...'}, ...]) or a list of chats, checked message by message."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InputError(f"messages must be a chat ([{{'role': 'user', 'content': '...'}}]) or a list of chats "
-                         f"(got {_shown(messages)}).")
+                         f"(got {described(messages)}).")
     chats = [messages] if isinstance(messages[0], dict) else list(messages)
     for c, chat in enumerate(chats):
         if not isinstance(chat, (list, tuple)) or not chat:
-            raise InputError(f"chat {c} must be a non-empty list of messages (got {_shown(chat)}).")
+            raise InputError(f"chat {c} must be a non-empty list of messages (got {described(chat)}).")
         for i, m in enumerate(chat):
             where = f"message {i}" + (f" of chat {c}" if len(chats) > 1 else "")
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise InputError(f"{where} must be a dict with 'role' and 'content' (got {_shown(m)}).")
+                raise InputError(f"{where} must be a dict with 'role' and 'content' (got {described(m)}).")
             if m["role"] not in ROLES:
                 raise InputError(f"{where} has role {m['role']!r}; the chat template knows {', '.join(ROLES)}.")
             if not isinstance(m["content"], str):
@@ -103,16 +104,16 @@ def _check_parts(content, where: str) -> None:
     """A message's content as a list of parts: {'type': 'text', 'text': str} or {'type': 'image',
     'image': a PIL image or a local file path}, each checked by position."""
     if not isinstance(content, (list, tuple)) or not content:
-        raise InputError(f"{where} has content {_shown(content)}; give the message text as a string, or a non-empty "
+        raise InputError(f"{where} has content {described(content)}; give the message text as a string, or a non-empty "
                          "list of parts like {'type': 'text', 'text': '...'} and {'type': 'image', 'image': PATH}.")
     for j, part in enumerate(content):
         at = f"{where}, part {j}"
         if not isinstance(part, dict) or "type" not in part:
-            raise InputError(f"{at} must be a dict with a 'type' ('text' or 'image'), got {_shown(part)}.")
+            raise InputError(f"{at} must be a dict with a 'type' ('text' or 'image'), got {described(part)}.")
         if part["type"] not in PART_TYPES:
             raise InputError(f"{at} has type {part['type']!r}; the kit reads 'text' and 'image' parts only.")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
-            raise InputError(f"{at} is a text part whose 'text' is {_shown(part.get('text'))}; give a string.")
+            raise InputError(f"{at} is a text part whose 'text' is {described(part.get('text'))}; give a string.")
         if part["type"] == "image":
             if "url" in part:
                 raise InputError(f"{at} gives an image by 'url': the kit never downloads (no network at run time). "
@@ -156,34 +157,25 @@ def _id_rows(input_ids) -> list[list[int]]:
             raise InputError(f"{what} (got a {input_ids.dtype} tensor of shape {list(input_ids.shape)}).")
         input_ids = input_ids.tolist() if input_ids.ndim == 2 else [input_ids.tolist()]
     if not isinstance(input_ids, (list, tuple)) or not input_ids:
-        raise InputError(f"{what} (got {_shown(input_ids)}).")
-    rows = [list(input_ids)] if _is_int(input_ids[0]) else input_ids
-    if any(not isinstance(r, (list, tuple)) or not all(_is_int(t) for t in r) for r in rows):
-        raise InputError(f"{what} (got {_shown(input_ids)}).")
+        raise InputError(f"{what} (got {described(input_ids)}).")
+    rows = [list(input_ids)] if is_int(input_ids[0]) else input_ids
+    if any(not isinstance(r, (list, tuple)) or not all(is_int(t) for t in r) for r in rows):
+        raise InputError(f"{what} (got {described(input_ids)}).")
     return [[int(t) for t in r] for r in rows]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 def check_call(record_topk, on_step, vocab: int) -> None:
     """generate()'s arguments that are neither inputs nor sampler settings."""
-    if not _is_int(record_topk) or not 0 <= record_topk <= vocab:
-        raise InputError(f"record_topk must be an int in 0..{vocab} (got {_shown(record_topk)}).")
+    if not is_int(record_topk) or not 0 <= record_topk <= vocab:
+        raise InputError(f"record_topk must be an int in 0..{vocab} (got {described(record_topk)}).")
     if on_step is not None and not callable(on_step):
-        raise InputError(f"on_step must be a function that takes a StepRecord, or None (got {_shown(on_step)}).")
+        raise InputError(f"on_step must be a function that takes a StepRecord, or None (got {described(on_step)}).")
 
 
 def token_id_list(name: str, value, vocab: int) -> tuple[int, ...]:
     """A list of token ids (e.g. eos_token_ids), each an int inside the vocabulary."""
-    if not isinstance(value, (list, tuple, range)) or not all(_is_int(t) for t in value):
-        raise InputError(f"{name} must be a list of token ids (got {_shown(value)}); [] for none.")
+    if not isinstance(value, (list, tuple, range)) or not all(is_int(t) for t in value):
+        raise InputError(f"{name} must be a list of token ids (got {described(value)}); [] for none.")
     bad = [t for t in value if not 0 <= t < vocab]
     if bad:
         raise InputError(f"{name} {bad[:5]} are outside the vocabulary 0..{vocab - 1}.")
@@ -224,13 +216,13 @@ def _int_tensor(name: str, value, what: str) -> torch.Tensor:
         while flat and isinstance(flat[0], (list, tuple)):
             flat = [x for row in flat for x in row]
         if not all(isinstance(x, int) for x in flat):  # bools are ints: a mask
-            raise InputError(f"{name} must hold {what} (got {_shown(value)}).")
+            raise InputError(f"{name} must hold {what} (got {described(value)}).")
         try:
             t = torch.tensor(value)
         except (ValueError, TypeError, RuntimeError):  # ragged nesting
-            raise InputError(f"{name} must be a rectangular list of {what} (got {_shown(value)}).") from None
+            raise InputError(f"{name} must be a rectangular list of {what} (got {described(value)}).") from None
     else:
-        raise InputError(f"{name} must be a tensor or a list of {what} (got {_shown(value)}).")
+        raise InputError(f"{name} must be a tensor or a list of {what} (got {described(value)}).")
     if t.is_floating_point() or t.is_complex():
         raise InputError(f"{name} must hold {what} (got dtype {t.dtype}).")
     return t

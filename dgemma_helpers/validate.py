@@ -1,4 +1,7 @@
-"""Typed reads of the JSON files a checkpoint ships, and the value tests they share with user arguments.
+"""The kit's checking vocabulary: the value tests (`is_int`, `is_number`), how a bad value is shown
+in a message (`shown`: as JSON writes it, for files; `described`: type and repr, for arguments given
+in code; `short_repr`: bounded, for values that may be huge), and typed reads of the JSON files a
+checkpoint ships (`Fields`). config, inputs, trace files and the CLI check with these.
 
 A checkpoint's config.json and generation_config.json are data from elsewhere: nothing in them is
 trusted until it has the right JSON type and range. `Fields` reads one JSON object of one file and
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -39,6 +43,25 @@ def shown(value: Any, limit: int = 80) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def described(value: Any) -> str:
+    """An argument's type and value for a message: "int 5", "str 'hi'" (cut short)."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
+
+
+def clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def short_repr(value: Any) -> str:
+    """A repr bounded in size whatever the value (a hostile file can hold a list of millions)."""
+    return clip(_REPR.repr(value))
 
 
 def kind_of(value: Any) -> str:

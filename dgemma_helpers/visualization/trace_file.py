@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ..errors import TraceError
+from ..validate import clip, short_repr
 
 FORMAT = "dgemma-denoising-trace"
 VERSION = 1
@@ -95,10 +95,10 @@ def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
 def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """The JSON value in a trace file (gzip, or plain JSON), read within inflate_limit()."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {_show(path)}): pass the file's path, "
+        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {short_repr(path)}): pass the file's path, "
                          "e.g. DenoisingTrace.load(\"trace.json.gz\").")
     if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
-        raise TraceError(f"max_bytes must be a positive integer number of bytes (got {_show(max_bytes)}), or None "
+        raise TraceError(f"max_bytes must be a positive integer number of bytes (got {short_repr(max_bytes)}), or None "
                          "for the default limit.")
     path = Path(path)
     if not path.is_file():
@@ -123,7 +123,7 @@ def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     except (ValueError, RecursionError) as e:
         # ValueError covers UnicodeDecodeError, JSONDecodeError and Python's limit on the digits of an
         # integer; RecursionError, nesting deeper than the parser allows. None is in a file save() wrote.
-        raise TraceError(f"{path} is not valid JSON ({type(e).__name__}: {_clip(str(e))}): the file is corrupt or "
+        raise TraceError(f"{path} is not valid JSON ({type(e).__name__}: {clip(str(e))}): the file is corrupt or "
                          f"truncated; {FIX}.") from None
 
 
@@ -217,7 +217,7 @@ def _parse(doc: Mapping[str, Any]) -> TraceFields:
     for key, text in _mapping(doc["vocab"], "vocab").items():
         # int() alone would also take " 5", "+5", "٥" and refuse 5000 digits with a raw ValueError
         if not isinstance(key, str) or len(key) > 10 or not _DECIMAL.fullmatch(key) or int(key) > INT32_MAX:
-            raise _Invalid(f"vocab has the key {_show(key)}, but its keys must be token ids in 0..{INT32_MAX} "
+            raise _Invalid(f"vocab has the key {short_repr(key)}, but its keys must be token ids in 0..{INT32_MAX} "
                            "written in decimal")
         vocab[int(key)] = _text(text, f"vocab[{key!r}]")
     scalars = {
@@ -233,7 +233,7 @@ def _parse(doc: Mapping[str, Any]) -> TraceFields:
             raise _Missing(f"rounds.{name}")
     complete = meta.get("complete", False)
     if not isinstance(complete, bool):
-        raise _Invalid(f"meta.complete is {_show(complete)}, but it must be true or false")
+        raise _Invalid(f"meta.complete is {short_repr(complete)}, but it must be true or false")
     return TraceFields(
         canvas_length=L, vocab_size=V, row=_int(meta.get("row", 0), "meta.row", low=0, want="a batch row index >= 0"),
         prompt=_text(meta.get("prompt"), "meta.prompt"), prompt_ids=prompt_ids, settings=settings,
@@ -243,7 +243,7 @@ def _parse(doc: Mapping[str, Any]) -> TraceFields:
 def _settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
     unknown = [k for k in settings if k not in SETTING_KEYS]
     if unknown:
-        raise _Invalid(f"{where} has unknown key(s) {[_clip(repr(k)) for k in unknown[:5]]}; a trace keeps "
+        raise _Invalid(f"{where} has unknown key(s) {[clip(repr(k)) for k in unknown[:5]]}; a trace keeps "
                        f"{list(SETTING_KEYS)}")
     out: dict[str, Any] = {}
     for key, value in settings.items():
@@ -334,7 +334,7 @@ def _consistency(f: TraceFields) -> str:
 
 # ---- typed values ------------------------------------------------------------------------------------
 def _fail(field: str, value: Any, want: str) -> NoReturn:
-    raise _Invalid(f"{field} is {_show(value)}, but it must be {want}")
+    raise _Invalid(f"{field} is {short_repr(value)}, but it must be {want}")
 
 
 def _int(value: Any, field: str, *, low: int, high: int | None = INT32_MAX, null: bool = False,
@@ -383,19 +383,6 @@ def _sequence(value: Any, field: str) -> list | tuple:
     if not isinstance(value, (list, tuple)):
         _fail(field, value, "a list")
     return value
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
-
-
-def _show(value: Any) -> str:
-    """A field's value for a message: a short repr (a hostile value can be a list of millions)."""
-    return _clip(_REPR.repr(value))
 
 
 def encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
