@@ -3,7 +3,7 @@
     encode the prompt (causal, fills the KV cache)
     for each canvas:
         start from noise (or the user's initial canvas)
-        for remaining = N..1:                               # one denoise_step per round
+        for remaining = N..1:                               # one step (TorchStep) per round
             logits = denoiser(canvas, cache, self-conditioning)
             accept the low-entropy positions (entropy bound), renoise the rest
             stop early once the argmax canvas is stable and confident
