@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,53 @@ def decode(tokenizer, ids: list[int]) -> str | None:
     if tokenizer is None:
         return None
     return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+# A byte-fallback token (SentencePiece tokenizers such as Gemma's) names one raw byte.
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, as `tokenizers` builds it)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def token_bytes(tokenizer, ids: list[int]) -> list[bytes]:
+    """The raw bytes each token stands for; special tokens give b"" (as decode skips them).
+
+    A token may hold part of a UTF-8 character (an emoji or a CJK character is often split over
+    two or three tokens), so only a run of tokens decodes to text: see `readable`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    alphabet = _byte_level_alphabet() if "ByteLevel" in repr(getattr(backend, "decoder", None)) else {}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    for i, piece in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
+        if i in special or piece is None:
+            out.append(b"")
+        elif (m := _BYTE_TOKEN.fullmatch(piece)) is not None:
+            out.append(bytes([int(m.group(1), 16)]))
+        elif alphabet and all(ch in alphabet for ch in piece):
+            out.append(bytes(alphabet[ch] for ch in piece))
+        else:  # a SentencePiece piece: its word-start marker is a space
+            out.append(piece.replace("\u2581", " ").encode("utf-8"))
+    return out
+
+
+def readable(tokenizer, ids: list[int]) -> str:
+    """The text of `ids` for people to read: a partial UTF-8 character, which decode() turns into
+    U+FFFD (or a tofu box), shows as its bytes (`\\xe3`), so noise reads as noise."""
+    if tokenizer is None:
+        return " ".join(map(str, ids))
+    return b"".join(token_bytes(tokenizer, ids)).decode("utf-8", errors="backslashreplace")
 
 
 def text_ids(row: list[int], eos_ids, pad_id: int) -> list[int]:
