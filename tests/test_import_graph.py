@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"dgemma_helpers": "dgemma_helpers", "kernels": "dgemma_kernels"}  # folder -> import name
 
@@ -95,3 +97,45 @@ def test_kernels_import_nothing_of_the_kit():
     graph = import_graph()
     assert all(not t.startswith("dgemma_helpers") for m, ts in graph.items() if m.startswith("dgemma_kernels")
                for t in ts)
+
+
+# The layers, lowest first: a module imports its own layer and those below, never one above. A new
+# module goes where its name says it belongs (the longest matching prefix decides), and a module
+# that matches no layer fails the test, so the table stays the map of the package.
+LAYERS = [
+    ("kernels", ["dgemma_kernels"]),
+    ("basics", ["dgemma_helpers.errors", "dgemma_helpers.validate", "dgemma_helpers.atomic",
+                "dgemma_helpers.devices", "dgemma_helpers.hub", "dgemma_helpers.sampler",
+                "dgemma_helpers.tokenizer", "dgemma_helpers.config", "dgemma_helpers.shards"]),
+    ("the model", ["dgemma_helpers.model", "dgemma_helpers.packed_experts", "dgemma_helpers.cache",
+                   "dgemma_helpers.head", "dgemma_helpers.rng", "dgemma_helpers.vision", "dgemma_helpers.inputs",
+                   "dgemma_helpers.memory", "dgemma_helpers.checkpoint", "dgemma_helpers.model_paths"]),
+    ("generation", ["dgemma_helpers.generation", "dgemma_helpers.fast"]),
+    ("what uses generation", ["dgemma_helpers.engines", "dgemma_helpers.train", "dgemma_helpers.finetune",
+                              "dgemma_helpers.visualization", "dgemma_helpers.notebook", "dgemma_helpers.signals"]),
+    ("benchmarks", ["dgemma_helpers.bench"]),
+    ("plots", ["dgemma_helpers.plots"]),
+    ("the public face", ["dgemma_helpers.cli", "dgemma_helpers.__main__", "dgemma_helpers"]),
+]
+
+
+def layer_of(module: str) -> int:
+    # (the package itself, dgemma_helpers/__init__.py, is named exactly: it is no prefix of its modules)
+    matches = [(len(prefix), rank) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or (module.startswith(prefix + ".") and prefix != "dgemma_helpers")]
+    assert matches, f"{module} is in no layer of LAYERS: add it where it belongs"
+    return max(matches)[1]
+
+
+def test_no_import_reaches_up_a_layer():
+    graph = import_graph()
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+              for m, ts in sorted(graph.items()) for t in sorted(ts) if layer_of(t) > layer_of(m)]
+    assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("dgemma_helpers.model") < layer_of("dgemma_helpers.generation") < layer_of("dgemma_helpers.cli")
+    assert layer_of("dgemma_helpers") == len(LAYERS) - 1 and layer_of("dgemma_kernels.moe") == 0
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer_of("dgemma_helpers.somewhere_new")
