@@ -76,11 +76,34 @@ def shard(path: Path, names: tuple[str, str] = ("model-00001-of-00002.safetensor
 
 @pytest.fixture()
 def no_weights_read(monkeypatch):
-    """Fails the test if any tensor data is read: the checks must all run on headers first."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("tensor data was read before the checkpoint was checked")
+    """Fails the test if any tensor data is read: the checks must all run on headers first (names,
+    dtypes and shapes through safe_open are allowed; a tensor or a slice of one is not)."""
+    import dgemma_helpers.shards as shards
 
-    monkeypatch.setattr("dgemma_helpers.shards.safe_open", forbidden)
+    real = shards.safe_open
+
+    class HeaderOnly:
+        def __init__(self, *args, **kwargs):
+            self.handle = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_slice(self, name):
+            info = self.handle.get_slice(name)
+            return type("SliceInfo", (), {"get_dtype": lambda _: info.get_dtype(), "get_shape": lambda _: info.get_shape()})()
+
+        def get_tensor(self, name):
+            raise AssertionError("tensor data was read before the checkpoint was checked")
+
+    monkeypatch.setattr(shards, "safe_open", HeaderOnly)
 
 
 @pytest.fixture()
