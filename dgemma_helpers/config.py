@@ -25,24 +25,40 @@ FULL = "full_attention"
 # building thirty thousand empty layers.
 MAX_LAYERS = 1024
 DEFAULT_FULL_ROPE = {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}
+# The ModelConfig fields that config.json keeps under one key each: field -> (section, key, how it is
+# read: Fields.integer or Fields.number, with its default and range). "text" is text_config, "top" the
+# file's top level. from_hf reads them through this table, and messages name the file's field by it.
+KEYS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "vocab_size": ("text", "vocab_size", "integer", {}),
+    "hidden_size": ("text", "hidden_size", "integer", {}),
+    "intermediate_size": ("text", "intermediate_size", "integer", {}),
+    "num_layers": ("text", "num_hidden_layers", "integer", {"high": MAX_LAYERS}),
+    "num_heads": ("text", "num_attention_heads", "integer", {}),
+    "sliding_kv_heads": ("text", "num_key_value_heads", "integer", {}),
+    "sliding_head_dim": ("text", "head_dim", "integer", {"low": 2}),
+    "sliding_window": ("text", "sliding_window", "integer", {"default": 512, "low": 2}),
+    "num_experts": ("text", "num_experts", "integer", {}),
+    "top_k_experts": ("text", "top_k_experts", "integer", {}),
+    "moe_intermediate_size": ("text", "moe_intermediate_size", "integer", {}),
+    "rms_norm_eps": ("text", "rms_norm_eps", "number", {"default": 1e-6, "above": 0}),
+    "final_logit_softcapping": ("text", "final_logit_softcapping", "number",
+                                {"default": 30.0, "above": 0, "nullable": True}),
+    "max_position_embeddings": ("text", "max_position_embeddings", "integer", {"default": 131_072}),
+    "canvas_length": ("top", "canvas_length", "integer", {"default": 256, "nullable": True}),
+    "image_token_id": ("top", "image_token_id", "integer", {"default": 258_880, "low": 0, "nullable": True}),
+    "boi_token_id": ("top", "boi_token_id", "integer", {"default": 255_999, "low": 0, "nullable": True}),
+    "eoi_token_id": ("top", "eoi_token_id", "integer", {"default": 258_882, "low": 0, "nullable": True}),
+}
 # ModelConfig field -> where config.json keeps it, for messages that name the file's field.
 JSON_NAMES = {
-    "vocab_size": "text_config.vocab_size", "hidden_size": "text_config.hidden_size",
-    "intermediate_size": "text_config.intermediate_size", "num_layers": "text_config.num_hidden_layers",
-    "num_heads": "text_config.num_attention_heads", "sliding_kv_heads": "text_config.num_key_value_heads",
-    "sliding_head_dim": "text_config.head_dim", "sliding_window": "text_config.sliding_window",
+    **{f: ("text_config." if section == "text" else "") + key for f, (section, key, _, _) in KEYS.items()},
     "full_kv_heads": "text_config.num_global_key_value_heads (or per_layer_config.N.num_key_value_heads)",
     "full_head_dim": "text_config.global_head_dim (or per_layer_config.N.head_dim)",
-    "num_experts": "text_config.num_experts", "top_k_experts": "text_config.top_k_experts",
-    "moe_intermediate_size": "text_config.moe_intermediate_size", "rms_norm_eps": "text_config.rms_norm_eps",
-    "final_logit_softcapping": "text_config.final_logit_softcapping",
     "sliding_rope_theta": f"text_config.rope_parameters.{SLIDING}.rope_theta",
     "full_rope_theta": f"text_config.rope_parameters.{FULL}.rope_theta",
     "full_rope_fraction": f"text_config.rope_parameters.{FULL}.partial_rotary_factor",
-    "max_position_embeddings": "text_config.max_position_embeddings", "layer_types": "text_config.layer_types",
-    "pad_token_id": "text_config.pad_token_id", "bos_token_id": "text_config.bos_token_id",
-    "eos_token_ids": "text_config.eos_token_id", "canvas_length": "canvas_length",
-    "image_token_id": "image_token_id", "boi_token_id": "boi_token_id", "eoi_token_id": "eoi_token_id",
+    "layer_types": "text_config.layer_types", "pad_token_id": "text_config.pad_token_id",
+    "bos_token_id": "text_config.bos_token_id", "eos_token_ids": "text_config.eos_token_id",
 }
 
 
@@ -113,42 +129,25 @@ class ModelConfig:
         the messages): a wrong value is a CheckpointError naming the field, never a raw error later.
         """
         top, t = _sections(cfg, source)
-        vocab = t.integer("vocab_size")
-        n_layers = t.integer("num_hidden_layers", high=MAX_LAYERS)
+        sections = {"top": top, "text": t}
+        values = {f: getattr(sections[section], reader)(key, **options)
+                  for f, (section, key, reader, options) in KEYS.items()}
+        vocab, n_layers = values["vocab_size"], values["num_layers"]
         layer_types = _layer_types(t, n_layers)
-        head_dim = t.integer("head_dim", low=2)
-        kv_heads = t.integer("num_key_value_heads")
-        full_head_dim, full_kv_heads = _full_attention_shape(t, layer_types, head_dim, kv_heads)
-
+        full_head_dim, full_kv_heads = _full_attention_shape(t, layer_types, values["sliding_head_dim"],
+                                                             values["sliding_kv_heads"])
         sliding, full = _rope_sections(t)
         config = cls(
-            vocab_size=vocab,
-            hidden_size=t.integer("hidden_size"),
-            intermediate_size=t.integer("intermediate_size"),
-            num_layers=n_layers,
-            num_heads=t.integer("num_attention_heads"),
-            sliding_kv_heads=kv_heads,
-            sliding_head_dim=head_dim,
-            sliding_window=t.integer("sliding_window", 512, low=2),
-            sliding_rope_theta=sliding.number("rope_theta", 10_000.0, above=0),
+            **values,
             full_kv_heads=full_kv_heads,
             full_head_dim=full_head_dim,
+            layer_types=layer_types,
+            sliding_rope_theta=sliding.number("rope_theta", 10_000.0, above=0),
             full_rope_theta=full.number("rope_theta", 1e6, above=0),
             full_rope_fraction=full.number("partial_rotary_factor", 1.0, above=0, at_most=1),
-            layer_types=layer_types,
-            num_experts=t.integer("num_experts"),
-            top_k_experts=t.integer("top_k_experts"),
-            moe_intermediate_size=t.integer("moe_intermediate_size"),
-            rms_norm_eps=t.number("rms_norm_eps", 1e-6, above=0),
-            final_logit_softcapping=t.number("final_logit_softcapping", 30.0, above=0, nullable=True),
-            max_position_embeddings=t.integer("max_position_embeddings", 131_072),
-            canvas_length=top.integer("canvas_length", 256, nullable=True),
             pad_token_id=t.integer("pad_token_id", 0, low=0, high=vocab - 1, nullable=True),
             bos_token_id=t.integer("bos_token_id", 2, low=0, high=vocab - 1, nullable=True),
             eos_token_ids=t.token_ids("eos_token_id", (1,), vocab, nullable=True),
-            image_token_id=top.integer("image_token_id", 258_880, low=0, nullable=True),
-            boi_token_id=top.integer("boi_token_id", 255_999, low=0, nullable=True),
-            eoi_token_id=top.integer("eoi_token_id", 258_882, low=0, nullable=True),
             bidirectional_vision=t.data.get("use_bidirectional_attention") == "vision",
         )
         config.validate(source)
@@ -280,9 +279,8 @@ def _sections(cfg: dict[str, Any], source: str) -> tuple[Fields, Fields]:
         raise CheckpointError("use_bidirectional_attention='all' is not supported: the encoder must be causal.")
     if bidirectional != "vision":
         raise t.error("use_bidirectional_attention", bidirectional, "null or \"vision\"")
-    required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "head_dim", "num_experts", "top_k_experts", "moe_intermediate_size"]
-    missing = [k for k in required if text.get(k) is None]
+    missing = [key for section, key, _, options in KEYS.values()
+               if section == "text" and "default" not in options and text.get(key) is None]
     if missing:
         raise CheckpointError(f"{source} text_config lacks {missing}: the file is incomplete or not a "
                               "DiffusionGemma config.")
