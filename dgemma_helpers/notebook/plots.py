@@ -7,6 +7,7 @@ this module is imported on its own: `from dgemma_helpers.notebook import plots`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
@@ -85,7 +86,7 @@ def plot_sweep(rows: Sequence[SweepRow]) -> Figure:
             heights = [value(r) for r in group]
             ax.bar(x, heights, color=colour, width=0.6)
             for xi, h in zip(x, heights):
-                if h == h:  # not nan
+                if not math.isnan(h):
                     ax.annotate(f"{h:.2g}", (xi, h), ha="center", va="bottom", fontsize=9,
                                 xytext=(0, 2), textcoords="offset points")
             ax.set_xticks(x, [r.label for r in group] if row == len(quantities) - 1 else [""] * len(x))
