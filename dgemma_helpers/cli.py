@@ -1,14 +1,6 @@
-"""Command line: python -m dgemma_helpers SUBCOMMAND [--help]
-
-  generate     generate text block by block (a progress bar per canvas, then the text)
-  info         a checkpoint's text config, vision tower and sampler defaults (nothing loaded)
-  memory       the memory a generation needs, from the config alone
-  make-random  an untrained random checkpoint, for tests and demos
-  train        train a small DiffusionGemma on Shakespeare (the dgemma-tiny recipe)
-  bench        benchmark the kit, transformers and autoregressive decoding side by side
-  report       the benchmark as a report: notebook 05 through papermill, HTML and plots
-  vllm-serve   start vLLM's OpenAI-compatible server with the kit's sampler settings
-"""
+"""Command line: python -m dgemma_helpers generate | info | memory | make-random | train | bench | report |
+vllm-serve. `--help` lists them with an example each; `SUBCOMMAND --help`, a subcommand's options.
+One function per subcommand runs it (its parser's `func`); `run` turns the kit's errors into one line."""
 
 from __future__ import annotations
 
