@@ -297,7 +297,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         vision_shapes = check_vision_tensors(path, vision_entries, raw_config["vision_config"], config.hidden_size)
     elif status == "placeholder" and vision is None:
         note = "its vision tower is an untrained placeholder"
-        log.info("skipped the %d vision-tower tensors: an untrained placeholder (vision_config = the kit's "
+        # Every kit-trained checkpoint carries one (transformers needs it): on each load that is no news, so
+        # debug-level; `dgemma info`, model.vision_note and an image input say it where it matters.
+        log.debug("skipped the %d vision-tower tensors: an untrained placeholder (vision_config = the kit's "
                  "TINY_VISION_CONFIG), not a vision model", len(vision_entries))
     elif vision_entries:
         note = "config.json has no vision_config"

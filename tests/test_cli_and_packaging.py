@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,31 @@ def test_cli_generate_prints_text_and_tokens_per_forward(checkpoint):
     # which denoising step ran, and why auto did not take the fast one
     assert "path: torch (the fast path needs a CUDA GPU; the model is on 'cpu')" in out.stderr
     assert "canvas 1" in out.stderr and "canvas 2" in out.stderr  # one progress bar per canvas
-    assert out.stdout.strip()
+    assert out.stdout.startswith("The sky is") and out.stdout.strip() != "The sky is"  # the prompt, then its continuation
+
+
+def test_cli_progress_bars_end_at_the_rounds_a_canvas_ran():
+    # The tiny model stops its canvases early: each bar is closed at the rounds run, not at 48.
+    tiny = Path(__file__).resolve().parents[1] / "models" / "dgemma-tiny"
+    out = run_cli("generate", "--model", str(tiny), "--prompt", "ROMEO:", "--max-new-tokens", "128")
+    assert out.returncode == 0, out.stderr
+    ran = [int(n) for n in re.search(r"steps per canvas \[([\d, ]+)\]", out.stderr).group(1).split(", ")]
+    assert max(ran) < 48
+    finals = re.findall(r"canvas (\d): 100%\|[^|]*\| (\d+)/(\d+)", out.stderr)
+    assert [(int(c), int(n), int(t)) for c, n, t in finals] == [(i + 1, r, r) for i, r in enumerate(ran)]
+
+
+def test_cli_help_shows_values_and_every_subcommand():
+    top = run_cli("--help").stdout
+    for name in ("generate", "info", "memory", "make-random", "train", "bench", "report", "vllm-serve"):
+        assert f"python -m dgemma_helpers {name} " in top  # an example of each
+    gen = run_cli("generate", "--help").stdout
+    assert "generation_config.json" not in re.sub(r"\s+", " ", gen).split("sampler settings:")[1].split(".", 1)[1]
+    assert re.search(r"--steps STEPS\s+max denoising steps per canvas \(default 48\)", gen)
+    # vLLM's own flags sit apart from the kit's
+    kit_part, vllm_part = gen.split("options:")[1].split("vLLM's flags")
+    assert "--tensor-parallel-size" in vllm_part and "--tensor-parallel-size" not in kit_part
+    assert "--seed" in kit_part and "--seed" not in vllm_part
 
 
 def test_cli_chat_with_thinking_switch(checkpoint):
@@ -44,6 +69,7 @@ def test_cli_info_and_make_random(tmp_path):
     assert out.returncode == 0 and "UNTRAINED" in out.stdout
     info = run_cli("info", "--model", str(tmp_path / "r"))
     assert info.returncode == 0 and '"canvas_length": 8' in info.stdout
+    assert "vision tower: an untrained placeholder" in info.stderr and "sampler defaults: max_new_tokens=" in info.stderr
 
 
 def test_chat_messages_use_the_template_and_thinking_switch(checkpoint, ours):

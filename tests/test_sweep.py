@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dgemma_helpers as dg
+from dgemma_helpers.notebook import plots
 from dgemma_helpers.notebook.sweep import canvas_texts, format_sweep
 from dgemma_helpers.notebook.tables import format_table, records
 
@@ -134,3 +135,18 @@ def test_sweep_runs_each_distinct_setting_once(checkpoint, ours, monkeypatch):
     assert len(rows) == 3 and len(calls) == 2
     assert (rows[2].knob, rows[2].value) == ("temperature", (0.4, 0.8))
     assert rows[2].text == rows[0].text and rows[2].forwards == rows[0].forwards
+
+
+def test_the_sweep_scores_word_validity_where_the_model_ships_a_vocabulary(checkpoint, ours):
+    model = ours(checkpoint("plain"))
+    grid = {"max_denoising_steps": [2, 3], "entropy_bound": [1e-6, 1e3]}
+    bare = dg.notebook.sampler_sweep(model, PROMPT, grid=grid, max_new_tokens=8)
+    assert all(r.word_validity is None for r in bare) and "word_validity" not in format_sweep(bare)
+    fig = plots.plot_sweep(bare)  # one row per quantity, one column per setting, a label per row
+    assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["tokens per forward", "accepted per round"]
+    assert fig.axes[0].get_title() == "max denoising steps" and fig.get_suptitle()
+    tiny = dg.load_model(dg.find_model("models/dgemma-tiny"))
+    (row,) = dg.notebook.sampler_sweep(tiny, "ROMEO:\n", grid={"max_denoising_steps": [4]}, max_new_tokens=16)
+    assert 0.0 <= row.word_validity <= 1.0 and "word_validity" in format_sweep([row])
+    assert [ax.get_ylabel() for ax in plots.plot_sweep([row]).axes] == ["tokens per forward", "accepted per round",
+                                                                         "word validity"]

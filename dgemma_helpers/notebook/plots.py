@@ -7,6 +7,7 @@ this module is imported on its own: `from dgemma_helpers.notebook import plots`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
@@ -61,22 +62,44 @@ def plot_token_routing(trace: RoutingTrace, layer: int) -> Figure:
     return fig
 
 
+# Okabe-Ito: colours that colour-blind readers tell apart, one per quantity.
+OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "green": "#009E73", "vermillion": "#D55E00"}
+
+
 def plot_sweep(rows: Sequence[SweepRow]) -> Figure:
-    """One panel per swept setting: tokens per forward (bars) and tokens accepted per round (line)."""
+    """A grid: one column per swept setting, one row per quantity (tokens per forward, tokens
+    accepted per round, and word validity where the rows have it), each row on one shared scale
+    so that panels compare at a glance; the y label is written once, on the left."""
     knobs = list(dict.fromkeys(r.knob for r in rows))
-    fig = Figure(figsize=(3.6 * len(knobs), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(knobs), squeeze=False)[0]
-    for ax, knob in zip(axes, knobs):
+    quantities = [("tokens per forward", lambda r: r.tokens_per_forward, OKABE_ITO["blue"]),
+                  ("accepted per round", lambda r: r.accepted_per_round, OKABE_ITO["orange"])]
+    if any(r.word_validity is not None for r in rows):
+        quantities.append(("word validity", lambda r: r.word_validity if r.word_validity is not None else float("nan"),
+                           OKABE_ITO["green"]))
+    fig = Figure(figsize=(3.2 * len(knobs), 1.2 + 2.0 * len(quantities)), layout="constrained")
+    axes = fig.subplots(len(quantities), len(knobs), squeeze=False, sharey="row")
+    for col, knob in enumerate(knobs):
         group = [r for r in rows if r.knob == knob]
-        x = range(len(group))
-        ax.bar(x, [r.tokens_per_forward for r in group], color="tab:blue", label="tokens / forward")
-        ax.set_xticks(list(x), [r.label for r in group], rotation=20)
-        ax.set_title(knob.replace("_", " "))
-        ax.set_ylabel("tokens per forward", color="tab:blue")
-        twin = ax.twinx()
-        twin.plot(list(x), [r.accepted_per_round for r in group], "o-", color="tab:orange")
-        twin.set_ylabel("accepted per round", color="tab:orange")
-        twin.set_ylim(0, 1.15 * max(r.accepted_per_round for r in group))
+        x = list(range(len(group)))
+        for row, (name, value, colour) in enumerate(quantities):
+            ax = axes[row][col]
+            heights = [value(r) for r in group]
+            ax.bar(x, heights, color=colour, width=0.6)
+            for xi, h in zip(x, heights):
+                if not math.isnan(h):
+                    ax.annotate(f"{h:.2g}", (xi, h), ha="center", va="bottom", fontsize=9,
+                                xytext=(0, 2), textcoords="offset points")
+            ax.set_xticks(x, [r.label for r in group] if row == len(quantities) - 1 else [""] * len(x))
+            ax.margins(y=0.2)
+            ax.grid(axis="y", alpha=0.3)
+            if row == 0:
+                ax.set_title(knob.replace("_", " "), fontsize=11)
+            if col == 0:
+                ax.set_ylabel(name, fontsize=10)
+        axes[-1][col].set_xlabel("value", fontsize=10)
+    if len(quantities) == 3:
+        axes[2][0].set_ylim(0, 1.15)  # a share: the whole 0..1 scale, room for the labels
+    fig.suptitle("The sampler's settings, one at a time (same prompt and seed)", fontsize=12)
     return fig
 
 

@@ -4,8 +4,9 @@
 positions, mean entropy, temperature, optionally the model's current best guess as text).
 `sampler_sweep()` varies one setting at a time around a base (max_denoising_steps, entropy_bound, the
 temperature schedule, adaptive stopping on/off) and returns one `SweepRow` per run: tokens per
-forward, denoising rounds per canvas, tokens accepted per round, and the text. Same seed for every
-run, so the setting is the only thing that changes.
+forward, denoising rounds per canvas, tokens accepted per round, the text, and its word validity
+(the share of its words found in the training vocabulary, for a model that ships one, as
+models/dgemma-tiny does). Same seed for every run, so the setting is the only thing that changes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from ..config import GenerationSettings
 from ..errors import InputError
 from ..generation import GenerationResult, StepRecord, generate, resolve_settings
 from ..model import DiffusionGemma
-from .tables import format_table
 from ..tokenizer import decode
+from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
+from .tables import format_table
 
 
 @dataclass
@@ -82,6 +84,7 @@ class SweepRow:
     new_tokens: int  # generated tokens that are not padding
     text: str | None
     seconds: float  # wall time, for orientation only (never compared in tests)
+    word_validity: float | None = None  # share of real words in the text; None: the model ships no vocabulary
 
     @property
     def label(self) -> str:
@@ -134,17 +137,19 @@ def sampler_sweep(model: DiffusionGemma, prompt: str, *, grid: dict[str, Sequenc
             plan.append((knob, value, kwargs, repr(settings) + repr(others)))
     # Points with the same effective settings (each knob's default value, typically) give the same
     # tokens, seed for seed: run each once.
+    vocabulary = load_vocabulary(model.path) if (model.path / VOCABULARY_FILE).exists() else None
     done: dict[str, SweepRow] = {}
     rows = []
     for knob, value, kwargs, key in plan:
         if key not in done:
-            done[key] = run_point(model, prompt, knob, value, kwargs)
+            done[key] = run_point(model, prompt, knob, value, kwargs, vocabulary)
         row = done[key]
         rows.append(dataclasses.replace(row, knob=knob, value=value, steps_per_canvas=list(row.steps_per_canvas)))
     return rows
 
 
-def run_point(model: DiffusionGemma, prompt: str, knob: str, value: Any, kwargs: dict[str, Any]) -> SweepRow:
+def run_point(model: DiffusionGemma, prompt: str, knob: str, value: Any, kwargs: dict[str, Any],
+              vocabulary: set[str] | None = None) -> SweepRow:
     log = RoundLog()
     t0 = time.perf_counter()
     result = generate(model, prompt, on_step=log, **kwargs)
@@ -155,11 +160,14 @@ def run_point(model: DiffusionGemma, prompt: str, knob: str, value: Any, kwargs:
         t_min=s.t_min, t_max=s.t_max, adaptive_stopping=s.confidence_threshold > 0,
         tokens_per_forward=result.tokens_per_forward, forwards=result.num_forwards,
         steps_per_canvas=[steps[0] for steps in result.steps_per_canvas], accepted_per_round=log.mean_accepted(),
-        new_tokens=int((result.token_ids[0] != s.pad_token_id).sum()), text=result.text, seconds=seconds)
+        new_tokens=int((result.token_ids[0] != s.pad_token_id).sum()), text=result.text, seconds=seconds,
+        word_validity=None if vocabulary is None else word_validity([result.text], vocabulary))
 
 
 def format_sweep(rows: Sequence[SweepRow], text_width: int = 60) -> str:
     """A plain-text table of a sweep, one line per run."""
+    quality = any(r.word_validity is not None for r in rows)
     return format_table([dict(setting=r.knob, value=r.label, tokens_per_forward=r.tokens_per_forward,
-                              forwards=r.forwards, accepted_per_round=r.accepted_per_round, text=r.text or "")
+                              forwards=r.forwards, accepted_per_round=r.accepted_per_round,
+                              **({"word_validity": r.word_validity} if quality else {}), text=r.text or "")
                          for r in rows], width=text_width)

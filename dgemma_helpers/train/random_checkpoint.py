@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
 from ..checkpoint import generation_json
@@ -102,7 +103,15 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
             model.model.encoder.embed_vision.embedding_projection.weight.normal_(0.0, 1.0, generator=g)
     path = Path(path)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+        # transformers draws a "Writing model shards" bar even for one small file: in a notebook it is
+        # left frozen at 0%. Off while saving, then as it was.
+        bars_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            if bars_on:
+                hf_logging.enable_progress_bar()
         # Like the official checkpoint: the published sampler defaults, pad 0 and the EOS list.
         settings = GenerationSettings(eos_token_ids=tuple(text["eos_token_id"]), pad_token_id=0)
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
