@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .bench import vllm_cli
 from .bench.command import add_sweep_arguments, run_bench, run_report
 from .cache import KVCache
 from .checkpoint import load_model, read_config, weights_bytes
 from .config import read_json
 from .devices import resolve_dtype
+from .engines import vllm_cli
 from .errors import DGemmaError, InputError
 from .generation import generate
 from .memory import estimate_memory

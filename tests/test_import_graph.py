@@ -95,3 +95,22 @@ def test_kernels_import_nothing_of_the_kit():
     graph = import_graph()
     assert all(not t.startswith("dgemma_helpers") for m, ts in graph.items() if m.startswith("dgemma_kernels")
                for t in ts)
+
+
+# The layers, lowest first: a module imports only from its own layer or lower ones. Not listed, layer
+# 0: the engine proper at the root and fast/ (its GPU step). engines/ (the ways to generate besides
+# the kit's generate) sits above generation and the model and below the benchmark and the CLI.
+LAYERS = {"dgemma_helpers.engines": 1, "dgemma_helpers.train": 1, "dgemma_helpers.bench": 2,
+          "dgemma_helpers.notebook": 2, "dgemma_helpers.visualization": 2, "dgemma_helpers.cli": 3,
+          "dgemma_helpers.__main__": 4}
+
+
+def layer(module: str) -> int:
+    return max((n for prefix, n in LAYERS.items() if module == prefix or module.startswith(prefix + ".")), default=0)
+
+
+def test_no_import_goes_up_a_layer():
+    graph = import_graph()
+    up = sorted((m, t) for m, ts in graph.items() for t in ts
+                if m.startswith("dgemma_helpers.") and t.startswith("dgemma_helpers.") and layer(t) > layer(m))
+    assert up == []

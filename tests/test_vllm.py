@@ -21,11 +21,11 @@ pytest.importorskip("vllm", reason="vLLM is not installed here: make setup-vllm,
 
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers import bench  # noqa: E402
-from dgemma_helpers.model_paths import REPO_ROOT  # noqa: E402
+from dgemma_helpers.engines.vllm import VLLMEngine  # noqa: E402
+from dgemma_helpers.engines.vllm_server import VLLMServer, VLLMServerClient, _get  # noqa: E402
 from dgemma_helpers.errors import EngineError  # noqa: E402
+from dgemma_helpers.model_paths import REPO_ROOT  # noqa: E402
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint  # noqa: E402
-from dgemma_helpers.bench.vllm_engine import VLLMEngine  # noqa: E402
-from dgemma_helpers.bench.vllm_server import VLLMServer, VLLMServerClient, _get  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -14,14 +14,19 @@ from dgemma_helpers.bench.engines import DIFFUSION, Engine, Measurement
 from dgemma_helpers.checkpoint import generation_json
 from dgemma_helpers.cli import main
 from dgemma_helpers.config import GenerationSettings
-from dgemma_helpers.model_paths import REPO_ROOT
+from dgemma_helpers.engines.vllm import VLLMBase, VLLMEngine
+from dgemma_helpers.engines.vllm_server import VLLMServer, cli_flags
+from dgemma_helpers.engines.vllm_setup import (
+    CPU_DEFAULTS,
+    engine_args,
+    shared_layer_scalar_problem,
+    vllm_status,
+    write_generation_config,
+)
 from dgemma_helpers.errors import InputError, MissingToolError
 from dgemma_helpers.generation import Timings
+from dgemma_helpers.model_paths import REPO_ROOT
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
-from dgemma_helpers.bench.vllm_engine import VLLMBase, VLLMEngine
-from dgemma_helpers.bench.vllm_server import VLLMServer, cli_flags
-from dgemma_helpers.bench.vllm_setup import (CPU_DEFAULTS, engine_args, shared_layer_scalar_problem, vllm_status,
-                                       write_generation_config)
 
 TINY = REPO_ROOT / "models" / "dgemma-tiny"
 
@@ -143,7 +148,7 @@ def test_engine_arguments_and_server_flags(mapping, tmp_path):
 
 
 def test_a_server_binds_loopback_and_its_command_carries_the_settings(monkeypatch):
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_server.vllm_status", lambda: (True, ""))
+    monkeypatch.setattr("dgemma_helpers.engines.vllm_server.vllm_status", lambda: (True, ""))
     server = VLLMServer(TINY, max_denoising_steps=6, entropy_bound=2.0, max_num_seqs=4)
     try:
         cmd = server.command()
@@ -167,7 +172,7 @@ def test_checkpoints_vllm_would_read_differently_are_named(tmp_path):
 
 def test_without_vllm_the_engine_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_setup.VLLM_PYTHON", REPO_ROOT / "no-such-venv" / "bin" / "python")
+    monkeypatch.setattr("dgemma_helpers.engines.vllm_setup.VLLM_PYTHON", REPO_ROOT / "no-such-venv" / "bin" / "python")
     usable, why = vllm_status()
     assert not usable and "make setup-vllm" in why
     with pytest.raises(MissingToolError, match="make setup-vllm"):
@@ -175,7 +180,7 @@ def test_without_vllm_the_engine_says_how_to_get_it(monkeypatch):
 
 
 def test_cli_refuses_vllm_where_it_cannot_run(monkeypatch, capsys):
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_engine.vllm_status", lambda: (False, "vLLM is not here: make setup-vllm"))
+    monkeypatch.setattr("dgemma_helpers.engines.vllm.vllm_status", lambda: (False, "vLLM is not here: make setup-vllm"))
     assert main(["generate", "--engine", "vllm", "--model", str(TINY), "--prompt", "ROMEO:\n"]) == 2
     assert "make setup-vllm" in capsys.readouterr().err
     assert main(["generate", "--engine", "vllm-server", "--model", str(TINY), "--prompt", "x"]) == 2

@@ -27,9 +27,9 @@ import torch
 
 from ..checkpoint import read_config, weights_bytes
 from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
+from ..engines.autoregressive import continuation_nll
 from ..tokenizer import load_tokenizer
 from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
-from .autoregressive import continuation_nll
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
 from .grid import GridPoint, Sweep
 from .measure import copy_bandwidth, peak_memory_kind, read_peak_memory, reset_peak_memory

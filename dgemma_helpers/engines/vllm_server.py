@@ -1,6 +1,6 @@
 """vLLM's OpenAI-compatible server for a checkpoint with the kit's settings, and a client for one.
 
-    from dgemma_helpers.bench.vllm_server import VLLMServer
+    from dgemma_helpers.engines.vllm_server import VLLMServer
     with VLLMServer("models/dgemma-tiny", max_denoising_steps=16) as server:   # 127.0.0.1, a free port
         client = server.client()                                               # the same settings
         result = client.generate("ROMEO:\\n", max_new_tokens=128, stream=True)  # path="vllm-server"
@@ -31,7 +31,7 @@ import torch
 
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import Timings
-from .vllm_engine import Request, StartSettings, VLLMBase, counter_deltas
+from .vllm import Request, StartSettings, VLLMBase, counter_deltas
 from .vllm_setup import engine_args, vllm_status
 
 LOOPBACK = "127.0.0.1"

@@ -1,6 +1,6 @@
 """vLLM's DiffusionGemma behind the kit's names: the production engine, run beside ours.
 
-    from dgemma_helpers.bench.vllm_engine import VLLMEngine
+    from dgemma_helpers.engines.vllm import VLLMEngine
     with VLLMEngine("models/dgemma-tiny", max_denoising_steps=16) as engine:     # ~46 s to start on a CPU
         result = engine.generate("ROMEO:\\n", max_new_tokens=128)   # a GenerationResult with path="vllm"
 
@@ -41,9 +41,14 @@ from ..config import GenerationSettings
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import GenerationResult, Timings
 from ..inputs import canvas_inputs, prompt_batch
-from ..tokenizer import decode, load_tokenizer
-from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
-                         write_generation_config)
+from ..tokenizer import decode, load_tokenizer, text_ids
+from .vllm_setup import (
+    checkpoint_settings,
+    engine_args,
+    shared_layer_scalar_problem,
+    vllm_status,
+    write_generation_config,
+)
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -205,7 +210,7 @@ class VLLMBase(StartSettings):
         denoise = steps - canvases if steps is not None and canvases is not None else None
         tpf = tokens / denoise if denoise else float("nan")
         eos = set(req.settings.eos_token_ids) if not req.ignore_eos else set()
-        texts = [decode(self.tokenizer, _until_eos(r, eos, pad)) for r in ids.tolist()]
+        texts = [decode(self.tokenizer, text_ids(r, eos, pad)) for r in ids.tolist()]
         return VLLMResult(token_ids=ids, texts=texts, prompt_ids=req.rows, tokens_per_forward=tpf,
                           row_tokens_per_forward=[tpf] * len(rows), steps_per_canvas=[], settings=req.settings,
                           canvas_tokens_per_forward=committed / denoise if committed and denoise else None,
@@ -217,13 +222,6 @@ class VLLMBase(StartSettings):
 def counter_deltas(before: dict[str, int], after: dict[str, int]) -> tuple[int | None, int | None]:
     """(denoising steps incl. commits, committed tokens) between two counter readings; None if unread."""
     return tuple(after[k] - before.get(k, 0) if k in after else None for k in ("steps", "committed"))  # type: ignore
-
-
-def _until_eos(row: list[int], eos: set[int], pad: int) -> list[int]:
-    for i, t in enumerate(row):
-        if t in eos:
-            return row[:i]
-    return [t for t in row if t != pad]
 
 
 def _refuse(refused: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from .vllm_engine import VLLMEngine
+from .vllm import VLLMEngine
 from .vllm_server import LOOPBACK, VLLMServer, VLLMServerClient
 
 ENGINES = ("kit", "vllm", "vllm-server")
