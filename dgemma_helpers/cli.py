@@ -19,6 +19,7 @@ from .engines import vllm_cli
 from .errors import DGemmaError, InputError
 from .generation import generate
 from .memory import estimate_memory
+from .signals import Stopped, exit_code, stop_on_signals
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
 from .train.trainer import TrainConfig
@@ -191,17 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with stop_on_signals():  # SIGTERM and SIGHUP end a command as Ctrl-C does: its cleanup runs
+            args.func(args)
     except DGemmaError as e:  # the kit's own errors name the problem and the fix: one line says it all
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted{f' ({e})' if isinstance(e, Stopped) else ''}", file=sys.stderr)
+        return exit_code(e)
     except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
         if args.debug:
             raise

@@ -3,7 +3,7 @@
 Files are written whole or not at all: each goes to a temporary name in the same directory and
 is renamed into place, so an interrupted report never leaves a half-written results file. A whole
 report is built the same way (build_report): in a temporary directory beside its target, moved into
-place only once complete; Ctrl-C stops the notebook's kernel and leaves nothing behind.
+place only once complete; Ctrl-C, SIGTERM or SIGHUP stops the notebook's kernel and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from ..atomic import atomic_dir, atomic_write, make_readable
 from ..errors import DGemmaError, InputError
+from ..signals import STOP_SIGNALS, stop_on_signals
 from .harness import ROW_FIELDS, SCHEMA
 
 
@@ -68,40 +69,33 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---- the report directory: complete, or absent -------------------------------------------------
-INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
 KILL_AFTER_S = 20.0  # a kernel still running this long after Ctrl-C is killed
 _GIVE_UP_S = 60.0  # after the kill, how long to wait for the notebook runner to notice
 
 
 def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
     """Run `build(tmp)` (it writes a report into the empty directory tmp and returns its files) and move tmp
-    into place as `out_dir` only when it returns. On Ctrl-C (KeyboardInterrupt, re-raised) the
-    notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed: nothing is
-    written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in the error.
-    An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
+    into place as `out_dir` only when it returns. On Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt,
+    re-raised) the notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed:
+    nothing is written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in
+    the error. An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
     final = Path(out_dir)
     _check_replaceable(final)
-    main = threading.current_thread() is threading.main_thread()
-    # (getsignal gives None for a handler not set from Python; put Python's default back then.)
-    previous = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main else None
-    try:
-        with atomic_dir(final) as tmp:
-            try:
-                paths = _interruptible(build, tmp)
-            except DGemmaError as e:
-                failed = _keep_failed(tmp, final)
-                if failed is None:
-                    raise
-                raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
-                              "named as incomplete)") from None
-            _retarget(tmp, tmp, final)
-            if main:
-                # The report is complete: a Ctrl-C from here on could only lose it, so it waits until the
-                # move into place is done (and then has nothing left to stop).
-                signal.signal(signal.SIGINT, lambda *_: None)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+    with stop_on_signals(), atomic_dir(final) as tmp:
+        try:
+            paths = _interruptible(build, tmp)
+        except DGemmaError as e:
+            failed = _keep_failed(tmp, final)
+            if failed is None:
+                raise
+            raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
+                          "named as incomplete)") from None
+        _retarget(tmp, tmp, final)
+        if threading.current_thread() is threading.main_thread():
+            # The report is complete: a stop signal from here on could only lose it, so none is heeded
+            # until the move into place is done (stop_on_signals then puts the handlers back).
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
     return {name: final / Path(p).relative_to(tmp) if _inside(Path(p), tmp) else Path(p) for name, p in paths.items()}
 
 
