@@ -145,11 +145,12 @@ def _interruptible(build: Callable[[Path], dict[str, Path]], tmp: Path) -> dict[
 
 
 def _stop(done: threading.Event) -> None:
-    """End the kernel(s) this process started: SIGTERM to their process groups (a vLLM server the notebook
-    started is in that group too), SIGKILL after KILL_AFTER_S, or at once on a second Ctrl-C. Not SIGINT,
-    Jupyter's 'interrupt': ipykernel ignores it between cells, and one landing in the kernel's own code
-    leaves a reply unsent that the notebook runner then waits for. The report is discarded anyway, and
-    the runner sees a dead kernel at once. Returns once the worker is done (or after _GIVE_UP_S more)."""
+    """End the kernel(s) this process started and all they started: SIGTERM to the process group of each
+    (a vLLM server the notebook started leads one of its own), SIGKILL after KILL_AFTER_S, or at once on
+    a second Ctrl-C. Not SIGINT, Jupyter's 'interrupt': ipykernel ignores it between cells, and one
+    landing in the kernel's own code leaves a reply unsent that the notebook runner then waits for. The
+    report is discarded anyway, and the runner sees a dead kernel at once. Returns once the worker is
+    done (or after _GIVE_UP_S more)."""
     start = time.monotonic()
     kill_at, give_up = start + KILL_AFTER_S, start + KILL_AFTER_S + _GIVE_UP_S
     # papermill's notebook client logs "Kernel died while waiting for execute reply" about the kernel
@@ -159,7 +160,7 @@ def _stop(done: threading.Event) -> None:
     try:
         while not done.is_set() and time.monotonic() < give_up:
             sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
-            for pid in _child_pids():  # again each time round: a kernel that was still starting is caught too
+            for pid in _descendant_pids():  # each time round: a kernel still starting is caught too
                 _signal_group(pid, sig)
             try:
                 done.wait(0.5)
@@ -169,32 +170,39 @@ def _stop(done: threading.Event) -> None:
         runner_log.disabled = was_disabled
 
 
-def _child_pids() -> list[int]:
-    """The processes this one started (the notebook's kernel; it starts its own session)."""
-    me, out = os.getpid(), []
+def _descendant_pids() -> list[int]:
+    """The processes below this one: the notebook's kernel (it starts its own session) and what it started,
+    a vLLM server included (which leads a process group of its own, so it is named here by itself)."""
+    parents: dict[int, int] = {}
     if os.path.isdir("/proc"):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
                         fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
-                except (OSError, IndexError):
+                    parents[int(entry)] = int(fields[1])
+                except (OSError, IndexError, ValueError):
                     continue  # gone already, or not ours to read
-                if len(fields) > 1 and fields[1] == str(me):
-                    out.append(int(entry))
-        return out
-    try:  # no /proc (macOS): ask ps
-        listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(pid) for pid, ppid in (line.split() for line in listing.splitlines() if len(line.split()) == 2)
-            if ppid == str(me)]
+    else:
+        try:  # no /proc (macOS): ask ps
+            listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True,
+                                     timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        parents = {int(a): int(b) for a, b in (line.split() for line in listing.splitlines() if len(line.split()) == 2)}
+    found, todo = [], [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found += kids
+        todo += kids
+    return found
 
 
 def _signal_group(pid: int, sig: int) -> None:
     try:
-        # A kernel leads its own process group (its children, e.g. a vLLM server, are in it); anything
-        # else gets the signal alone, so this process's own group is never signalled.
+        # A kernel and a vLLM server each lead their own process group (with their children in it); any
+        # other process gets the signal alone, so this process's own group is never signalled.
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)
         else:

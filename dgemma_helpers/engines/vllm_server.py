@@ -194,7 +194,7 @@ class VLLMServerClient(VLLMBase):
                               f"vllm-serve --model {model_path}` (or check the URL).")
         published = _get(self.url + SETTINGS_PATH, timeout=10)
         served = json.loads(published) if published is not None else None
-        super().__init__(model_path, start_settings if served is None else self._served(served, start_settings))
+        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in PUBLISHED_SETTINGS})
         if served is None:
             s = self.settings
             assumed = "the given ones" if any(v is not None for v in start_settings.values()) else "the checkpoint's"
@@ -208,18 +208,20 @@ class VLLMServerClient(VLLMBase):
             raise InputError(f"the server at {self.url} runs {served['model']} (canvas {served['canvas_length']}), "
                              f"not a checkpoint like {self.path} (canvas {self.config.canvas_length}): give its "
                              "checkpoint as the model.")
+        else:
+            self._check_given(start_settings)
         card = json.loads(models)["data"][0]
         self.model_name, self.max_model_len = card["id"], card.get("max_model_len")
         self.api = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
 
-    def _served(self, served: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        """The published settings, checked against those the caller says the server has."""
-        settings = {k: served[k] for k in PUBLISHED_SETTINGS}
+    def _check_given(self, given: dict[str, Any]) -> None:
+        """Settings the caller says the server has must be those it published."""
         for name, value in given.items():
-            if value is not None and (list(value) if name == "eos_token_ids" else value) != settings.get(name):
-                raise InputError(f"{name}={value!r}, but the server at {self.url} runs with {settings.get(name)!r} "
-                                 f"(its {SETTINGS_PATH}): leave {name} out, or {self.restart_hint(name, value)}.")
-        return settings
+            served = getattr(self.settings, name)
+            if value is not None and (tuple(value) if name == "eos_token_ids" else value) != served:
+                raise InputError(f"{name}={value!r}, but the server at {self.url} runs with {served!r} (its "
+                                 f"{SETTINGS_PATH}): leave {name} out, or "
+                                 f"{self.restart_hint(name, value)}.")
 
     def restart_hint(self, name: str, value: Any) -> str:
         flag = {"max_denoising_steps": "--steps"}.get(name, "--" + name.replace("_", "-"))
