@@ -272,7 +272,8 @@ def descendants(pid: int) -> set[int]:
             continue
     found, todo = set(), [pid]
     while todo:
-        kids = [p for p, parent in parents.items() if parent == todo.pop() and p not in found]
+        below = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == below and p not in found]
         found.update(kids)
         todo += kids
     return found

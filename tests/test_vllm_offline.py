@@ -16,13 +16,8 @@ from dgemma_helpers.cli import main
 from dgemma_helpers.config import GenerationSettings
 from dgemma_helpers.engines.vllm import VLLMBase, VLLMEngine
 from dgemma_helpers.engines.vllm_server import VLLMServer, cli_flags
-from dgemma_helpers.engines.vllm_setup import (
-    CPU_DEFAULTS,
-    engine_args,
-    shared_layer_scalar_problem,
-    vllm_status,
-    write_generation_config,
-)
+from dgemma_helpers.engines.vllm_setup import (CPU_DEFAULTS, engine_args, shared_layer_scalar_problem, vllm_status,
+                                               write_generation_config)
 from dgemma_helpers.errors import InputError, MissingToolError
 from dgemma_helpers.generation import Timings
 from dgemma_helpers.model_paths import REPO_ROOT

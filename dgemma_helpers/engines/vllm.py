@@ -42,13 +42,8 @@ from ..errors import EngineError, InputError, MissingToolError
 from ..generation import GenerationResult, Timings
 from ..inputs import canvas_inputs, prompt_batch
 from ..tokenizer import decode, load_tokenizer, text_ids
-from .vllm_setup import (
-    checkpoint_settings,
-    engine_args,
-    shared_layer_scalar_problem,
-    vllm_status,
-    write_generation_config,
-)
+from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
+                         write_generation_config)
 
 log = logging.getLogger("dgemma_helpers")
 
