@@ -280,6 +280,9 @@ class VLLMEngine(VLLMBase):
         t = time.perf_counter()
         try:
             self.llm = vllm.LLM(**self.args)
+        except KeyboardInterrupt:  # a stop signal while vLLM starts: its files go too
+            self.remove_generation_dir()
+            raise
         except Exception as e:  # vLLM raises many kinds; one kit error that says where it came from
             self.remove_generation_dir()
             raise EngineError(f"vLLM could not start on {self.path} ({type(e).__name__}: {e}); the engine arguments "
