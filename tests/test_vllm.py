@@ -31,7 +31,8 @@ from test_signals import alive, port_free  # noqa: E402
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers import bench  # noqa: E402
 from dgemma_helpers.engines.vllm import VLLMEngine  # noqa: E402
-from dgemma_helpers.engines.vllm_server import SETTINGS_PATH, VLLMServer, VLLMServerClient, _get, free_port  # noqa: E402
+from dgemma_helpers.engines.vllm_server import (SETTINGS_PATH, VLLMServer, VLLMServerClient, _get,  # noqa: E402
+                                                free_port)
 from dgemma_helpers.errors import EngineError, InputError  # noqa: E402
 from dgemma_helpers.model_paths import REPO_ROOT  # noqa: E402
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint  # noqa: E402
