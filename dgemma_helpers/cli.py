@@ -13,15 +13,16 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .bench import vllm_cli
 from .bench.command import add_sweep_arguments, run_bench, run_report
 from .cache import KVCache
 from .checkpoint import load_model, read_config, read_generation_settings, weights_bytes
 from .config import GenerationSettings, read_json
 from .devices import resolve_dtype
+from .engines import vllm_cli
 from .errors import DGemmaError, InputError
 from .generation import StepRecord, generate
 from .memory import estimate_memory
+from .signals import Stopped, exit_code, stop_on_signals
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
 from .train.trainer import TrainConfig
@@ -258,17 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the parsed subcommand: an error is one line on stderr (its traceback with --debug)."""
     try:
-        args.func(args)
+        with stop_on_signals():  # SIGTERM and SIGHUP end a command as Ctrl-C does: its cleanup runs
+            args.func(args)
     except DGemmaError as e:  # the kit's own errors name the problem and the fix: one line says it all
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted{f' ({e})' if isinstance(e, Stopped) else ''}", file=sys.stderr)
+        return exit_code(e)
     except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
         if args.debug:
             raise

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from dgemma_helpers import bench
-from dgemma_helpers.bench.autoregressive import continuation_nll, generate_autoregressive
 from dgemma_helpers.bench.engines import DIFFUSION, Engine, KitCudaEngine, KitEngine, Measurement
 from dgemma_helpers.bench.report import write_results
 from dgemma_helpers.cache import KVCache
 from dgemma_helpers.cli import main
+from dgemma_helpers.engines.autoregressive import continuation_nll, generate_autoregressive
 from dgemma_helpers.errors import CheckpointError, InputError
 
 SMALL = dict(max_new_tokens="16", steps="2", batch="1", entropy_bounds="0.5", repeats=1, warmup=0)

@@ -36,6 +36,12 @@ PROMISES = {
         "tests/test_fast_path.py::test_auto_never_picks_fast_on_cpu"],
     "Refused with an error that names the kit call that can": [
         "tests/test_vllm_offline.py::test_what_vllm_cannot_do_is_refused_before_anything_is_sent"],
+    "its notes state the server's real values, and a per-request `max_denoising_steps` above the server's": [
+        "tests/test_vllm.py::test_the_client_states_the_servers_real_settings_and_refuses_what_vllm_would_cap",
+        "tests/test_vllm.py::test_against_a_plain_vllm_server_the_client_says_what_it_cannot_know"],
+    "it refuses an unknown or misspelled diffusion key itself and names the nearest known one": [
+        "tests/test_vllm_offline.py::test_unknown_or_misspelled_diffusion_keys_are_refused_with_the_nearest_known",
+        "tests/test_vllm_offline.py::test_bad_vllm_args_are_refused"],
     "Checked against the real vLLM": ["tests/test_vllm.py::test_parity_on_a_random_checkpoint_of_another_shape"],
     "a check of correctness, not of speed": ["measured: BENCHMARKS.md, vLLM on a CPU"],
     "`load_model` checks every tensor's name and shape against the config": [

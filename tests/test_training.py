@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
+import pytest
 import torch
 
 import dgemma_helpers as dg
 from dgemma_helpers.cache import KVCache
+from dgemma_helpers.signals import Stopped
 from dgemma_helpers.train.objective import TrainingContext, corrupt, diffusion_loss
 
 
@@ -105,10 +111,10 @@ def test_quality_report_sweep_and_model_card_of_a_small_trained_model(tmp_path):
     measures is not asserted (learning is judged on the real model), only that every figure is there."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from dgemma_helpers.train.word_validity import VOCABULARY_FILE, words
     from dgemma_helpers.train import export, train
     from dgemma_helpers.train.quality_eval import NOISE_LEVELS, measure_quality, sampler_table
     from dgemma_helpers.train.recipe import SAMPLER_NOTE, TINY_SAMPLER, model_card
+    from dgemma_helpers.train.word_validity import VOCABULARY_FILE, words
 
     corpus = synthetic_corpus(words_per_speech=30)  # prompts are 24-word openings of held-out speeches
     config = small_config(4)
@@ -141,3 +147,27 @@ def test_quality_report_sweep_and_model_card_of_a_small_trained_model(tmp_path):
     card = model_card(result, config, report, "test CPU", sampler_sweep="| the sweep |")
     assert "| the sweep |" in card and SAMPLER_NOTE.splitlines()[0] in card
     assert card.count("```text") == 2 and report.table() in card
+
+
+def test_a_stop_signal_mid_step_lets_the_step_finish_saves_it_and_the_run_resumes(tmp_path, monkeypatch):
+    from dgemma_helpers.train import train, trainer
+
+    corpus = synthetic_corpus()
+    straight = train(small_config(4), tmp_path / "a", corpus=corpus, device="cpu", progress=False)
+    step = trainer._train_step
+
+    def signalled_in_step_3(model, opt, data, config, i, *rest):
+        if i == 2:  # SIGTERM in the middle of step 3, before its optimizer step: the step still completes
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(model, opt, data, config, i, *rest)
+
+    monkeypatch.setattr(trainer, "_train_step", signalled_in_step_3)
+    with pytest.raises(Stopped) as stopped:
+        train(small_config(4), tmp_path / "b", corpus=corpus, device="cpu", progress=False)
+    assert stopped.value.signum == signal.SIGTERM
+    assert json.loads((tmp_path / "b" / "state" / "state.json").read_text())["step"] == 3  # save_every is 2
+    monkeypatch.setattr(trainer, "_train_step", step)
+    resumed = train(small_config(4), tmp_path / "b", corpus=corpus, device="cpu", progress=False)
+    assert [r["step"] for r in resumed.log] == [1, 2, 3, 4]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -10,22 +10,32 @@ downloaded; nothing listens beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: make setup-vllm, then make test-vllm")
 
+from test_signals import alive, port_free  # noqa: E402
+
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers import bench  # noqa: E402
+from dgemma_helpers.engines.vllm import VLLMEngine  # noqa: E402
+from dgemma_helpers.engines.vllm_server import (SETTINGS_PATH, VLLMServer, VLLMServerClient, _get,  # noqa: E402
+                                                free_port)
+from dgemma_helpers.errors import EngineError, InputError  # noqa: E402
 from dgemma_helpers.model_paths import REPO_ROOT  # noqa: E402
-from dgemma_helpers.errors import EngineError  # noqa: E402
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint  # noqa: E402
-from dgemma_helpers.bench.vllm_engine import VLLMEngine  # noqa: E402
-from dgemma_helpers.bench.vllm_server import VLLMServer, VLLMServerClient, _get  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -149,6 +159,86 @@ def server():
         yield s
 
 
+def test_the_client_states_the_servers_real_settings_and_refuses_what_vllm_would_cap(server):
+    published = json.loads(_get(server.url + SETTINGS_PATH, timeout=10))
+    assert published["max_denoising_steps"] == STEPS and published["t_min"] == GREEDY["t_min"]
+    client = VLLMServerClient(server.url, TINY)  # told nothing: it reads the server's settings
+    assert client.settings.max_denoising_steps == STEPS and client.settings_unknown is None
+    fewer = client.generate("ROMEO:\n", max_new_tokens=16, max_denoising_steps=4)
+    assert any(f"temperature schedule of the server's {STEPS}" in n for n in fewer.notes), fewer.notes
+    with pytest.raises(InputError, match=f"max_denoising_steps=16 is more than this vLLM server's {STEPS}"):
+        client.generate("ROMEO:\n", max_new_tokens=16, max_denoising_steps=16)
+    with pytest.raises(InputError, match=f"runs with {STEPS}"):
+        VLLMServerClient(server.url, TINY, max_denoising_steps=48)
+    # The CLI says the same, with the server's limit.
+    cli = [sys.executable, "-m", "dgemma_helpers", "generate", "--engine", "vllm-server", "--url", server.url,
+           "--model", str(TINY), "--prompt", "ROMEO:\n", "--max-new-tokens", "16"]
+    over = subprocess.run(cli + ["--steps", "16"], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert over.returncode == 2 and f"more than this vLLM server's {STEPS}" in over.stderr, over.stderr
+    under = subprocess.run(cli + ["--steps", "4"], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert under.returncode == 0 and f"the server's {STEPS}" in under.stderr, under.stderr
+
+
+def test_bounded_load_all_answered_exactly_one_disconnect_dropped_healthy_after(server, tiny_kit):
+    """16 requests, 4 in flight, half streamed; one client leaves after its first chunk."""
+    client = server.client()
+    L = tiny_kit.config.canvas_length
+    lengths = [L // 2 + 7 * i for i in range(16)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: client.generate(f"ROMEO:\n{i}", max_new_tokens=lengths[i], eos_token_ids=(),
+                                                          stream=i % 2 == 0), range(16)))
+    assert [r.token_ids.shape for r in results] == [(1, n) for n in lengths]
+    assert all(r.trimmed_tokens == 0 for r in results)
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=300)
+    body = dict(model=client.model_name, prompt="ROMEO:\n", max_tokens=8 * L, stream=True,
+                vllm_xargs={}, ignore_eos=True)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data:")  # the first canvas came
+    conn.close()  # ... and the client is gone, seven canvases early
+    assert _get(server.url + "/health", timeout=10) is not None
+    after = client.generate("ROMEO:\n", max_new_tokens=L, eos_token_ids=(), stream=True)
+    assert after.token_ids.shape == (1, L)
+    deadline = time.monotonic() + 120
+    while running_requests(server.url) != 0:  # vLLM dropped the abandoned request
+        assert time.monotonic() < deadline, "a request still runs 120 s after the last one was answered"
+        time.sleep(0.5)
+
+
+def running_requests(url: str) -> float:
+    for line in (_get(url + "/metrics", timeout=10) or "").splitlines():
+        if line.startswith("vllm:num_requests_running"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("the server's /metrics has no vllm:num_requests_running")
+
+
+def test_against_a_plain_vllm_server_the_client_says_what_it_cannot_know():
+    # A stand-in for a server vLLM started without the kit: /v1/models, and 404 at /dgemma/settings.
+    class PlainVLLM(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            found = self.path == "/v1/models"
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            if found:
+                self.wfile.write(json.dumps({"data": [{"id": str(TINY), "max_model_len": 4096}]}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    stub = http.server.HTTPServer(("127.0.0.1", 0), PlainVLLM)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        client = VLLMServerClient(f"http://127.0.0.1:{stub.server_port}", TINY)
+    finally:
+        stub.shutdown()
+    req = client.request("ROMEO:\n", None, None, 16, 100, False, None, None, None)  # no refusal: no known limit
+    assert req.extra_args[0]["diffusion_max_steps"] == 100
+    [note] = req.notes
+    assert "plain vLLM server" in note and "the checkpoint's (48 steps" in note and "without a word" in note
+
+
 def test_a_server_on_loopback_answers_streamed_and_not_then_stops(server, tiny_vllm, tiny_kit):
     assert server.url.startswith("http://127.0.0.1:")
     client = server.client()
@@ -170,6 +260,54 @@ def test_a_server_on_loopback_answers_streamed_and_not_then_stops(server, tiny_v
     assert process.poll() is not None and _get(server.url + "/health", timeout=2) is None
     with pytest.raises(EngineError, match="no vLLM server answers"):
         VLLMServerClient(server.url, TINY)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        below = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == below and p not in found]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+STOPPED_WITHIN_S = 60  # SIGTERM -> the tree, the port and the temporary directory gone (STOP_GRACE_S is 30)
+
+
+def test_sigterm_to_vllm_serve_leaves_no_process_no_port_and_no_file(tmp_path):
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "dgemma_helpers", "vllm-serve", "--model", str(TINY), "--steps",
+                             str(STEPS), "--port", str(port)], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 900
+        while _get(f"http://127.0.0.1:{port}/health", timeout=2) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(1)
+        tree = descendants(proc.pid)
+        assert len(tree) >= 2  # the API server and its EngineCore at least
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("dgemma-vllm-")]
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=STOPPED_WITHIN_S)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    while any(alive(p) for p in tree) and time.monotonic() < t + STOPPED_WITHIN_S:
+        time.sleep(0.2)
+    assert not [p for p in tree if alive(p)] and port_free(port)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dgemma-vllm-")]
 
 
 def test_the_cli_generates_through_vllm():

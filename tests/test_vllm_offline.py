@@ -14,14 +14,14 @@ from dgemma_helpers.bench.engines import DIFFUSION, Engine, Measurement
 from dgemma_helpers.checkpoint import generation_json
 from dgemma_helpers.cli import main
 from dgemma_helpers.config import GenerationSettings
-from dgemma_helpers.model_paths import REPO_ROOT
+from dgemma_helpers.engines.vllm import VLLMBase, VLLMEngine
+from dgemma_helpers.engines.vllm_server import VLLMServer, cli_flags
+from dgemma_helpers.engines.vllm_setup import (CPU_DEFAULTS, engine_args, shared_layer_scalar_problem, vllm_status,
+                                               write_generation_config)
 from dgemma_helpers.errors import InputError, MissingToolError
 from dgemma_helpers.generation import Timings
+from dgemma_helpers.model_paths import REPO_ROOT
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
-from dgemma_helpers.bench.vllm_engine import VLLMBase, VLLMEngine
-from dgemma_helpers.bench.vllm_server import VLLMServer, cli_flags
-from dgemma_helpers.bench.vllm_setup import (CPU_DEFAULTS, engine_args, shared_layer_scalar_problem, vllm_status,
-                                       write_generation_config)
 
 TINY = REPO_ROOT / "models" / "dgemma-tiny"
 
@@ -142,8 +142,21 @@ def test_engine_arguments_and_server_flags(mapping, tmp_path):
                      '{"canvas_length": 64}']
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(diffusion_max_step=4), r"diffusion_max_step is not a setting .*did you mean diffusion_max_steps\?"),
+    (dict(max_denoising_step=4), r"did you mean max_denoising_steps\?"),
+    (dict(entropy_bounds=0.5), r"did you mean entropy_bound\?"),
+    (dict(diffusion_max_steps=4), r"per-request key of vLLM's, not an engine argument: give max_denoising_steps="),
+    (dict(diffusion_config={"canvas_length": 64}), r"diffusion_config is set by the kit"),
+])
+def test_unknown_or_misspelled_diffusion_keys_are_refused_with_the_nearest_known(mapping, tmp_path, kwargs, match):
+    # vLLM would take them without a word (vllm_xargs is free form); the kit's engines and server refuse.
+    with pytest.raises(InputError, match=match):
+        engine_args(mapping.path, mapping.config, mapping.settings, tmp_path, cpu=True, **kwargs)
+
+
 def test_a_server_binds_loopback_and_its_command_carries_the_settings(monkeypatch):
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_server.vllm_status", lambda: (True, ""))
+    monkeypatch.setattr("dgemma_helpers.engines.vllm_server.vllm_status", lambda: (True, ""))
     server = VLLMServer(TINY, max_denoising_steps=6, entropy_bound=2.0, max_num_seqs=4)
     try:
         cmd = server.command()
@@ -152,6 +165,9 @@ def test_a_server_binds_loopback_and_its_command_carries_the_settings(monkeypatc
         gen = json.loads(open(cmd[cmd.index("--generation-config") + 1] + "/generation_config.json").read())
         assert gen["max_denoising_steps"] == 6 and gen["sampler_config"]["entropy_bound"] == 2.0
         assert cmd[cmd.index("--max-num-seqs") + 1] == "4"
+        # Its settings, published to clients at /dgemma/settings by the middleware vLLM is given.
+        assert cmd[cmd.index("--middleware") + 1] == "dgemma_helpers.engines.vllm_server.PublishedSettings"
+        assert server.published()["max_denoising_steps"] == 6 and server.published()["canvas_length"] == 64
     finally:
         server.stop()  # never started: removes its files only
     assert server._tmp is None
@@ -167,7 +183,7 @@ def test_checkpoints_vllm_would_read_differently_are_named(tmp_path):
 
 def test_without_vllm_the_engine_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_setup.VLLM_PYTHON", REPO_ROOT / "no-such-venv" / "bin" / "python")
+    monkeypatch.setattr("dgemma_helpers.engines.vllm_setup.VLLM_PYTHON", REPO_ROOT / "no-such-venv" / "bin" / "python")
     usable, why = vllm_status()
     assert not usable and "make setup-vllm" in why
     with pytest.raises(MissingToolError, match="make setup-vllm"):
@@ -175,7 +191,7 @@ def test_without_vllm_the_engine_says_how_to_get_it(monkeypatch):
 
 
 def test_cli_refuses_vllm_where_it_cannot_run(monkeypatch, capsys):
-    monkeypatch.setattr("dgemma_helpers.bench.vllm_engine.vllm_status", lambda: (False, "vLLM is not here: make setup-vllm"))
+    monkeypatch.setattr("dgemma_helpers.engines.vllm.vllm_status", lambda: (False, "vLLM is not here: make setup-vllm"))
     assert main(["generate", "--engine", "vllm", "--model", str(TINY), "--prompt", "ROMEO:\n"]) == 2
     assert "make setup-vllm" in capsys.readouterr().err
     assert main(["generate", "--engine", "vllm-server", "--model", str(TINY), "--prompt", "x"]) == 2
@@ -197,6 +213,7 @@ def test_vllm_engines_are_skipped_with_the_reason_where_vllm_is_missing(monkeypa
     ('{"entropy_bound": 1}', r"vllm_args sets \['entropy_bound'\]: the sweep sets the sampler"),
     ("[1, 2]", r"--vllm-args '\[1, 2\]' is not a JSON object"),
     ("{oops", r"--vllm-args '\{oops' is not JSON"),
+    ('{"diffusion_bogus_knob": 1}', r"diffusion_bogus_knob is not a setting .* vLLM would ignore"),
 ])
 def test_bad_vllm_args_are_refused(vllm_args, match):
     with pytest.raises(InputError, match=match):

@@ -18,12 +18,13 @@ from typing import Any
 
 from ..errors import InputError
 from ..model_paths import find_model, model_candidates
+from ..signals import exit_code
 from .engines import ENGINES
 from .grid import Sweep, parse_list
 from .harness import run_benchmark
 from .notebook import default_report_dir, make_report
 from .plots import save_plots
-from .report import INTERRUPTED_EXIT, build_report, engines_table, machine_summary, results_table, shown, write_results
+from .report import build_report, engines_table, machine_summary, results_table, shown, write_results
 from .shapes import SHAPES, shape_checkpoint
 
 _DEFAULTS = Sweep()
@@ -132,11 +133,11 @@ def run_report(args: argparse.Namespace) -> None:
     out = args.out or default_report_dir()
     try:
         sweep = sweep_from_args(args)
-        # Built in a temporary directory, moved to `out` only when complete (Ctrl-C leaves nothing).
+        # Built in a temporary directory, moved to `out` only when complete (a stop signal leaves nothing).
         paths = build_report(out, lambda tmp: make_report(sweep, tmp, notebook=args.notebook))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"interrupted; nothing was written to {shown(out)}", file=sys.stderr)
-        raise SystemExit(INTERRUPTED_EXIT) from None
+        raise SystemExit(exit_code(e)) from None
     print(f"report written to {paths['dir']}:")
     for name, path in paths.items():
         if name != "dir":

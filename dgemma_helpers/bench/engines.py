@@ -29,9 +29,9 @@ import torch
 
 from ..checkpoint import load_model, read_config, weights_bytes
 from ..devices import resolve_device, resolve_dtype, synchronize, triton_support
+from ..engines.autoregressive import generate_autoregressive
 from ..generation import generate
 from ..tokenizer import decode, load_tokenizer
-from .autoregressive import generate_autoregressive
 from .grid import GridPoint, Sweep
 
 DIFFUSION, AUTOREGRESSIVE = "diffusion", "autoregressive"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import read_config
+from ..engines.vllm_setup import check_engine_kwargs
 from ..errors import InputError
 
 DEFAULT_PROMPTS = (
@@ -128,6 +129,7 @@ class Sweep:
         if sampler:
             raise InputError(f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike "
                              "(--steps, --entropy-bounds, --no-early-stop); leave them out of --vllm-args.")
+        check_engine_kwargs(self.vllm_args)
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
             raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
                              "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")

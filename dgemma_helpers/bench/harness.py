@@ -27,9 +27,9 @@ import torch
 
 from ..checkpoint import read_config, weights_bytes
 from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
+from ..engines.autoregressive import continuation_nll
 from ..tokenizer import load_tokenizer
 from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
-from .autoregressive import continuation_nll
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
 from .grid import GridPoint, Sweep
 from .measure import copy_bandwidth, peak_memory_kind, read_peak_memory, reset_peak_memory
@@ -80,45 +80,49 @@ def run_benchmark(sweep: Sweep, progress: Callable[[str], None] | None = None) -
     prompt_ids = _prompt_ids(sweep)
     runs: dict[tuple[str, tuple], list[Measurement]] = {}
     failures: dict[tuple[str, tuple], str] = {}
-    for group in groups:
-        prepared = []
-        for e in group:
-            say(f"loading {e.name} ...")
-            try:
-                e.prepare(sweep, pool)
-                prepared.append(e)
-            except Exception as ex:  # noqa: BLE001 - recorded, the report goes on
-                error = _describe(ex)
-                say(f"{e.name} failed to load: {error}")
-                statuses[e.name].update(status="failed", reason=error)
-                rows.append(_row(e, None, status="failed", error=error))
-                e.release()
-        _run_grid(prepared, sweep, prompt_ids, device, runs, failures, say)
-        if len(groups) > 1:
-            for e in prepared:
-                e.release()
-            pool.clear()
-            _free(device)
+    # On any exit, a stop signal included (the CLI makes SIGTERM a KeyboardInterrupt), every engine's
+    # processes and files go: a vLLM engine's EngineCore, a vLLM server's process group.
+    try:
+        for group in groups:
+            prepared = []
+            for e in group:
+                say(f"loading {e.name} ...")
+                try:
+                    e.prepare(sweep, pool)
+                    prepared.append(e)
+                except Exception as ex:  # noqa: BLE001 - recorded, the report goes on
+                    error = _describe(ex)
+                    say(f"{e.name} failed to load: {error}")
+                    statuses[e.name].update(status="failed", reason=error)
+                    rows.append(_row(e, None, status="failed", error=error))
+                    e.release()
+            _run_grid(prepared, sweep, prompt_ids, device, runs, failures, say)
+            if len(groups) > 1:
+                for e in prepared:
+                    e.release()
+                pool.clear()
+                _free(device)
 
-    quality_metric, score = _quality_scorer(sweep, pool)
-    for e in usable:
-        if statuses[e.name]["status"] == "failed":
-            continue
-        for config in sweep.configs(e.kind == AUTOREGRESSIVE):
-            key = (e.name, config.key())
-            if key in failures:
-                rows.append(_row(e, config, status="failed", error=failures[key]))
-            elif key in runs:
-                rows.append(_aggregate(e, config, runs[key], device, quality_metric, _guarded(score, notes)))
-    _add_ratios(rows, sweep)
-    for role in ("reference", "baseline"):
-        name = getattr(sweep, role)
-        if not any(r["engine"] == name and r["status"] == "ok" for r in rows):
-            notes.append(f"no speed-ups over the {role} engine '{name}': it did not run (see the engines table).")
-    floor = _guarded(_weight_streaming_floor, notes)(sweep, device, dtype) if device.type == "cuda" else None
-    for e in usable:
-        e.release()
-    pool.clear()
+        quality_metric, score = _quality_scorer(sweep, pool)
+        for e in usable:
+            if statuses[e.name]["status"] == "failed":
+                continue
+            for config in sweep.configs(e.kind == AUTOREGRESSIVE):
+                key = (e.name, config.key())
+                if key in failures:
+                    rows.append(_row(e, config, status="failed", error=failures[key]))
+                elif key in runs:
+                    rows.append(_aggregate(e, config, runs[key], device, quality_metric, _guarded(score, notes)))
+        _add_ratios(rows, sweep)
+        for role in ("reference", "baseline"):
+            name = getattr(sweep, role)
+            if not any(r["engine"] == name and r["status"] == "ok" for r in rows):
+                notes.append(f"no speed-ups over the {role} engine '{name}': it did not run (see the engines table).")
+        floor = _guarded(_weight_streaming_floor, notes)(sweep, device, dtype) if device.type == "cuda" else None
+    finally:
+        for e in usable:
+            e.release()
+        pool.clear()
     return dict(schema=SCHEMA, created=started.isoformat(timespec="seconds"),
                 duration_s=round(time.perf_counter() - t_start, 1),
                 machine=machine_info(device, dtype), model=_model_info(sweep, dtype), sweep=sweep.to_dict(),

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .engines import AUTOREGRESSIVE
 from ..atomic import atomic_write
+from .engines import AUTOREGRESSIVE
 
 Rows = list[dict[str, Any]]
 

@@ -3,7 +3,7 @@
 Files are written whole or not at all: each goes to a temporary name in the same directory and
 is renamed into place, so an interrupted report never leaves a half-written results file. A whole
 report is built the same way (build_report): in a temporary directory beside its target, moved into
-place only once complete; Ctrl-C stops the notebook's kernel and leaves nothing behind.
+place only once complete; Ctrl-C, SIGTERM or SIGHUP stops the notebook's kernel and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from ..atomic import atomic_dir, atomic_write, make_readable
 from ..errors import DGemmaError, InputError
+from ..signals import STOP_SIGNALS, stop_on_signals
 from .harness import ROW_FIELDS, SCHEMA
 
 
@@ -68,40 +69,33 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---- the report directory: complete, or absent -------------------------------------------------
-INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
 KILL_AFTER_S = 20.0  # a kernel still running this long after Ctrl-C is killed
 _GIVE_UP_S = 60.0  # after the kill, how long to wait for the notebook runner to notice
 
 
 def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
     """Run `build(tmp)` (it writes a report into the empty directory tmp and returns its files) and move tmp
-    into place as `out_dir` only when it returns. On Ctrl-C (KeyboardInterrupt, re-raised) the
-    notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed: nothing is
-    written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in the error.
-    An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
+    into place as `out_dir` only when it returns. On Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt,
+    re-raised) the notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed:
+    nothing is written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in
+    the error. An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
     final = Path(out_dir)
     _check_replaceable(final)
-    main = threading.current_thread() is threading.main_thread()
-    # (getsignal gives None for a handler not set from Python; put Python's default back then.)
-    previous = (signal.getsignal(signal.SIGINT) or signal.default_int_handler) if main else None
-    try:
-        with atomic_dir(final) as tmp:
-            try:
-                paths = _interruptible(build, tmp)
-            except DGemmaError as e:
-                failed = _keep_failed(tmp, final)
-                if failed is None:
-                    raise
-                raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
-                              "named as incomplete)") from None
-            _retarget(tmp, tmp, final)
-            if main:
-                # The report is complete: a Ctrl-C from here on could only lose it, so it waits until the
-                # move into place is done (and then has nothing left to stop).
-                signal.signal(signal.SIGINT, lambda *_: None)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+    with stop_on_signals(), atomic_dir(final) as tmp:
+        try:
+            paths = _interruptible(build, tmp)
+        except DGemmaError as e:
+            failed = _keep_failed(tmp, final)
+            if failed is None:
+                raise
+            raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
+                          "named as incomplete)") from None
+        _retarget(tmp, tmp, final)
+        if threading.current_thread() is threading.main_thread():
+            # The report is complete: a stop signal from here on could only lose it, so none is heeded
+            # until the move into place is done (stop_on_signals then puts the handlers back).
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
     return {name: final / Path(p).relative_to(tmp) if _inside(Path(p), tmp) else Path(p) for name, p in paths.items()}
 
 
@@ -151,11 +145,12 @@ def _interruptible(build: Callable[[Path], dict[str, Path]], tmp: Path) -> dict[
 
 
 def _stop(done: threading.Event) -> None:
-    """End the kernel(s) this process started: SIGTERM to their process groups (a vLLM server the notebook
-    started is in that group too), SIGKILL after KILL_AFTER_S, or at once on a second Ctrl-C. Not SIGINT,
-    Jupyter's 'interrupt': ipykernel ignores it between cells, and one landing in the kernel's own code
-    leaves a reply unsent that the notebook runner then waits for. The report is discarded anyway, and
-    the runner sees a dead kernel at once. Returns once the worker is done (or after _GIVE_UP_S more)."""
+    """End the kernel(s) this process started and all they started: SIGTERM to the process group of each
+    (a vLLM server the notebook started leads one of its own), SIGKILL after KILL_AFTER_S, or at once on
+    a second Ctrl-C. Not SIGINT, Jupyter's 'interrupt': ipykernel ignores it between cells, and one
+    landing in the kernel's own code leaves a reply unsent that the notebook runner then waits for. The
+    report is discarded anyway, and the runner sees a dead kernel at once. Returns once the worker is
+    done (or after _GIVE_UP_S more)."""
     start = time.monotonic()
     kill_at, give_up = start + KILL_AFTER_S, start + KILL_AFTER_S + _GIVE_UP_S
     # papermill's notebook client logs "Kernel died while waiting for execute reply" about the kernel
@@ -165,7 +160,7 @@ def _stop(done: threading.Event) -> None:
     try:
         while not done.is_set() and time.monotonic() < give_up:
             sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
-            for pid in _child_pids():  # again each time round: a kernel that was still starting is caught too
+            for pid in _descendant_pids():  # each time round: a kernel still starting is caught too
                 _signal_group(pid, sig)
             try:
                 done.wait(0.5)
@@ -175,32 +170,39 @@ def _stop(done: threading.Event) -> None:
         runner_log.disabled = was_disabled
 
 
-def _child_pids() -> list[int]:
-    """The processes this one started (the notebook's kernel; it starts its own session)."""
-    me, out = os.getpid(), []
+def _descendant_pids() -> list[int]:
+    """The processes below this one: the notebook's kernel (it starts its own session) and what it started,
+    a vLLM server included (which leads a process group of its own, so it is named here by itself)."""
+    parents: dict[int, int] = {}
     if os.path.isdir("/proc"):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
                         fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
-                except (OSError, IndexError):
+                    parents[int(entry)] = int(fields[1])
+                except (OSError, IndexError, ValueError):
                     continue  # gone already, or not ours to read
-                if len(fields) > 1 and fields[1] == str(me):
-                    out.append(int(entry))
-        return out
-    try:  # no /proc (macOS): ask ps
-        listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(pid) for pid, ppid in (line.split() for line in listing.splitlines() if len(line.split()) == 2)
-            if ppid == str(me)]
+    else:
+        try:  # no /proc (macOS): ask ps
+            listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True,
+                                     timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        parents = {int(a): int(b) for a, b in (line.split() for line in listing.splitlines() if len(line.split()) == 2)}
+    found, todo = [], [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found += kids
+        todo += kids
+    return found
 
 
 def _signal_group(pid: int, sig: int) -> None:
     try:
-        # A kernel leads its own process group (its children, e.g. a vLLM server, are in it); anything
-        # else gets the signal alone, so this process's own group is never signalled.
+        # A kernel and a vLLM server each lead their own process group (with their children in it); any
+        # other process gets the signal alone, so this process's own group is never signalled.
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)
         else:

