@@ -84,7 +84,7 @@ def generate(args: argparse.Namespace) -> None:
     finally:
         if isinstance(engine, VLLMEngine):
             engine.close()
-    print(result.text)
+    print(result.text if args.chat else args.prompt + result.text)  # a continuation reads from its prompt
     steps = result.mean_steps_per_canvas
     print(f"\ntokens per forward: {result.tokens_per_forward:.2f} ({result.denoising_steps} denoising steps"
           f"{f', {steps:.1f} per canvas' if steps is not None else ''}, {result.timings.total_s:.2f} s); "
