@@ -17,6 +17,7 @@ from .checkpoint import load_model, read_config, weights_bytes
 from .config import read_json
 from .devices import resolve_dtype
 from .errors import DGemmaError, InputError
+from .finetune_cli import add_finetune_parser
 from .generation import generate
 from .memory import estimate_memory
 from .train.random_checkpoint import make_random_checkpoint
@@ -175,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--no-measure", action="store_true", help="skip the quality measurement for the model card")
     t.set_defaults(func=_train)
 
+    add_finetune_parser(sub)
     vllm_cli.add_serve_parser(sub)
 
 
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
+    except Exception as e:
         if args.debug:
             raise
         print(f"error: unexpected {type(e).__name__}: {e} (a bug in the kit: rerun with --debug for the traceback "

@@ -29,7 +29,9 @@ from ..checkpoint import kit_to_hf
 from ..errors import CheckpointError
 from ..model import DiffusionGemma
 
-ATTENTION_AND_MLP = r".*layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# The text layers' linears, under the kit's names and under transformers' two copies (not the vision tower's).
+ATTENTION_AND_MLP = (r"(model\.decoder\.|model\.encoder\.language_model\.)?layers\.\d+\."
+                     r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)")
 EXPERT_PARAMETERS = ["experts.gate_up_proj", "experts.down_proj"]
 ENCODER_COPY = "model.encoder.language_model."  # where transformers keeps its tied copy of each text layer
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -68,7 +70,7 @@ def save_adapter(model: DiffusionGemma, out: str | os.PathLike, base: str | None
     """adapter_config.json + adapter_model.safetensors in peft's format, named for transformers' model."""
     config = model.peft_config["default"]
     tensors = {}
-    for name, t in get_peft_model_state_dict(model).items():
+    for name, t in get_peft_model_state_dict(model, save_embedding_layers=False).items():
         t = t.detach().to("cpu").contiguous()
         tensors["base_model.model." + kit_to_hf(name)] = t
         tensors["base_model.model." + ENCODER_COPY + name] = t.clone()  # safetensors stores no shared tensors
@@ -95,7 +97,7 @@ def load_adapter(model: DiffusionGemma, path: str | os.PathLike) -> DiffusionGem
         if name.startswith("model.decoder."):
             tensors[name.removeprefix("model.decoder.")] = t
     add_lora(model, config)
-    expected = {name: tuple(t.shape) for name, t in get_peft_model_state_dict(model).items()}
+    expected = {name: tuple(t.shape) for name, t in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:
         wrong = sorted(set(expected) ^ set(found)) or [n for n in expected if expected[n] != found[n]]

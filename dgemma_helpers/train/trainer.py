@@ -200,10 +200,15 @@ def load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> 
     meta = json.loads((state_dir / "state.json").read_text())
     tensors = load_file(state_dir / "state.safetensors")
     saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
+    fix = "resume with the model and settings that wrote it, or use another run directory"
+    try:
+        unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
+    except RuntimeError as e:  # a shape differs
+        raise CheckpointError(f"{state_dir} holds the state of another model or settings "
+                              f"({str(e).splitlines()[-1].strip()}): {fix}.") from None
     if unexpected:
         raise CheckpointError(f"{state_dir} holds the state of another model ({unexpected[0]!r} is not one of its "
-                         "weights): resume with the model and settings that wrote it, or use another run directory.")
+                              f"weights): {fix}.")
     for name, p in model.named_parameters():
         state = {key: tensors[f"opt.{name}.{key}"].to(p.device) for key in ("exp_avg", "exp_avg_sq")
                  if f"opt.{name}.{key}" in tensors}
