@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
         if args.debug:
             raise
         print(f"error: unexpected {type(e).__name__}: {e} (a bug in the kit: rerun with --debug for the traceback "
