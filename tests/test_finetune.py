@@ -17,7 +17,7 @@ from dgemma_helpers.cli import main
 from dgemma_helpers.errors import CheckpointError, DeviceError, InputError
 from dgemma_helpers.sft.data import encode_examples, make_batch, read_conversations
 from dgemma_helpers.sft.loop import finetune, merge_checkpoint
-from dgemma_helpers.sft.lora import add_lora, load_adapter, lora_config, save_adapter
+from dgemma_helpers.sft.lora import add_lora, load_adapter, lora_config, merge, save_adapter
 from dgemma_helpers.train.objective import corrupt, diffusion_loss
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 
@@ -282,3 +282,17 @@ def test_random_checkpoint_with_no_tokenizer_is_refused(tmp_path):
     model = dg.load_model(path, device="cpu", dtype="float32")
     with pytest.raises(InputError, match="chat template"):
         finetune(model, chats(2), progress=False)
+
+
+def test_lora_on_the_experts_trains_through_peft_target_parameters(checkpoint, tmp_path):
+    path = checkpoint("plain")
+    model, _ = finetune(dg.load_model(path, device="cpu", dtype="float32"), chats(4), steps=2, rank=2, experts=True,
+                        lr=1e-2, warmup=1, out=tmp_path / "run", progress=False)
+    expert_adapters = [p for n, p in model.named_parameters() if ".experts." in n and "lora_B" in n]
+    assert expert_adapters and all(p.abs().sum() > 0 for p in expert_adapters)
+    canvas = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(1))
+    mine = denoise_logits(model, [2, 7, 8, 9], canvas)
+    reloaded = load_adapter(dg.load_model(path, device="cpu", dtype="float32"), tmp_path / "run" / "adapter")
+    assert torch.equal(denoise_logits(reloaded, [2, 7, 8, 9], canvas), mine)
+    merged = merge(reloaded)
+    assert ((denoise_logits(merged, [2, 7, 8, 9], canvas) - mine).norm() / mine.norm()).item() < 1e-5
