@@ -27,7 +27,7 @@ from ..memory import check_fits, estimate_memory
 from ..model import DiffusionGemma
 from ..train.objective import diffusion_loss
 from ..train.trainer import TrainConfig, load_state, save_state
-from .data import Example, encode_examples, make_batch, read_conversations
+from .data import Example, encode_examples, make_batch, padded_length, read_conversations
 from .lora import (
     add_lora,
     checkpoint_layers,
@@ -79,7 +79,7 @@ def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, c
     held = [] if heldout is None else encode_examples(read_conversations(heldout), model.tokenizer, model.config,
                                                       config.max_tokens)
     out = None if out is None else _run_directory(out, resume)
-    longest = max(len(e.ids) for e in examples) + model.config.canvas_length
+    longest = max(padded_length(e, model.config.canvas_length) for e in examples)
     need = estimate_memory(model, longest, batch_size=config.batch_size,
                            training="full" if config.full else ("lora+experts" if config.experts else "lora"),
                            rank=config.rank)
