@@ -215,8 +215,8 @@ def test_the_assistant_header_is_never_supervised():
     ('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n', "line 2 of .*data.jsonl is not valid JSON"),
     ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}', "message 0 \\(user\\) has no content"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "has no assistant turn"),
-    ('{"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "?"}]},'
-     ' {"role": "assistant", "content": "x"}]}', "image"),
+    (('{"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "?"}]},'
+      ' {"role": "assistant", "content": "x"}]}'), "image"),
 ])
 def test_bad_data_is_refused_naming_the_line_and_the_fix(tmp_path, content, match):
     data = tmp_path / "data.jsonl"
