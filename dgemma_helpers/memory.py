@@ -78,13 +78,20 @@ def cache_capacity(config: ModelConfig, prompt_tokens: int, max_new_tokens: int)
 def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, max_new_tokens: int = 256,
                     batch_size: int = 1, dtype: torch.dtype | None = None, head: str = "materialized",
                     probabilities: bool = False, device: torch.device | str | None = None,
-                    capacity: int | None = None) -> MemoryEstimate:
-    """The memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row),
+                    capacity: int | None = None, training: str | None = None,
+                    rank: int = 16) -> MemoryEstimate | TrainingMemory:
+    """With `training` ("lora", "lora+experts" or "full"): the memory of one fine-tuning step on
+    `batch_size` sequences of `prompt_tokens` tokens (see estimate_training; `rank`: LoRA's).
+
+    Otherwise the memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row),
     for a loaded model (its dtype and device, and its weights counted) or a config alone (default:
     bfloat16 on a CUDA GPU, where long contexts run). `head`: "materialized" (the [B, canvas, vocab]
     logits, what generate runs where they fit) or "tiled" (none; see head.py). `probabilities`: the
     materialized head also keeps float32 probabilities (transformers' RNG, record_topk). `capacity`:
     the cache's slots, where they are more than the call needs (the fast path rounds them up)."""
+    if training is not None:
+        return estimate_training(model, prompt_tokens, batch_size=batch_size, mode=training, rank=rank, dtype=dtype,
+                                 device=device)
     if head not in HEADS:
         raise InputError(f"head must be one of {HEADS}; got {head!r}.")
     for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("max_new_tokens", max_new_tokens, 1),
@@ -174,11 +181,19 @@ def fitting_head(config: ModelConfig, prompt_tokens: int, *, max_new_tokens: int
     return head, estimate
 
 
-def check_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> None:
+def check_fits(estimate: MemoryEstimate | TrainingMemory, device: torch.device, what: str) -> None:
     """Refuse, before allocating, a call whose working memory exceeds what the device has free."""
     free = available_memory(device)
     if free is None or estimate.working <= free:
         return
+    if isinstance(estimate, TrainingMemory):
+        raise DeviceError(
+            f"{what} needs about {_gib(estimate.working)} beside the loaded weights on {device} (adapters, gradients "
+            f"and optimizer {_gib(estimate.adapters + estimate.gradients + estimate.optimizer)}, activations "
+            f"{_gib(estimate.activations)} for {estimate.batch_size} x {estimate.seq_len:,} tokens) but only "
+            f"{_gib(free)} is free: lower batch_size, shorten the longest example (max_tokens), keep "
+            "gradient checkpointing on, train LoRA instead of full weights, or use a device with more memory "
+            "(dg.estimate_memory(..., training=...) shows the breakdown).")
     raise DeviceError(
         f"{what} needs about {_gib(estimate.working)} of working memory on {device} (KV cache "
         f"{_gib(estimate.kv_cache)} for {estimate.context:,} tokens x {estimate.batch_size} row(s), peak "
@@ -189,3 +204,108 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> Non
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------------
+TRAINING_MODES = ("lora", "lora+experts", "full")
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes of one fine-tuning step with gradient checkpointing (dgemma_helpers/sft)."""
+
+    weights: int  # the model's weights as loaded (frozen, or trained in full)
+    adapters: int  # trainable weights beside them (LoRA's, float32); 0 for full fine-tuning
+    gradients: int  # one gradient per trainable weight
+    optimizer: int  # AdamW's two moments per trainable weight
+    activations: int  # what the backward pass keeps, plus its largest transient
+    trainable: int = 0  # trainable parameters
+    seq_len: int = 0
+    batch_size: int = 1
+
+    @property
+    def working(self) -> int:
+        """What a run allocates beside the loaded weights."""
+        return self.adapters + self.gradients + self.optimizer + self.activations
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.working
+
+    def summary(self) -> str:
+        rows = [("weights", self.weights, "as loaded"),
+                ("adapters", self.adapters, f"{self.trainable / 1e6:,.1f}M trainable parameters"),
+                ("gradients", self.gradients, ""), ("optimizer", self.optimizer, "AdamW's two moments"),
+                ("activations", self.activations, f"{self.batch_size} x {self.seq_len:,} tokens, checkpointed"),
+                ("total", self.total, "")]
+        return "\n".join(f"{name:<12} {_gib(n):>10}  {note}" for name, n, note in rows)
+
+
+def lora_parameters(config: ModelConfig, rank: int, experts: bool = False) -> int:
+    """LoRA's parameters on the attention and dense-MLP linears (and the expert weights)."""
+    H, I = config.hidden_size, config.intermediate_size
+    total = 0
+    for layer in range(config.num_layers):
+        q, kv = config.num_heads * config.head_dim(layer), config.kv_heads(layer) * config.head_dim(layer)
+        linears = [(H, q), (H, kv), (q, H), (H, I), (H, I), (I, H)] + ([(H, kv)] if config.is_sliding(layer) else [])
+        total += sum(rank * (a + b) for a, b in linears)
+        if experts:  # peft's target_parameters: one rank-r pair per expert matrix
+            M = config.moe_intermediate_size
+            total += rank * config.num_experts * ((H + 2 * M) + (M + H))
+    return total
+
+
+def estimate_training(model: DiffusionGemma | ModelConfig, seq_len: int, *, batch_size: int = 1, mode: str = "lora",
+                      rank: int = 16, dtype: torch.dtype | None = None,
+                      device: torch.device | str | None = None) -> TrainingMemory:
+    """One fine-tuning step on `batch_size` sequences of `seq_len` tokens with gradient checkpointing:
+    the backward pass keeps each layer's input (encoder over the sequence, denoiser over the canvas),
+    the encoder's keys and values (the denoiser's context), and the float32 logits of both losses;
+    its largest transient is one layer recomputed with its gradients (the masked attention's scores
+    included) or, for LoRA on the experts, one layer's expert update materialized."""
+    if mode not in TRAINING_MODES:
+        raise InputError(f"training must be one of {TRAINING_MODES}; got {mode!r}.")
+    if isinstance(model, DiffusionGemma):
+        config, dtype, device = model.config, dtype or model.dtype, device or model.device
+        params = sum(p.numel() for p in model.parameters())
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    else:
+        config, dtype = model, dtype or torch.bfloat16
+        params = _parameter_count(config)
+        weights = params * torch.empty((), dtype=dtype).element_size()
+    item = torch.empty((), dtype=dtype).element_size()
+    B, S, C, H, V = batch_size, seq_len, config.canvas_length, config.hidden_size, config.vocab_size
+    if mode == "full":
+        router = config.num_layers * (config.num_experts * H + H + config.num_experts)
+        trainable = params - router
+        adapters, per_weight = 0, item  # gradients and moments in the weights' dtype
+    else:
+        trainable = lora_parameters(config, rank, experts=mode == "lora+experts")
+        adapters, per_weight = trainable * FLOAT, FLOAT
+    kv = sum(config.kv_heads(i) * config.head_dim(i) * (2 if config.is_sliding(i) else 1)
+             for i in range(config.num_layers))
+    kept = B * (S + C) * H * item * config.num_layers + B * S * kv * item
+    # logits: the matmul's output, its float32 copy, the softcap's output, cross-entropy's log-softmax
+    logits = B * (S + C) * V * (item + 3 * FLOAT) + B * C * V * 2 * FLOAT  # + pass 1's, without gradient
+    per_token = (HIDDEN_COPIES * H + 3 * config.num_heads * max(config.sliding_head_dim, config.full_head_dim)
+                 + 3 * config.intermediate_size
+                 + 2 * config.top_k_experts * (2 * H + 3 * config.moe_intermediate_size)) * FLOAT
+    scores = B * config.num_heads * S * S * FLOAT * 3  # masked attention's scores, probabilities, their gradient
+    layer = 2 * B * S * per_token + scores
+    if mode == "lora+experts":
+        M = config.moe_intermediate_size
+        layer += config.num_experts * 3 * M * H * FLOAT * 2  # W + BA for both expert matrices, and its gradient
+    activations = int(SLACK * (kept + logits + layer)) + OVERHEAD
+    return TrainingMemory(weights=weights, adapters=adapters, gradients=trainable * per_weight,
+                          optimizer=2 * trainable * per_weight, activations=activations, trainable=trainable,
+                          seq_len=S, batch_size=B)
+
+
+def _parameter_count(config: ModelConfig) -> int:
+    H, I, E, M = config.hidden_size, config.intermediate_size, config.num_experts, config.moe_intermediate_size
+    total = config.vocab_size * H + H + (H + 3 * H * I)  # embeddings, final norm, self-conditioning
+    for i in range(config.num_layers):
+        q, kv = config.num_heads * config.head_dim(i), config.kv_heads(i) * config.head_dim(i)
+        attention = H * q + H * kv * (2 if config.is_sliding(i) else 1) + q * H + 2 * config.head_dim(i)
+        total += attention + 3 * H * I + (E * H + H + E) + E * 3 * M * H + 7 * H
+    return total

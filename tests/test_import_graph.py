@@ -112,11 +112,11 @@ LAYERS = [
                    "dgemma_helpers.head", "dgemma_helpers.rng", "dgemma_helpers.vision", "dgemma_helpers.inputs",
                    "dgemma_helpers.memory", "dgemma_helpers.checkpoint", "dgemma_helpers.model_paths"]),
     ("generation", ["dgemma_helpers.generation", "dgemma_helpers.fast"]),
-    ("what uses generation", ["dgemma_helpers.engines", "dgemma_helpers.train", "dgemma_helpers.finetune",
+    ("what uses generation", ["dgemma_helpers.engines", "dgemma_helpers.train", "dgemma_helpers.sft",
                               "dgemma_helpers.visualization", "dgemma_helpers.notebook"]),
     ("benchmarks", ["dgemma_helpers.bench"]),
     ("plots", ["dgemma_helpers.plots"]),
-    ("the public face", ["dgemma_helpers.cli", "dgemma_helpers.__main__", "dgemma_helpers"]),
+    ("the public face", ["dgemma_helpers.cli", "dgemma_helpers.finetune_cli", "dgemma_helpers.__main__", "dgemma_helpers"]),
 ]
 
 

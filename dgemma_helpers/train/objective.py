@@ -9,7 +9,7 @@ For each sequence x (clean tokens [B, S]) and a block start b (one per example):
   4. pass 2 denoises it again, with pass 1's soft prediction as self-conditioning input for a
      random half of the examples (the others get an explicit zero signal);
   5. loss = cross-entropy of pass 2 over every block position (noisy and clean alike, no 1/t
-     weight) + the causal-LM cross-entropy.
+     weight; fine-tuning counts only the supervised ones) + the causal-LM cross-entropy.
 The denoiser sees its block bidirectionally and earlier text only through the encoder's
 keys/values, restricted per example to positions < b (and, in sliding layers, to the last
 sliding_window - 1 of them, as the inference cache's ring keeps).
@@ -102,11 +102,13 @@ def corrupt(block: torch.Tensor, t: torch.Tensor, vocab: int, generator: torch.G
 def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: torch.Tensor, *,
                    generator: torch.Generator | None = None, t: torch.Tensor | None = None,
                    self_conditioning_p: float = 0.5, lm_weight: float = 1.0,
-                   lm_mask: torch.Tensor | None = None) -> LossParts:
+                   lm_mask: torch.Tensor | None = None, block_mask: torch.Tensor | None = None) -> LossParts:
     """The objective above for clean `tokens` [B, S] and per-example `block_start` [B].
 
     `t` fixes the noise level per example (evaluation); `lm_mask` [B, S-1] selects which next-token
-    targets count in the causal-LM loss (default: all).
+    targets count in the causal-LM loss (default: all); `block_mask` [B, C] which block positions count
+    in the diffusion cross-entropy, one flat mean over all of them (default: every position; fine-tuning
+    counts only the supervised reply).
     """
     config = model.config
     B, S = tokens.shape
@@ -131,5 +133,9 @@ def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: tor
         soft = model.soft_embedding(first)
     use_sc = torch.rand(B, generator=generator, device=device) < self_conditioning_p
     logits = model.logits(model.denoise(noisy, ctx, soft, soft_mask=use_sc))
-    diffusion = F.cross_entropy(logits.reshape(-1, V), clean.reshape(-1))
+    if block_mask is None:
+        diffusion = F.cross_entropy(logits.reshape(-1, V), clean.reshape(-1))
+    else:
+        terms = F.cross_entropy(logits.reshape(-1, V), clean.reshape(-1), reduction="none")
+        diffusion = (terms * block_mask.reshape(-1)).sum() / block_mask.sum().clamp(min=1)
     return LossParts(total=diffusion + lm_weight * lm, diffusion=diffusion, lm=lm, noise_level=t)

@@ -5,6 +5,7 @@ checkpoint that transformers loads too."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -20,6 +21,7 @@ from ..atomic import atomic_dir
 from ..checkpoint import save_checkpoint
 from ..config import FULL, SLIDING, GenerationSettings, ModelConfig
 from ..devices import resolve_device
+from ..errors import CheckpointError
 from ..model import DiffusionGemma, init_weights
 from ..signals import deferred, stop_on_signals
 from ..tokenizer import train_tokenizer
@@ -130,10 +132,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     log: list[dict] = []
     start, elapsed = 0, 0.0
     if resume and (run_dir / "state" / "state.json").exists():
-        start, elapsed, log = _load_state(run_dir, model, opt, [g, noise])
+        start, elapsed, log = load_state(run_dir, model, opt, [g, noise])
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _Null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
     t0 = time.perf_counter() - elapsed
     # A stop signal (Ctrl-C, SIGTERM, SIGHUP) waits for the step under way to finish; then the state is
@@ -147,11 +149,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
                     _train_step(model, opt, data, config, step, g, noise, dev, autocast, bar, log, t0)
                     done_steps = step + 1
                     if done_steps % config.save_every == 0 or done_steps == config.steps:
-                        _save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
+                        save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
                         saved_steps = done_steps
     except KeyboardInterrupt:
         if done_steps != saved_steps:
-            _save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
+            save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
         bar.write(f"stopped after step {done_steps}; the state is saved in {run_dir / 'state'} (run again to resume)")
         raise
     model.eval()
@@ -191,10 +193,12 @@ def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bflo
 
 
 # ---- resumable state: tensors in safetensors, the rest in JSON ------------------------------------
-def _save_state(run_dir: Path, model, opt, generators: list[torch.Generator], step: int, seconds: float,
+def save_state(run_dir: Path, model, opt, generators: list[torch.Generator], step: int, seconds: float,
                 log: list[dict]) -> None:
-    """Write run_dir/state/ atomically (an interrupted save leaves the previous state as it was)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write run_dir/state/ atomically (an interrupted save leaves the previous state as it was): the
+    weights that train (a fine-tuning run's adapters, not the frozen model), the optimizer's state,
+    the generators', the step and the log."""
+    tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}
     scalars = {}
     for p, s in opt.state.items():
@@ -211,11 +215,20 @@ def _save_state(run_dir: Path, model, opt, generators: list[torch.Generator], st
         (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
 
 
-def _load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> tuple[int, float, list[dict]]:
+def load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> tuple[int, float, list[dict]]:
     state_dir = run_dir / "state"
     meta = json.loads((state_dir / "state.json").read_text())
     tensors = load_file(state_dir / "state.safetensors")
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    fix = "resume with the model and settings that wrote it, or use another run directory"
+    try:
+        unexpected = model.load_state_dict(saved, strict=False).unexpected_keys
+    except RuntimeError as e:  # a shape differs
+        raise CheckpointError(f"{state_dir} holds the state of another model or settings "
+                              f"({str(e).splitlines()[-1].strip()}): {fix}.") from None
+    if unexpected:
+        raise CheckpointError(f"{state_dir} holds the state of another model ({unexpected[0]!r} is not one of its "
+                              f"weights): {fix}.")
     for name, p in model.named_parameters():
         state = {key: tensors[f"opt.{name}.{key}"].to(p.device) for key in ("exp_avg", "exp_avg_sq")
                  if f"opt.{name}.{key}" in tensors}
@@ -228,10 +241,3 @@ def _load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) ->
     log = [json.loads(line) for line in (state_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return meta["step"], meta["seconds"], log
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
