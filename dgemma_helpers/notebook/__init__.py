@@ -5,14 +5,25 @@ expert routing (02), the sampler sweep and infilling (03), their plots and plain
     print(notebook.environment_report())
     rows = notebook.sampler_sweep(model, prompt)
 
-`notebook.plots` needs matplotlib and is imported on its own (`from dgemma_helpers.notebook import plots`).
+Their plots are in dgemma_helpers/plots/ (anatomy.py, sweep.py), which needs matplotlib: `from dgemma_helpers import
+plots` (`notebook.plots` is the same package).
 """
+
+import importlib as _importlib
 
 from .environment import EnvironmentReport, environment_report
 from .infill import InfillCanvas, infill_canvas
 from .introspection import expert_routing, layer_pattern, parameter_counts, vision_share, weight_sharing
 from .sweep import RoundLog, SweepRow, sampler_sweep
 from .tables import format_table, records
+
+
+def __getattr__(name: str):
+    # The plots moved to dgemma_helpers/plots/; loaded on first use, for matplotlib.
+    if name == "plots":
+        return _importlib.import_module("..plots", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EnvironmentReport", "InfillCanvas", "RoundLog", "SweepRow", "environment_report", "expert_routing",
            "format_table", "infill_canvas", "layer_pattern", "parameter_counts", "records", "sampler_sweep",

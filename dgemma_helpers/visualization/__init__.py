@@ -5,7 +5,9 @@ it (static/player.js + player.css), its self-contained HTML export, and the trac
     trace_file.py   the trace file format: typed, bounded reading and writing
     player.py       DenoisingPlayer (anywidget): live while generating, or replaying a trace
     player_html.py  one offline HTML file that plays a trace
-    plots.py        the trace's plots (matplotlib) and its GIF/MP4 animation
+
+The trace's plots and its GIF/MP4 animation are in dgemma_helpers/plots/denoising.py (`visualization.plots`
+is the kit's plots package, dgemma_helpers.plots).
 """
 
 from .trace import DenoisingTrace
@@ -18,8 +20,10 @@ def __getattr__(name: str):
 
     if name == "DenoisingPlayer":
         return importlib.import_module(".player", __name__).DenoisingPlayer
-    if name in ("player", "plots"):
-        return importlib.import_module(f".{name}", __name__)
+    if name == "player":
+        return importlib.import_module(".player", __name__)
+    if name == "plots":
+        return importlib.import_module("..plots", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -345,7 +345,7 @@ class DenoisingTrace:
                 **{name: None if f.arrays[name] is None else f.arrays[name][i] for name in ARRAY_DTYPES}))
         return trace
 
-    # ---- exports (the drawing lives in plots.py and player_html.py) ---------------------------------
+    # ---- exports (the drawing lives in plots/denoising.py and player_html.py) ---------------------------------
     def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
 
@@ -353,13 +353,13 @@ class DenoisingTrace:
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
-        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
+        from ..plots.denoising import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="pillow")
 
     def save_mp4(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An MP4 of the rounds (matplotlib + ffmpeg; a clear error says how to install ffmpeg if missing)."""
-        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
+        from ..plots.denoising import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="ffmpeg")
 

@@ -1,18 +1,10 @@
-"""Plots for the exploration notebooks (02 and 03): parameters, expert routing, sampler sweeps.
-
-Each function returns a matplotlib Figure built without pyplot (no global state: a notebook shows
-the returned figure once, a script calls fig.savefig). matplotlib is a notebook dependency, so
-this module is imported on its own: `from dgemma_helpers.notebook import plots`.
-"""
+"""Plots of the model's anatomy (notebook 02): parameters per part of the network, expert routing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from matplotlib.figure import Figure
 
-from .introspection import ParameterCounts, RoutingTrace
-from .sweep import SweepRow
+from ..notebook.introspection import ParameterCounts, RoutingTrace
 
 
 def plot_parameters(counts: ParameterCounts) -> Figure:
@@ -58,25 +50,6 @@ def plot_token_routing(trace: RoutingTrace, layer: int) -> Figure:
     ax.set_xlabel("expert")
     ax.set_title(f"Layer {layer}: routing weight of each token (top-{trace.top_k} of {trace.num_experts})")
     fig.colorbar(im, ax=ax, label="weight")
-    return fig
-
-
-def plot_sweep(rows: Sequence[SweepRow]) -> Figure:
-    """One panel per swept setting: tokens per forward (bars) and tokens accepted per round (line)."""
-    knobs = list(dict.fromkeys(r.knob for r in rows))
-    fig = Figure(figsize=(3.6 * len(knobs), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(knobs), squeeze=False)[0]
-    for ax, knob in zip(axes, knobs):
-        group = [r for r in rows if r.knob == knob]
-        x = range(len(group))
-        ax.bar(x, [r.tokens_per_forward for r in group], color="tab:blue", label="tokens / forward")
-        ax.set_xticks(list(x), [r.label for r in group], rotation=20)
-        ax.set_title(knob.replace("_", " "))
-        ax.set_ylabel("tokens per forward", color="tab:blue")
-        twin = ax.twinx()
-        twin.plot(list(x), [r.accepted_per_round for r in group], "o-", color="tab:orange")
-        twin.set_ylabel("accepted per round", color="tab:orange")
-        twin.set_ylim(0, 1.15 * max(r.accepted_per_round for r in group))
     return fig
 
 

@@ -12,18 +12,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .engines import AUTOREGRESSIVE
 from ..atomic import atomic_write
+from .style import figure
+
+AUTOREGRESSIVE = "autoregressive"  # a row's "kind" in results.json (bench/engines.py writes it)
 
 Rows = list[dict[str, Any]]
 
 
 def _figure(width: float = 9, height: float = 4.5, ncols: int = 1):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    axes = fig.subplots(1, ncols)
-    return fig, axes
+    return figure(width, height, 1, ncols)
 
 
 def _ok(results: dict[str, Any], kind: str | None = None) -> Rows:

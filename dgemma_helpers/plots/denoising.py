@@ -19,14 +19,12 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..errors import InputError, MissingToolError
 from ..atomic import atomic_file
+from ..errors import InputError, MissingToolError
+from .style import STATE_COLORS
 
 if TYPE_CHECKING:  # for annotations only: trace.py imports this module (lazily, for matplotlib) to export GIF/MP4
-    from .trace import DenoisingTrace
-
-# The player's state colours (static/player.css).
-STATE_COLORS = {"noise": "#9aa0a6", "new": "#f29900", "kept": "#1e8e3e", "pinned": "#8430ce"}
+    from ..visualization.trace import DenoisingTrace
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
