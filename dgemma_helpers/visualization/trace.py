@@ -37,6 +37,7 @@ import torch
 from ..atomic import atomic_file
 from ..errors import InputError
 from ..sampler import finalize_canvas
+from ..tokenizer import readable
 from .player_html import write_player_html
 from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, encode_array,
                          parse_document, read_document, settings_problem)
@@ -249,8 +250,11 @@ class DenoisingTrace:
         missing = sorted(wanted - self.vocab.keys())
         if missing:
             if self.tokenizer is not None:
-                texts = self.tokenizer.batch_decode([[i] for i in missing], skip_special_tokens=False,
-                                                    clean_up_tokenization_spaces=False)
+                # readable: a token holding part of a UTF-8 character shows its bytes (\xe3), not U+FFFD or
+                # a tofu box; special tokens keep their names (<eos>), which decoding would drop.
+                special = set(self.tokenizer.all_special_ids)
+                texts = [self.tokenizer.convert_ids_to_tokens(i) if i in special else readable(self.tokenizer, [i])
+                         for i in missing]
             else:
                 texts = [None] * len(missing)
             self.vocab.update(zip(missing, texts))
