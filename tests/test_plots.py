@@ -8,16 +8,16 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the plots need the dev extra: pip install -e '.[dev]'")
 
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.collections import Collection  # noqa: E402
-from matplotlib.image import AxesImage  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import Collection
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-import dgemma_helpers as dg  # noqa: E402
-from dgemma_helpers import bench, notebook, plots  # noqa: E402
-from dgemma_helpers.visualization.trace import DenoisingTrace  # noqa: E402
+import dgemma_helpers as dg
+from dgemma_helpers import bench, notebook, plots
+from dgemma_helpers.visualization.trace import DenoisingTrace
 
 TINY = dg.find_model("models/dgemma-tiny")
 
@@ -63,11 +63,9 @@ def data_boxes(ax: Axes, renderer) -> list:
     for artist in ax.get_children():
         if not artist.get_visible() or artist is ax.patch:
             continue
-        if isinstance(artist, Rectangle) and artist.get_width() and artist.get_height():
-            boxes.append(artist.get_window_extent(renderer))
-        elif isinstance(artist, Line2D) and len(artist.get_xdata()):
-            boxes.append(artist.get_window_extent(renderer))
-        elif isinstance(artist, (Collection, AxesImage)):
+        if ((isinstance(artist, Rectangle) and artist.get_width() and artist.get_height())
+                or (isinstance(artist, Line2D) and len(artist.get_xdata()))
+                or isinstance(artist, (Collection, AxesImage))):
             boxes.append(artist.get_window_extent(renderer))
     return [b for b in boxes if b.width > 0 or b.height > 0]
 
