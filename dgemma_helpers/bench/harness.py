@@ -254,7 +254,8 @@ def _aggregate(engine: Engine, config: GridPoint, ms: list[Measurement], device:
                 peak_mem_kind=peak_memory_kind(device, short=True) if engine.in_process_memory else "not_measured",
                 quality=score(ms) if score else None, quality_metric=quality_metric,
                 distinct_3grams=distinct_ngrams(texts) if texts else None,
-                sample_text=texts[0][:400] if texts else None)  # newlines kept: the csv module quotes them
+                # Line breaks kept, as "\n" (the csv module quotes a field holding its line terminator, not "\r").
+                sample_text=texts[0][:400].replace("\r\n", "\n").replace("\r", "\n") if texts else None)
 
 
 def _add_ratios(rows: list[dict[str, Any]], sweep: Sweep) -> None:
