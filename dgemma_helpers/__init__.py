@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 # The engine and the public face load with the package; the rest (benchmarks, notebooks' helpers,
 # the player, training) on first use, so that `import dgemma_helpers` needs neither matplotlib nor
 # anywidget nor papermill (tests/test_cli_and_packaging.py checks sys.modules).
-_SUBPACKAGES = ("bench", "fast", "notebook", "sft", "train", "visualization")
+_SUBPACKAGES = ("bench", "fast", "notebook", "plots", "sft", "train", "visualization")
 _LAZY_NAMES = {"DenoisingTrace": "visualization", "DenoisingPlayer": "visualization", "finetune": "sft"}
 
 
@@ -62,6 +62,6 @@ if not _log.handlers:
 __all__ = [
     "CheckpointError", "DGemmaError", "DenoisingTrace", "DeviceError", "DiffusionGemma", "GenerationResult",
     "GenerationSettings", "InputError", "KVCache", "MemoryEstimate", "MissingToolError", "ModelConfig", "StepRecord", "Timings",
-    "TraceError", "bench", "estimate_memory", "fast", "find_model", "finetune", "generate", "load_model", "notebook", "quantize_experts",
+    "TraceError", "bench", "estimate_memory", "fast", "find_model", "finetune", "generate", "load_model", "notebook", "plots", "quantize_experts",
     "save_checkpoint", "sft", "visualization",
 ]

@@ -113,9 +113,10 @@ LAYERS = [
                    "dgemma_helpers.memory", "dgemma_helpers.checkpoint", "dgemma_helpers.model_paths"]),
     ("generation", ["dgemma_helpers.generation", "dgemma_helpers.fast"]),
     ("what uses generation", ["dgemma_helpers.engines", "dgemma_helpers.train", "dgemma_helpers.sft",
-                              "dgemma_helpers.visualization", "dgemma_helpers.notebook"]),
-    ("benchmarks", ["dgemma_helpers.bench"]),
+                              "dgemma_helpers.notebook"]),
     ("plots", ["dgemma_helpers.plots"]),
+    ("the player", ["dgemma_helpers.visualization"]),
+    ("benchmarks", ["dgemma_helpers.bench"]),
     ("the public face", ["dgemma_helpers.cli", "dgemma_helpers.finetune_cli", "dgemma_helpers.__main__", "dgemma_helpers"]),
 ]
 

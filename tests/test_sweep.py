@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dgemma_helpers as dg
-from dgemma_helpers.notebook import plots
+from dgemma_helpers import plots
 from dgemma_helpers.notebook.sweep import canvas_texts, format_sweep
 from dgemma_helpers.notebook.tables import format_table, records
 

@@ -8,12 +8,12 @@
 From a shell: `python -m dgemma_helpers bench ...` or `make report` (notebook 05 through papermill).
 """
 
+from ..plots.benchmark import PLOTS, save_plots
 from .command import make_sweep
 from .engines import ENGINES, Engine, Measurement, ModelPool, Prompts, register_engine
 from .grid import GridPoint, Sweep, parse_list
 from .harness import ROW_FIELDS, machine_info, run_benchmark
 from .notebook import default_report_dir, make_report
-from .plots import PLOTS, save_plots
 from .report import engines_table, load_results, machine_summary, markdown_table, results_table, write_results
 from .shapes import SHAPES, shape_checkpoint
 from .vllm_bench import VLLMBenchEngine, VLLMServerBenchEngine

@@ -18,12 +18,12 @@ from typing import Any
 
 from ..errors import InputError
 from ..model_paths import find_model, model_candidates
+from ..plots.benchmark import save_plots
 from ..signals import exit_code
 from .engines import ENGINES
 from .grid import Sweep, parse_list
 from .harness import run_benchmark
 from .notebook import default_report_dir, make_report
-from .plots import save_plots
 from .report import build_report, engines_table, machine_summary, results_table, shown, write_results
 from .shapes import SHAPES, shape_checkpoint
 

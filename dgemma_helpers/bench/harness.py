@@ -29,7 +29,7 @@ from ..checkpoint import read_config, weights_bytes
 from ..devices import available_memory, resolve_device, resolve_dtype, synchronize
 from ..engines.autoregressive import continuation_nll
 from ..tokenizer import load_tokenizer
-from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
+from ..train.word_validity import VOCABULARY_FILE, distinct_ngrams, load_vocabulary, word_validity
 from .engines import AUTOREGRESSIVE, ENGINES, Engine, Measurement, ModelPool, Prompts, make_engine
 from .grid import GridPoint, Sweep
 from .measure import copy_bandwidth, peak_memory_kind, read_peak_memory, reset_peak_memory
@@ -42,7 +42,7 @@ ROW_FIELDS = [
     "tokens", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "ms_per_step", "ms_per_step_min",
     "ms_per_step_max", "latency_ms", "tokens_per_forward", "steps_per_canvas", "first_canvas_ms",
     "first_canvas_ms_min", "first_canvas_ms_max", "first_token_ms", "peak_mem_mb", "peak_mem_kind",
-    "quality", "quality_metric", "speedup_vs_reference", "step_speedup_vs_reference", "speedup_vs_baseline",
+    "quality", "quality_metric", "distinct_3grams", "speedup_vs_reference", "step_speedup_vs_reference", "speedup_vs_baseline",
     "sample_text",
 ]
 
@@ -257,7 +257,9 @@ def _aggregate(engine: Engine, config: GridPoint, ms: list[Measurement], device:
                 peak_mem_mb=max(peaks) / 2**20 if peaks else None,
                 peak_mem_kind=peak_memory_kind(device, short=True) if engine.in_process_memory else "not_measured",
                 quality=score(ms) if score else None, quality_metric=quality_metric,
-                sample_text=(" ".join(texts[0].split())[:300] if texts else None))  # one line: CSV-safe
+                distinct_3grams=distinct_ngrams(texts) if texts else None,
+                # Line breaks kept, as "\n" (the csv module quotes a field holding its line terminator, not "\r").
+                sample_text=texts[0][:400].replace("\r\n", "\n").replace("\r", "\n") if texts else None)
 
 
 def _add_ratios(rows: list[dict[str, Any]], sweep: Sweep) -> None:

@@ -252,7 +252,7 @@ SUMMARY_COLUMNS = [
     ("entropy_bound", "bound"), ("tokens_per_s", "tok/s"), ("tokens_per_s_min", "min"), ("tokens_per_s_max", "max"),
     ("ms_per_step", "ms/step"), ("tokens_per_forward", "tok/fwd"), ("steps_per_canvas", "steps/canvas"),
     ("first_canvas_ms", "1st canvas ms"), ("peak_mem_mb", "peak MB"), ("quality", "quality"),
-    ("speedup_vs_reference", "x ref"), ("speedup_vs_baseline", "x AR"),
+    ("distinct_3grams", "distinct 3-grams"), ("speedup_vs_reference", "x ref"), ("speedup_vs_baseline", "x AR"),
 ]
 
 
@@ -265,10 +265,23 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] | 
     return "\n".join(lines)
 
 
+NOISY_SPREAD = 3.0  # a setting whose slowest timed run is this many times slower than its fastest
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """The successful rows, engine by engine."""
+    """The successful rows, engine by engine, then a line for each setting whose timed runs spread so
+    widely (max/min > NOISY_SPREAD tokens/s) that its median means little."""
     ok = [r for r in results["rows"] if r["status"] == "ok"]
-    return markdown_table(ok) if ok else "_no successful runs_"
+    if not ok:
+        return "_no successful runs_"
+    noisy = [f"- **noisy, re-run**: {r['engine']}, {r['max_new_tokens']} tokens, batch {r['batch']}"
+             + (f", {r['steps']} steps, bound {r['entropy_bound']:g}" if r["steps"] is not None else "")
+             + f": its runs gave {r['tokens_per_s_min']:.3g} to {r['tokens_per_s_max']:.3g} tokens/s"
+             for r in ok if r["tokens_per_s_min"] and r["tokens_per_s_max"] / r["tokens_per_s_min"] > NOISY_SPREAD]
+    if noisy:
+        noisy.insert(0, f"\nThe timed runs of these settings spread more than {NOISY_SPREAD:g}x (something else "
+                        "ran on the machine, or a cache warmed up late): re-run them, with more `repeats`.\n")
+    return "\n".join([markdown_table(ok), *noisy])
 
 
 def engines_table(results: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ expert routing (02), the sampler sweep and infilling (03), their plots and plain
     print(notebook.environment_report())
     rows = notebook.sampler_sweep(model, prompt)
 
-`notebook.plots` needs matplotlib and is imported on its own (`from dgemma_helpers.notebook import plots`).
+Their plots are in dgemma_helpers/plots/ (anatomy.py, sweep.py), which needs matplotlib:
+`from dgemma_helpers import plots`.
 """
 
 from .environment import EnvironmentReport, environment_report
@@ -13,6 +14,7 @@ from .infill import InfillCanvas, infill_canvas
 from .introspection import expert_routing, layer_pattern, parameter_counts, vision_share, weight_sharing
 from .sweep import RoundLog, SweepRow, sampler_sweep
 from .tables import format_table, records
+
 
 __all__ = ["EnvironmentReport", "InfillCanvas", "RoundLog", "SweepRow", "environment_report", "expert_routing",
            "format_table", "infill_canvas", "layer_pattern", "parameter_counts", "records", "sampler_sweep",

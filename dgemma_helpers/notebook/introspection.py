@@ -2,7 +2,7 @@
 share, the layer pattern, and which experts a real prompt routes to.
 
 Everything here returns data (dataclasses, tensors, lists of records); the notebooks print and
-plot it (notebook/plots.py). Counting works on a loaded model or on a bare ModelConfig (a
+plot it (plots/anatomy.py). Counting works on a loaded model or on a bare ModelConfig (a
 weightless "meta" model), so the official 26B model's numbers need no download.
 """
 

@@ -1,8 +1,13 @@
-"""Text-quality measures for small models: word validity against a training vocabulary.
+"""Text-quality measures for small models: word validity against a training vocabulary, and the
+repetition check beside it.
 
 Word validity is the share of generated words that occur in the training corpus. An untrained
 model strings random sub-word pieces together and scores near zero; a model that has learned to
 spell scores near one. Coarse, but honest and cheap: no judge model, no download.
+
+Word validity rewards repetition: one well-spelt line written five times scores a perfect 1.0.
+distinct_ngrams is the check beside it: the share of a text's word n-grams that are distinct (1.0: no
+n-gram repeats; the same line five times: about 0.2).
 """
 
 from __future__ import annotations
@@ -30,6 +35,17 @@ def word_validity(texts: Iterable[str], vocabulary: set[str]) -> float:
             total += 1
             found += word in vocabulary
     return found / total if total else float("nan")
+
+
+def distinct_ngrams(texts: Iterable[str], n: int = 3) -> float:
+    """Distinct word n-grams / all word n-grams, counted within each text (nan when no text has n words)."""
+    distinct = total = 0
+    for text in texts:
+        w = words(text or "")
+        grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+        distinct += len(set(grams))
+        total += len(grams)
+    return distinct / total if total else float("nan")
 
 
 def load_vocabulary(model_dir: str | Path) -> set[str]:

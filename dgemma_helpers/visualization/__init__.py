@@ -5,21 +5,22 @@ it (static/player.js + player.css), its self-contained HTML export, and the trac
     trace_file.py   the trace file format: typed, bounded reading and writing
     player.py       DenoisingPlayer (anywidget): live while generating, or replaying a trace
     player_html.py  one offline HTML file that plays a trace
-    plots.py        the trace's plots (matplotlib) and its GIF/MP4 animation
+
+The trace's plots and its GIF/MP4 animation are in dgemma_helpers/plots/denoising.py.
 """
 
 from .trace import DenoisingTrace
 
 
 def __getattr__(name: str):
-    # The player needs anywidget/ipywidgets and the plots matplotlib (the dev extra): imported on first
+    # The player needs anywidget/ipywidgets (the dev extra): imported on first
     # use, so that the trace works without them.
     import importlib
 
     if name == "DenoisingPlayer":
         return importlib.import_module(".player", __name__).DenoisingPlayer
-    if name in ("player", "plots"):
-        return importlib.import_module(f".{name}", __name__)
+    if name == "player":
+        return importlib.import_module(".player", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -12,10 +12,15 @@ kernel never sleeps and generation runs at full speed. Sending the whole trace o
 would cost O(rounds^2), so the player sends each new round as a message and refreshes the `_data`
 snapshot only when the trace has doubled since the last one (about twice the final size in all);
 a view that missed messages (opened late, or while the kernel was busy) asks for the rest.
+
+Where no JavaScript runs (nbconvert's HTML, GitHub, a notebook whose widget state was not saved) the
+output shows its still image instead: a PNG of the last round of every canvas, next to the widget view
+in the same output. A live player's output is updated with it when the generation finishes.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -23,11 +28,13 @@ from typing import Any
 try:
     import anywidget
     import traitlets
+    from IPython.display import DisplayHandle, display
 except ImportError as e:  # pragma: no cover - exercised only where the extra is missing
     raise ImportError("DenoisingPlayer needs anywidget and ipywidgets: `pip install anywidget ipywidgets` "
                       "(or `pip install -e '.[dev]'` in the kit's checkout).") from e
 
 from ..errors import InputError
+from ..plots.denoising import final_rounds_png
 from .player_html import STATIC, write_player_html
 from .trace import DenoisingTrace
 
@@ -53,6 +60,7 @@ class DenoisingPlayer(anywidget.AnyWidget):
         super().__init__(speed=float(speed), autoplay=live if autoplay is None else bool(autoplay), **kwargs)
         self.trace = trace
         self._synced = 0  # rounds in the last `_data` snapshot
+        self._outputs: list[DisplayHandle] = []  # where this player was displayed: finish() updates them
         self.on_msg(self._on_front_end_message)
         self._snapshot()
 
@@ -84,7 +92,25 @@ class DenoisingPlayer(anywidget.AnyWidget):
         """The generation is over: mark the trace complete (checked against `result` when given)."""
         self.trace.finish(result)
         self._snapshot()
+        for output in self._outputs:  # the still image of the finished generation, in place of "waiting"
+            data, metadata = self._repr_mimebundle_()
+            output.update(data, metadata=metadata, raw=True)
         return self
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The widget view, and beside it a PNG of the final rounds (what nbconvert and GitHub show)."""
+        data, metadata = super()._repr_mimebundle_(**kwargs)  # anywidget: (data, metadata)
+        data = dict(data)
+        if len(self.trace):
+            data["image/png"] = base64.b64encode(final_rounds_png(self.trace)).decode("ascii")
+        else:
+            data["text/plain"] = "DenoisingPlayer: waiting for the first denoising round."
+        return data, metadata
+
+    def _ipython_display_(self) -> None:
+        # Displayed with an id, so that finish() can replace the empty live player's still image.
+        data, metadata = self._repr_mimebundle_()
+        self._outputs.append(display(data, metadata=metadata, raw=True, display_id=True))
 
     def load(self, trace: DenoisingTrace) -> None:
         """Show another trace in this player."""

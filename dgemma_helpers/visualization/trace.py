@@ -37,6 +37,7 @@ import torch
 from ..atomic import atomic_file
 from ..errors import InputError
 from ..sampler import finalize_canvas
+from ..tokenizer import readable
 from .player_html import write_player_html
 from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, encode_array,
                          parse_document, read_document, settings_problem)
@@ -249,8 +250,11 @@ class DenoisingTrace:
         missing = sorted(wanted - self.vocab.keys())
         if missing:
             if self.tokenizer is not None:
-                texts = self.tokenizer.batch_decode([[i] for i in missing], skip_special_tokens=False,
-                                                    clean_up_tokenization_spaces=False)
+                # readable: a token holding part of a UTF-8 character shows its bytes (\xe3), not U+FFFD or
+                # a tofu box; special tokens keep their names (<eos>), which decoding would drop.
+                special = set(self.tokenizer.all_special_ids)
+                texts = [self.tokenizer.convert_ids_to_tokens(i) if i in special else readable(self.tokenizer, [i])
+                         for i in missing]
             else:
                 texts = [None] * len(missing)
             self.vocab.update(zip(missing, texts))
@@ -345,7 +349,7 @@ class DenoisingTrace:
                 **{name: None if f.arrays[name] is None else f.arrays[name][i] for name in ARRAY_DTYPES}))
         return trace
 
-    # ---- exports (the drawing lives in plots.py and player_html.py) ---------------------------------
+    # ---- exports (the drawing lives in plots/denoising.py and player_html.py) ---------------------------------
     def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
 
@@ -353,13 +357,13 @@ class DenoisingTrace:
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
-        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
+        from ..plots.denoising import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="pillow")
 
     def save_mp4(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An MP4 of the rounds (matplotlib + ffmpeg; a clear error says how to install ffmpeg if missing)."""
-        from .plots import animate  # lazy: matplotlib is an optional, heavy dependency
+        from ..plots.denoising import animate  # lazy: matplotlib is an optional, heavy dependency
 
         return animate(self, _out_path(path), fps=_rate(fps, "fps"), canvases=_canvases(canvases), writer="ffmpeg")
 

@@ -1,6 +1,6 @@
 """Plots of a DenoisingTrace (matplotlib): what each round accepted, how uncertain every position was,
-when each position locked in, how many tokens each denoiser pass produced; and the animation behind
-trace.save_gif / save_mp4.
+when each position locked in, how many tokens each denoiser pass produced; the animation behind
+trace.save_gif / save_mp4, and the player's still image (final_rounds_png).
 
 Every function returns a matplotlib Figure built without pyplot (no global figure state, nothing
 leaks in loops); in a notebook, `%matplotlib inline` displays it.
@@ -8,7 +8,9 @@ leaks in loops); in a notebook, `%matplotlib inline` displays it.
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,23 +20,21 @@ from matplotlib import animation, colors
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
-from ..errors import InputError, MissingToolError
 from ..atomic import atomic_file
+from ..errors import InputError, MissingToolError
+from . import style
+from .style import STATE_COLORS
 
 if TYPE_CHECKING:  # for annotations only: trace.py imports this module (lazily, for matplotlib) to export GIF/MP4
-    from .trace import DenoisingTrace
-
-# The player's state colours (static/player.css).
-STATE_COLORS = {"noise": "#9aa0a6", "new": "#f29900", "kept": "#1e8e3e", "pinned": "#8430ce"}
+    from ..visualization.trace import DenoisingTrace
 
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return style.figure(*size)
 
 
 def _need_rounds(trace: DenoisingTrace) -> None:
@@ -44,70 +44,75 @@ def _need_rounds(trace: DenoisingTrace) -> None:
 
 def _canvas_boundaries(trace: DenoisingTrace, ax: Axes) -> None:
     for _, start, _ in trace.canvas_ranges()[1:]:
-        ax.axvline(start - 0.5, color="#5f6368", lw=0.8, ls="--")
+        ax.axvline(start - 0.5, color=style.REFERENCE, lw=0.8, ls="--")
 
 
 def accepted_per_round(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """Tokens accepted in each round, split into newly accepted and kept from the round before."""
     _need_rounds(trace)
-    fig, ax = _axes(ax, (8, 3))
+    fig, ax = _axes(ax, (9, 3.4))
     accepted, new = trace.accepted_counts()
     x = np.arange(len(accepted))
     ax.bar(x, accepted - new, color=STATE_COLORS["kept"], label="accepted earlier, kept")
     ax.bar(x, new, bottom=accepted - new, color=STATE_COLORS["new"], label="accepted this round")
     _canvas_boundaries(trace, ax)
-    ax.set(xlabel="round (all canvases; dashed lines separate canvases)", ylabel="accepted tokens",
-           title="Accepted tokens per round")
-    ax.legend(loc="upper left", fontsize=8)
+    style.label(ax, "Accepted tokens per round", "round (all canvases; dashed lines separate canvases)",
+                "accepted tokens")
+    style.legend_outside(ax)
     return fig
 
 
 def entropy_heatmap(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
-    """Entropy of every position (rows) in every round (columns): uncertainty draining away."""
+    """Entropy of every position (rows) in every round (columns): uncertainty draining away. Dark is
+    low entropy (certain), as in the player."""
     _need_rounds(trace)
-    fig, ax = _axes(ax, (8, 4))
-    image = ax.imshow(trace.stack("entropy").T, aspect="auto", origin="lower", cmap="magma_r", interpolation="nearest")
+    fig, ax = _axes(ax, (9, 4))
+    image = ax.imshow(trace.stack("entropy").T, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
     _canvas_boundaries(trace, ax)
-    fig.colorbar(image, ax=ax, label="entropy (nats)")
-    ax.set(xlabel="round (all canvases)", ylabel="canvas position", title="Entropy per position and round")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("entropy (nats; dark = certain)", fontsize=style.FONT)
+    style.label(ax, "Entropy per position and round", "round (all canvases)", "canvas position")
     return fig
 
 
 def lock_in_order(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """The round at which each position locked in (stayed accepted to the end of its canvas)."""
     _need_rounds(trace)
-    fig, ax = _axes(ax, (8, 1.2 + 0.5 * trace.num_canvases))
+    fig, ax = _axes(ax, (9, 1.8 + 0.5 * trace.num_canvases))
     steps = trace.lock_in_steps()
     shown = np.ma.masked_less_equal(steps, 0)  # 0: committed from the argmax without acceptance; -1: pinned
-    cmap = colors.ListedColormap(["#c6dbef"]) if shown.count() == 0 else matplotlib.colormaps["viridis"]
+    cmap = colors.ListedColormap([style.OKABE_ITO[1]]) if shown.count() == 0 else matplotlib.colormaps["viridis"]
     image = ax.imshow(shown, aspect="auto", cmap=cmap.with_extremes(bad="#e8eaed"), interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="round locked in")
-    ax.set_yticks(range(steps.shape[0]), [f"canvas {c + 1}" for c in range(steps.shape[0])])
-    ax.set(xlabel="canvas position (grey: not accepted in the last round, or pinned)",
-           title="Lock-in order: when each position settled")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("round locked in", fontsize=style.FONT)
+    style.label(ax, "Lock-in order: when each position settled",
+                "canvas position (grey: not settled, or pinned)", "canvas")
+    ax.set_yticks(range(steps.shape[0]), [str(c + 1) for c in range(steps.shape[0])])
     return fig
 
 
 def tokens_per_forward(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
-    """Committed tokens per denoiser pass, for each canvas (higher = more parallel)."""
+    """Committed tokens per denoiser pass, for each canvas (higher = more parallel), against the
+    autoregressive 1 token per forward."""
     _need_rounds(trace)
-    fig, ax = _axes(ax, (6, 3))
+    fig, ax = _axes(ax, (7, 3.4))
     tpf = trace.tokens_per_forward()
     rounds = [end - start for _, start, end in trace.canvas_ranges()]
-    bars = ax.bar([f"canvas {c + 1}" for c in range(len(tpf))], tpf, color=STATE_COLORS["kept"])
+    bars = ax.bar([f"canvas {c + 1}" for c in range(len(tpf))], tpf, color=STATE_COLORS["kept"],
+                  label="block diffusion")
     for bar, n in zip(bars, rounds):
         ax.annotate(f"{n} rounds", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set(ylabel="tokens per forward", title="Tokens per forward, per canvas")
-    ax.margins(y=0.15)
+                    va="bottom", fontsize=style.FONT)
+    ax.axhline(1.0, color=style.REFERENCE, ls="--", lw=1.2, label="autoregressive (1 token per forward)")
+    ax.set_ylim(0, 1.2 * max(max(tpf), 1.0))
+    style.label(ax, "Tokens per forward, per canvas", "canvas", "tokens per forward")
+    style.legend_outside(ax)
     return fig
 
 
 def overview(trace: DenoisingTrace) -> Figure:
     """The four plots in one figure."""
-    fig = Figure(figsize=(13, 8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
+    fig, axes = style.figure(16, 8.5, 2, 2)
     accepted_per_round(trace, axes[0, 0])
     entropy_heatmap(trace, axes[0, 1])
     lock_in_order(trace, axes[1, 0])
@@ -139,23 +144,52 @@ def animate(trace: DenoisingTrace, path: str | os.PathLike, *, fps: float = 4.0,
     if not frames:
         raise InputError(f"no recorded rounds belong to canvases {canvases}: the trace has canvases "
                          f"{[c for c, _, _ in trace.canvas_ranges()]}.")
+    fig = Figure(figsize=_grid_size(trace, 1), dpi=100)
+    FigureCanvasAgg(fig)
+    draw = _round_grid(trace, fig.add_axes((0.01, 0.01, 0.98, 0.86)), fig.suptitle("", fontsize=style.FONT))
+    anim = animation.FuncAnimation(fig, draw, frames=frames, interval=1000 / fps, blit=False, repeat=False)
+    out = Path(path)
+    with atomic_file(out) as tmp:
+        make = animation.PillowWriter if writer == "pillow" else animation.FFMpegWriter
+        anim.save(str(tmp), writer=make(fps=fps))
+    return out
+
+
+def final_rounds_png(trace: DenoisingTrace, *, dpi: int = 80) -> bytes:
+    """A PNG of the last round of every canvas (the text each canvas committed, coloured by state): the
+    player's still image, for where its JavaScript does not run (nbconvert's HTML, GitHub)."""
+    _need_rounds(trace)
+    last = [end - 1 for _, _, end in trace.canvas_ranges()]
+    fig = Figure(figsize=_grid_size(trace, len(last)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    share = 1 / len(last)  # each canvas's band of the figure: its grid, with its title above it
+    for row, i in enumerate(last):
+        ax = fig.add_axes((0.01, 1 - (row + 1) * share + 0.02 * share, 0.98, 0.84 * share))
+        _round_grid(trace, ax, ax.set_title("", fontsize=style.FONT))(i)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _grid_size(trace: DenoisingTrace, panels: int) -> tuple[float, float]:
+    cols = 16 if trace.canvas_length >= 128 else 8
+    return cols * 0.9, panels * (-(-trace.canvas_length // cols) * 0.32 + 0.8)
+
+
+def _round_grid(trace: DenoisingTrace, ax: Axes, title: Text) -> Callable[[int], list]:
+    """Draws round i of the trace into `ax` as the player's grid (one cell per position, coloured by state,
+    shaded by certainty): returns draw(i), which updates the same artists (an animation calls it per frame)."""
     L = trace.canvas_length
     cols = 16 if L >= 128 else 8
     rows = -(-L // cols)
-    entropy = trace.stack("entropy")
-    scale = float(entropy.max()) or 1.0
+    scale = float(trace.stack("entropy").max()) or 1.0
     previous = trace.previous_accepted()
     text = trace.token_text(trace.stack("canvas_ids"))
     rgb = {k: np.array(colors.to_rgb(v)) for k, v in STATE_COLORS.items()}
-
-    fig = Figure(figsize=(cols * 0.9, rows * 0.32 + 0.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.01, 0.01, 0.98, 0.86))
     ax.set_axis_off()
     image = ax.imshow(np.ones((rows, cols, 3)), interpolation="nearest", aspect="auto")
     labels = [ax.text(p % cols, p // cols, "", ha="center", va="center", fontsize=7, family="monospace",
                       parse_math=False) for p in range(L)]
-    title = fig.suptitle("", fontsize=10)
 
     def draw(i: int) -> list:
         rd = trace.rounds[i]
@@ -173,9 +207,4 @@ def animate(trace: DenoisingTrace, path: str | os.PathLike, *, fps: float = 4.0,
                        f"\u00b7 accepted {int(rd.accepted.sum())}")
         return [image, title, *labels]
 
-    anim = animation.FuncAnimation(fig, draw, frames=frames, interval=1000 / fps, blit=False, repeat=False)
-    out = Path(path)
-    with atomic_file(out) as tmp:
-        make = animation.PillowWriter if writer == "pillow" else animation.FFMpegWriter
-        anim.save(str(tmp), writer=make(fps=fps))
-    return out
+    return draw
