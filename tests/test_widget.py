@@ -18,7 +18,7 @@ from dgemma_helpers.visualization.trace import DenoisingTrace
 pytest.importorskip("anywidget", reason="the widget needs the dev extra: pip install -e '.[dev]'")
 pytest.importorskip("matplotlib", reason="the plots need the dev extra: pip install -e '.[dev]'")
 
-from dgemma_helpers.visualization import plots
+from dgemma_helpers import plots
 from dgemma_helpers.visualization.player import DenoisingPlayer
 
 MARKUP = "<img src=x onerror=alert(1)>"
