@@ -21,9 +21,11 @@ this process, which then ends the whole group (`end_group`): nothing is left re-
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -92,8 +94,19 @@ def deferred() -> Iterator[None]:
 
 
 def start_group(cmd: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
-    """Popen(cmd) as the leader of its own process group (and session), for end_group()."""
-    return subprocess.Popen(list(cmd), start_new_session=True, **popen_kwargs)
+    """Popen(cmd) as the leader of its own process group (and session), for end_group().
+
+    On Linux the leader also gets SIGTERM if this process dies without ending it (SIGKILL, a crash:
+    no handler runs then), so a server never outlives the command that started it. (Only from the
+    main thread: the kernel sends it when the forking thread ends, and a worker thread ends early.)"""
+    on_main = threading.current_thread() is threading.main_thread()
+    preexec = _terminate_with_parent if on_main and sys.platform == "linux" else None
+    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=preexec, **popen_kwargs)
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: prctl(PR_SET_PDEATHSIG, SIGTERM)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
 
 
 def end_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:

@@ -137,3 +137,27 @@ def test_a_signal_in_a_deferred_block_waits_for_its_end_and_gives_the_exit_code(
     assert done == ["the block's end"] and stopped.value.signum == signal.SIGHUP
     assert isinstance(stopped.value, KeyboardInterrupt) and exit_code(stopped.value) == 129
     assert exit_code(KeyboardInterrupt()) == 130 and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+def test_a_group_leader_is_ended_when_its_starter_is_killed_outright(tmp_path):
+    """SIGKILL reaches no handler, so the starter cannot end the group: the kernel's parent-death
+    signal (start_group sets it) ends the leader anyway."""
+    pid_file = tmp_path / "leader.pid"
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from dgemma_helpers.signals import start_group\n"
+        "p = start_group([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)")])
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the starter wrote its child's pid")
+        leader = int(pid_file.read_text())
+        assert alive(leader)
+        starter.kill()
+        starter.wait()
+        wait_for(lambda: not alive(leader), "the leader ended after its starter was killed")
+    finally:
+        starter.kill()
+        if pid_file.exists() and pid_file.read_text():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
