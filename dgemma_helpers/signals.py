@@ -100,13 +100,18 @@ def start_group(cmd: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
     no handler runs then), so a server never outlives the command that started it. (Only from the
     main thread: the kernel sends it when the forking thread ends, and a worker thread ends early.)"""
     on_main = threading.current_thread() is threading.main_thread()
-    preexec = _terminate_with_parent if on_main and sys.platform == "linux" else None
-    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=preexec, **popen_kwargs)
+    preexec = _terminate_with_parent if on_main and _PRCTL is not None else None
+    # (preexec_fn runs between fork and exec: it only calls the prctl looked up below, taking no lock.)
+    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=preexec, **popen_kwargs)  # noqa: PLW1509
+
+
+# Looked up once, in the parent: after a fork only the call itself is safe.
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 def _terminate_with_parent() -> None:
     """In the child, before exec: prctl(PR_SET_PDEATHSIG, SIGTERM)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    _PRCTL(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
 
 
 def end_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
