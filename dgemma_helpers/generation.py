@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -105,6 +106,14 @@ class Timings:
     first_canvas_s: float = 0.0  # from the call to the first committed canvas
     total_s: float = 0.0
 
+    @contextmanager
+    def measure(self, phase: str, device: torch.device) -> Iterator[None]:
+        """Adds the block's time to `phase` (prefill_s, denoise_s, commit_s), the device's queue included."""
+        t0 = time.perf_counter()
+        yield
+        synchronize(device)
+        setattr(self, phase, getattr(self, phase) + time.perf_counter() - t0)
+
 
 @dataclass
 class GenerationResult:
@@ -180,22 +189,20 @@ def generate(
     step = make_step(path, model, settings, source, record_topk)
     cache = allocate(step, model, B, P, settings.max_new_tokens)
 
-    # An image prompt: the vision tower's features in place of the image tokens' embeddings.
-    timings, t0 = Timings(), time.perf_counter()
-    embeds, blocks = (None, None) if images is None else prompt_embeddings(model, ids, valid, images)
-    prefill(model, ids, cache, valid, embeds=embeds, blocks=blocks)
-    timings.prefill_s = _elapsed(t0, device)
+    timings = Timings()  # (an image prompt: the vision tower's features replace its tokens' embeddings)
+    with timings.measure("prefill_s", device):
+        embeds, blocks = (None, None) if images is None else prompt_embeddings(model, ids, valid, images)
+        prefill(model, ids, cache, valid, embeds=embeds, blocks=blocks)
 
     eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     forwards = torch.zeros(B, dtype=torch.long, device=device)  # denoiser passes per unfinished row
     committed, steps_per_canvas = [], []
     for c in range(n_canvases):
-        t0 = time.perf_counter()
-        state = start_canvas(source, c, L, config.vocab_size,
-                             (first_canvas, pin_mask) if c == 0 and first_canvas is not None else None)
-        steps = denoise_canvas(step, state, c, settings, finished, forwards, on_step)
-        timings.denoise_s += _elapsed(t0, device)
+        with timings.measure("denoise_s", device):
+            state = start_canvas(source, c, L, config.vocab_size,
+                                 (first_canvas, pin_mask) if c == 0 and first_canvas is not None else None)
+            steps = denoise_canvas(step, state, c, settings, finished, forwards, on_step)
         steps_per_canvas.append(steps.tolist())
         out_of_length = (c + 1) * L >= settings.max_new_tokens
         final, finished = finalize_canvas(state.argmax, finished, eos, settings.pad_token_id, out_of_length)
@@ -204,9 +211,8 @@ def generate(
             timings.first_canvas_s = time.perf_counter() - t_start
         if bool(finished.all()):
             break
-        t0 = time.perf_counter()
-        model.encode(final, cache)
-        timings.commit_s += _elapsed(t0, device)
+        with timings.measure("commit_s", device):
+            model.encode(final, cache)
     return result(model, torch.cat(committed, dim=1), forwards, prompt_ids, steps_per_canvas, settings, timings,
                   t_start, step)
 
@@ -284,11 +290,6 @@ def result(model: DiffusionGemma, tokens: torch.Tensor, forwards: torch.Tensor, 
                             row_canvas_tokens_per_forward=row_canvas_tpf,
                             steps_per_canvas=steps_per_canvas, settings=settings, timings=timings,
                             path=step.path, fallback_reason=step.fallback_reason)
-
-
-def _elapsed(t0: float, device: torch.device) -> float:
-    synchronize(device)
-    return time.perf_counter() - t0
 
 
 @dataclass
