@@ -62,13 +62,14 @@ def _raise(signum: int, _frame: Any) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise Stopped inside the block; the previous handlers come back after.
-    Signals reach only the main thread: elsewhere this changes nothing."""
+    """SIGINT, SIGTERM and SIGHUP raise Stopped inside the block (those not ignored on entry); the previous
+    handlers come back after. Signals reach only the main thread: elsewhere this changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS:
+    # A signal ignored on entry stays ignored: under `nohup` SIGHUP must not stop the command.
+    previous = {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) != signal.SIG_IGN}
+    for s in previous:
         signal.signal(s, _raise)
     try:
         yield

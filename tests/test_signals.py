@@ -95,7 +95,9 @@ def test_vllm_serve_ends_its_whole_tree_and_its_files_on_a_signal(tmp_path, sig)
                PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "dgemma_helpers", "vllm-serve", "--model", str(TINY), "--python", str(fake),
            "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # (SIGHUP as a terminal leaves it, even where this test runs under nohup, which ignores it)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/health") or proc.poll() is not None, "the server answers")
         assert proc.poll() is None, proc.communicate()[1]
@@ -129,6 +131,7 @@ def test_end_group_ends_children_the_leader_left_behind():
 
 def test_a_signal_in_a_deferred_block_waits_for_its_end_and_gives_the_exit_code():
     done = []
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a run under nohup starts with it ignored)
     with pytest.raises(Stopped) as stopped, stop_on_signals():
         with deferred():
             os.kill(os.getpid(), signal.SIGHUP)
@@ -137,6 +140,20 @@ def test_a_signal_in_a_deferred_block_waits_for_its_end_and_gives_the_exit_code(
     assert done == ["the block's end"] and stopped.value.signum == signal.SIGHUP
     assert isinstance(stopped.value, KeyboardInterrupt) and exit_code(stopped.value) == 129
     assert exit_code(KeyboardInterrupt()) == 130 and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    signal.signal(signal.SIGHUP, before)
+
+
+def test_a_signal_ignored_on_entry_stays_ignored():
+    """Under nohup SIGHUP is ignored: stop_on_signals leaves it so, and puts nothing else in its place."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_on_signals():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_a_group_leader_is_ended_when_its_starter_is_killed_outright(tmp_path):
