@@ -12,7 +12,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here: make setup-vllm,
 pytest.importorskip("peft", reason="fine-tuning needs peft in the vLLM venv (make setup-vllm installs it)")
 
 import dgemma_helpers as dg  # noqa: E402
-from dgemma_helpers.bench.vllm_engine import VLLMEngine  # noqa: E402
+from dgemma_helpers.engines.vllm import VLLMEngine  # noqa: E402
 from dgemma_helpers.sft import finetune, merge_checkpoint  # noqa: E402
 from test_vllm import GREEDY, STEPS, TINY, check_parity  # noqa: E402
 
