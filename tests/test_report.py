@@ -20,6 +20,7 @@ import pytest
 
 from dgemma_helpers import bench
 from dgemma_helpers.model_paths import REPO_ROOT
+from test_signals import as_from_a_terminal
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_throughput_benchmark.ipynb"
 TINY = REPO_ROOT / "models" / "dgemma-tiny"
@@ -147,7 +148,7 @@ def test_a_stop_signal_ends_with_one_line_and_leaves_nothing(tmp_path, checkpoin
     # Far more repeats than can finish: the notebook is surely still running when Ctrl-C comes.
     cmd = report_command(checkpoint("confident"), out, "--engines", "kit", "--repeats", "100000", "--threads", "1")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     try:
         # Wait until the notebook is executing in its temporary directory (papermill saves the executed
         # notebook after each cell), then press Ctrl-C (or send what `timeout` and CI runners send).

@@ -43,6 +43,14 @@ http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 DEADLINE_S = 60.0  # every wait below gives up after this
 
 
+def as_from_a_terminal() -> None:
+    """A child's preexec_fn: SIGINT and SIGHUP as a command run from a terminal has them. A job that
+    a script starts in the background (`cmd &`, nohup) inherits them ignored, and a Python program
+    keeps an ignored signal ignored (so does the kit: tested below)."""
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -95,9 +103,8 @@ def test_vllm_serve_ends_its_whole_tree_and_its_files_on_a_signal(tmp_path, sig)
                PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "dgemma_helpers", "vllm-serve", "--model", str(TINY), "--python", str(fake),
            "--port", str(port)]
-    # (SIGHUP as a terminal leaves it, even where this test runs under nohup, which ignores it)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                            preexec_fn=as_from_a_terminal)
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}/health") or proc.poll() is not None, "the server answers")
         assert proc.poll() is None, proc.communicate()[1]
@@ -131,7 +138,7 @@ def test_end_group_ends_children_the_leader_left_behind():
 
 def test_a_signal_in_a_deferred_block_waits_for_its_end_and_gives_the_exit_code():
     done = []
-    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a run under nohup starts with it ignored)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (as_from_a_terminal, for this process)
     with pytest.raises(Stopped) as stopped, stop_on_signals():
         with deferred():
             os.kill(os.getpid(), signal.SIGHUP)
