@@ -25,6 +25,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import InputError
 from ..memory import check_fits, estimate_memory
 from ..model import DiffusionGemma
+from ..signals import stop_on_signals
 from ..train.objective import diffusion_loss
 from ..train.trainer import TrainConfig, load_state, save_state
 from .data import Example, encode_examples, make_batch, padded_length, read_conversations
@@ -112,30 +113,31 @@ def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, c
     t0 = time.perf_counter() - elapsed
     finished, before = start, None  # steps whose update is applied; the generators before the current one
     try:
-        for step in bar:
-            before = [g.get_state() for g in generators]
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(step)
-            picked = torch.randint(len(examples), (config.batch_size,), generator=batches).tolist()
-            batch = make_batch([examples[i] for i in picked], C, pad, batches)
-            with autocast:
-                parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
-                                       self_conditioning_p=config.self_conditioning_p, lm_weight=config.lm_weight,
-                                       lm_mask=batch.lm_mask.to(dev), block_mask=batch.block_mask.to(dev))
-            opt.zero_grad(set_to_none=True)
-            parts.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-            opt.step()
-            finished = step + 1
-            row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(),
-                   "lm": parts.lm.item(), "grad_norm": float(grad_norm), "lr": config.lr_at(step),
-                   "tokens": int(batch.tokens.numel()), "seconds": time.perf_counter() - t0}
-            history.append(row)
-            if held and (finished % config.eval_every == 0 or finished == config.steps):
-                row.update(evaluate(model, held, config.batch_size))
-            bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}")
-            if out is not None and (finished % config.save_every == 0 or finished == config.steps):
-                _save(out, model, opt, generators, finished, time.perf_counter() - t0, history, config)
+        with stop_on_signals():  # SIGTERM and SIGHUP take Ctrl-C's path (signals.py), wherever this runs
+            for step in bar:
+                before = [g.get_state() for g in generators]
+                for group in opt.param_groups:
+                    group["lr"] = config.lr_at(step)
+                picked = torch.randint(len(examples), (config.batch_size,), generator=batches).tolist()
+                batch = make_batch([examples[i] for i in picked], C, pad, batches)
+                with autocast:
+                    parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
+                                           self_conditioning_p=config.self_conditioning_p, lm_weight=config.lm_weight,
+                                           lm_mask=batch.lm_mask.to(dev), block_mask=batch.block_mask.to(dev))
+                opt.zero_grad(set_to_none=True)
+                parts.total.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+                opt.step()
+                finished = step + 1
+                row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(),
+                       "lm": parts.lm.item(), "grad_norm": float(grad_norm), "lr": config.lr_at(step),
+                       "tokens": int(batch.tokens.numel()), "seconds": time.perf_counter() - t0}
+                history.append(row)
+                if held and (finished % config.eval_every == 0 or finished == config.steps):
+                    row.update(evaluate(model, held, config.batch_size))
+                bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}")
+                if out is not None and (finished % config.save_every == 0 or finished == config.steps):
+                    _save(out, model, opt, generators, finished, time.perf_counter() - t0, history, config)
     except KeyboardInterrupt:
         if out is not None and finished > start:
             if finished == step:  # stopped inside a step before its update: undo its random draws
