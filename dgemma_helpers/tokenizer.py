@@ -109,16 +109,10 @@ _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 @cache
 def _byte_level_alphabet() -> dict[str, int]:
-    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, as `tokenizers` builds it)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
+    """Byte-level BPE's printable stand-in for each byte -> the byte (GPT-2's table, as transformers has it)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {stand_in: byte for byte, stand_in in bytes_to_unicode().items()}
 
 
 def token_bytes(tokenizer, ids: list[int]) -> list[bytes]:
