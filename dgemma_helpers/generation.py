@@ -163,17 +163,12 @@ def generate(
     thinking: bool | None = None, on_step: Callable[[StepRecord], None] | None = None, record_topk: int = 0,
     path: str | None = None,
 ) -> GenerationResult:
-    """Generate text block by block from one of `prompt` (str or list of str), `messages` (a chat, or a
-    list of chats, through the checkpoint's chat template) or `input_ids`.
-
-    Sampler settings default to the checkpoint's generation_config.json (else the published ones);
-    `confidence_threshold=0` switches adaptive stopping off. `initial_canvas` [L] or [B, L] is the
-    first canvas; `pinned` positions (or a bool mask) are never renoised: infilling. `on_step` gets a
-    StepRecord after every round. `seed`: one int (row i draws from (seed, i)) or one per prompt; any
-    Python int is a seed of its own (rng.py). `rng="transformers"` replays the reference's draws
-    (same seed, same tokens as transformers' generate). `path`: None/"auto" runs the fused-kernel
-    CUDA-graph step where it can (CUDA + Triton, counter RNG, no top-k), "torch"/"fast" force one.
-    """
+    """Generate text block by block from `prompt` (str or list), `messages` (chats, through the chat
+    template) or `input_ids`. Unset sampler settings come from the checkpoint's generation_config.json;
+    `confidence_threshold=0` turns adaptive stopping off. `initial_canvas` + `pinned`: infilling.
+    `on_step` gets a StepRecord per round. `seed`: an int (row i draws from (seed, i)) or one per row;
+    `rng="transformers"` replays the reference's draws. `path`: None/"auto" (the fused-kernel CUDA-graph
+    step where it runs), "torch" or "fast". README.md's "What `generate` does" walks through it."""
     t_start = time.perf_counter()
     settings = resolve_settings(model, dict(
         max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,

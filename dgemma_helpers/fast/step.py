@@ -1,37 +1,22 @@
-"""FastStep: the denoising round with the fused kernels in the model's layers, captured as a CUDA
-graph once per model and shape, and replayed for every round of every canvas of every generate()
-call with that shape.
+"""FastStep: the denoising round with the fused kernels on, captured once per model and shape as a
+CUDA graph and replayed for every round of every later generate() call of that shape.
 
-It is a drop-in for generation.TorchStep (same call, same updates to the CanvasState, same record
-fields). The round is the model's own `denoise` over a StaticCanvasCache with the kernels switched on
-(dgemma_kernels.fused(): RMSNorm and Experts then call them), the fused head, and
-sampler.update_canvas, with what a graph needs:
-  * static buffers: canvas, argmax, soft embedding, done flags, pins, temperature, entropy bound,
-    confidence threshold, the rows' seed words and the canvas and step numbers live in tensors
-    allocated once; each round copies its few scalars in (async fills, no host sync) and replays
-    the graph, which derives the rows' stream keys from them with the CPU path's own tensor hash
-    (rng.stream_keys);
-  * no branch on device values: rows that already stopped are kept with torch.where every round,
-    pins are a mask that may be all False, the first round's zero self-conditioning signal is a
-    zeroed buffer (the signal's MLP maps zeros to zeros, so this equals denoise(soft=None));
-  * the sample comes from the fused head's Gumbel-max draw at every position, which at the
-    accepted positions is CounterRNG's draw (same hash, same key), so the tokens are the same.
-The only host read per round is generate()'s `done.all()` stop test.
+A drop-in for generation.TorchStep: the model's own `denoise` over a StaticCanvasCache inside
+dgemma_kernels.fused() (RMSNorm and Experts then call the kernels), the fused head, and
+sampler.update_canvas. What a graph needs on top:
+  * static buffers (StaticRound) for the canvas state and the round's scalars, filled by async
+    copies, so no round syncs the host; the rows' RNG keys are derived inside the graph
+    (rng.stream_keys), and the fused head's Gumbel-max draw is CounterRNG's draw;
+  * no branch on device values: stopped rows are kept with torch.where, pins are a mask that may
+    be all False, the first round's self-conditioning input is a zeroed buffer (its MLP maps zeros
+    to zeros).
+Graphs live per model (freed with it), keyed by batch, cache capacity (rounded up to CAPACITY_STEP
+so similar prompts share one), stability threshold, dtype, device, kernels and fp8 experts.
+Without CUDA (tests, the compile check on meta tensors) the same body runs eagerly.
 
-Graphs are kept per model (freed with it) in a GraphRound: the graph, its static buffers and the
-KV cache it reads, keyed by (batch, cache capacity, stability threshold, dtype, device, kernels,
-fp8 experts). `FastStep.new_cache` hands generate() that cache, its capacity rounded up to a
-multiple of CAPACITY_STEP so that prompts of similar length share a graph. A capture is a warm-up
-run on a side stream (compiles the Triton kernels, creates lazily cached tensors), the inputs
-restored, then the capture; the KV cache's canvas slots are rewritten by every round, so the
-warm-up leaves nothing behind. Without CUDA (tests, and the ahead-of-time compile check on meta
-tensors) the same body runs eagerly.
-
-With path=None the step has the PyTorch step as its `fallback`: if its first round fails (say, a
-kernel that does not compile on this GPU), a one-line warning, and the PyTorch step runs the rest of
-the call; the failure becomes the result's fallback_reason. Nothing is lost: the fast step writes
-the canvas state only after a round succeeds, and every round rewrites the KV cache's canvas slots.
-A later failure, or one of a forced path="fast", is raised.
+With path=None a failure of the first round (a kernel that does not compile on this GPU) is a
+one-line warning, and the PyTorch step runs the rest of the call (nothing is lost: the fast step
+writes the canvas state only after a round succeeds); a later failure, or a forced path="fast", raises.
 """
 
 from __future__ import annotations
