@@ -1,19 +1,15 @@
 """The denoise head: final hidden states -> tied LM head -> softcap -> temperature, reduced to what
-a denoising round needs per canvas position: the argmax, the entropy of the tempered
-distribution, and the self-conditioning input of the next round, softmax(z) @ E * sqrt(hidden).
-
-Two ways to compute it, same results up to float rounding; memory.fitting_head picks by memory:
-  materialized_head  the [batch, canvas, vocab] tempered logits, as transformers builds them (the
-                     exact path, and the one that can hand out full probabilities). One GEMM makes
-                     the logits; the element-wise work then runs a few canvas rows at a time, so
-                     each block of rows stays in the CPU's cache instead of streaming 256 MB of
-                     float32 through memory a dozen times. Its soft input is left as probabilities
-                     (`soft_probs`): the next round multiplies them by E, so a canvas's last round
-                     never pays for that second GEMM (transformers does the same).
-  tiled_head         walks the vocabulary in tiles with an online softmax (as flash attention does
-                     over keys), so no [batch, canvas, vocab] tensor ever exists: for a batch whose
-                     logits do not fit, and the algorithm of the fused Triton kernel in
-                     kernels/denoise_head.py.
+a round needs per canvas position: the argmax, the entropy of the tempered distribution, and the
+next round's self-conditioning input, softmax(z) @ E * sqrt(hidden). Two ways, same results up to
+float rounding; memory.fitting_head picks by memory:
+  materialized_head  the [batch, canvas, vocab] tempered logits, as transformers builds them (exact,
+                     and the one that can hand out full probabilities): one GEMM, then the
+                     element-wise work a few canvas rows at a time so each block stays in cache.
+                     Its soft input stays as probabilities, multiplied by E at the start of the next
+                     round, so a canvas's last round never pays for that GEMM (as in transformers).
+  tiled_head         an online softmax over vocabulary tiles (as flash attention does over keys):
+                     no [batch, canvas, vocab] tensor, for batches whose logits do not fit; the
+                     algorithm of the fused Triton kernel (kernels/denoise_head.py).
 Samples are drawn afterwards, only at the accepted positions (`tempered_logits`).
 """
 
@@ -112,6 +108,7 @@ def materialized_head(model: DiffusionGemma, hidden: torch.Tensor, temperature: 
     # float32 weights: the soft input is the probabilities themselves
     soft_probs = full if exact and probs else new("soft_probs", (n, V), E.dtype, h.device)
     argmax = torch.empty(n, dtype=torch.long, device=h.device)
+    best = torch.empty(n, dtype=torch.float32, device=h.device)
     entropy = torch.empty(n, dtype=torch.float32, device=h.device)
     rows = max(1, ROW_BLOCK_BYTES // (FLOAT * V))
     for r in range(0, n, rows):
@@ -119,11 +116,11 @@ def materialized_head(model: DiffusionGemma, hidden: torch.Tensor, temperature: 
         if not exact:
             z.copy_(logits[r:r + rows])
         z.div_(cap).tanh_().mul_(cap).div_(temperature)
-        torch.argmax(z, dim=-1, out=argmax[r:r + rows])
-        d = (z - z.amax(dim=-1, keepdim=True)).clamp_(min=LOG_PROB_FLOOR)
+        torch.max(z, dim=-1, out=(best[r:r + rows], argmax[r:r + rows]))  # one pass: the first maximum's index
+        d = (z - best[r:r + rows, None]).clamp_(min=LOG_PROB_FLOOR)
         e = torch.exp(d)
         total = e.sum(dim=-1)
-        entropy[r:r + rows] = total.log() - (e * d).sum(dim=-1) / total
+        entropy[r:r + rows] = total.log() - torch.linalg.vecdot(e, d) / total
         if exact or full is not None:
             torch.mul(e, total.reciprocal_()[:, None], out=(full if full is not None else soft_probs)[r:r + rows])
         if not exact:  # transformers rounds these logits to the model dtype before its softmax
