@@ -237,13 +237,12 @@ def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
     return fields
 
 
-def settings_problem(settings: Mapping[str, Any]) -> str:
-    """Why `settings` (a trace's settings dict) is not valid, as a phrase; "" when it is."""
+def checked_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A trace's settings typed as a file's are (lists, ints, floats), and why they are not valid ("" when they are)."""
     try:
-        _settings(settings, "settings")
+        return _settings(settings, "settings"), ""
     except _Invalid as e:
-        return str(e)
-    return ""
+        return {}, str(e)
 
 
 def _required(mapping: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> None:
