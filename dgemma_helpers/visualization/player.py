@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only where the extra is
 
 from ..errors import InputError
 from ..plots.denoising import final_rounds_png
-from .player_html import STATIC, write_player_html
+from .player_html import STATIC
 from .trace import DenoisingTrace
 
 
@@ -113,7 +113,7 @@ class DenoisingPlayer(anywidget.AnyWidget):
 
     def save_html(self, path: str | os.PathLike) -> Path:
         """Write one self-contained HTML file (inline JS, CSS and data; no network) that plays the trace."""
-        return write_player_html(self.trace.to_payload(), path, speed=self.speed)
+        return self.trace.save_html(path, speed=self.speed)
 
     def _snapshot(self) -> None:
         self._data = self.trace.to_payload()

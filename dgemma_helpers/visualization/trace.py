@@ -253,7 +253,7 @@ class DenoisingTrace:
 
     def used_ids(self) -> np.ndarray:
         parts = [a.ravel() for rd in self.rounds for a in self._round_ids(rd)]
-        parts += [c for c in self.committed()] + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
+        parts += self.committed() + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
 
     # ---- the player's data --------------------------------------------------------------------------
@@ -270,10 +270,9 @@ class DenoisingTrace:
     def rounds_message(self, start: int) -> dict[str, Any]:
         """Rounds from `start` on, with the text of their ids and the canvases committed so far."""
         rounds = [self.round_payload(i) for i in range(start, len(self.rounds))]
-        ids = [a for rd in self.rounds[start:] for a in self._round_ids(rd)]
-        vocab = self.token_text(np.concatenate([a.ravel() for a in ids])) if ids else {}
         committed = self.committed()
-        vocab.update(self.token_text(np.concatenate(committed)) if committed else {})
+        ids = [a.ravel() for rd in self.rounds[start:] for a in self._round_ids(rd)] + committed
+        vocab = self.token_text(np.concatenate(ids)) if ids else {}
         return {"type": "rounds", "trace_id": self.trace_id, "start": start, "rounds": rounds,
                 "vocab": {str(k): v for k, v in vocab.items()},
                 "committed": {str(c): canvas.tolist() for c, canvas in enumerate(committed)}}
