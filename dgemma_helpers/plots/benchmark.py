@@ -183,8 +183,9 @@ def plot_quality_tradeoff(results: dict[str, Any]):
 # ---- 4. ms per denoising step against the weight-streaming floor ------------------------------
 def plot_ms_per_step(results: dict[str, Any]):
     floor = results.get("floor")
-    return _bars_per_setting(results, [r for r in _ok(results, "diffusion") if r["ms_per_step"] is not None],
-                             "ms_per_step", "Time per denoising step", "" if floor else " (floor: measured on GPU only)",
+    rows = [r for r in _ok(results, "diffusion") if r["ms_per_step"] is not None]
+    note = "" if floor else " (floor: measured on GPU only)"
+    return _bars_per_setting(results, rows, "ms_per_step", "Time per denoising step", note,
                              "ms per denoising step (median; whiskers: min-max)", "no successful diffusion runs", floor)
 
 
