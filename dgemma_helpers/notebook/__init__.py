@@ -1,12 +1,6 @@
-"""What the notebooks call besides the engine: the machine report (01), the model's anatomy and
-expert routing (02), the sampler sweep and infilling (03), their plots and plain-text tables.
-
-    from dgemma_helpers import notebook
-    print(notebook.environment_report())
-    rows = notebook.sampler_sweep(model, prompt)
-
-Their plots are in dgemma_helpers/plots/ (anatomy.py, sweep.py), which needs matplotlib:
-`from dgemma_helpers import plots`.
+"""What the notebooks call besides the engine: the machine report (01), the model's anatomy and expert
+routing (02), the sampler sweep and infilling (03), and plain-text tables. Their plots are in
+dgemma_helpers/plots/ (matplotlib).
 """
 
 from .environment import EnvironmentReport, environment_report

@@ -1,11 +1,8 @@
-"""What this machine has and what it can run, with the fix for every gap.
+"""What this machine has and what it can run, with the fix for every gap (notebook 01).
 
-`environment_report()` gathers the facts (torch and its CUDA build, GPUs and their memory, RAM,
-package versions, the models found locally and whether each fits here) and a list of `Check`s;
-`format_report()` prints them. Nothing is downloaded and no weights are read: models are judged
-by their config.json and file headers.
-
-Model paths are found with dgemma_helpers.model_paths (find_model and friends).
+`environment_report()` gathers the facts (torch and its CUDA build, GPUs, RAM, package versions, the
+models found locally and whether each fits here) and the `Check`s; printing it gives format_report().
+Nothing is downloaded and no weights are read: a model is judged by its config.json and file headers.
 """
 
 from __future__ import annotations
@@ -30,15 +27,10 @@ from ..model_paths import (DOWNLOAD_COMMAND, OFFICIAL_CANDIDATES, TINY_MODEL, fi
 from .introspection import parameter_counts
 
 INSTALL_COMMAND = "pip install -e '.[dev]'  (or `make setup` from the repository root)"
-# Distribution name -> what it is for. Core ones are dependencies; the others are the notebooks'.
-PACKAGES = {
-    "torch": "the engine", "transformers": "tokenizers, chat templates, the reference model",
-    "safetensors": "checkpoint files", "tokenizers": "fast tokenizers", "numpy": "arrays",
-    "matplotlib": "plots in the notebooks", "ipykernel": "running the notebooks",
-    "anywidget": "the DenoisingPlayer widget (notebook 04)", "papermill": "running notebooks with parameters",
-    "nbval": "testing the notebooks", "triton": "GPU kernels (CUDA only)",
-}
+# What the notebooks need besides the engine's dependencies (a report flags the missing ones), then the
+# GPU kernels' compiler.
 NOTEBOOK_PACKAGES = ("matplotlib", "ipykernel", "anywidget", "papermill", "nbval")
+PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", *NOTEBOOK_PACKAGES, "triton")
 GiB = 2**30
 
 
@@ -105,7 +97,7 @@ class EnvironmentReport:
         return format_report(self)
 
 
-def package_versions(names: Sequence[str] = tuple(PACKAGES)) -> dict[str, str | None]:
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in names:
         try:
@@ -167,12 +159,6 @@ def describe_model(label: str, path: str | os.PathLike, gpus: Sequence[GPU], ram
     return entry
 
 
-def official_locations(official_path: str | os.PathLike | None) -> list[Path]:
-    if official_path is not None:
-        return [Path(official_path).expanduser()]
-    return [Path(c).expanduser() for c in OFFICIAL_CANDIDATES] + hub_cache_snapshots()
-
-
 def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_path: str | os.PathLike = TINY_MODEL,
                        official_path: str | os.PathLike | None = None) -> EnvironmentReport:
     """Gather the facts and the checks. `model_paths`: more model directories to look at;
@@ -183,7 +169,8 @@ def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_pa
     tiny_candidates = model_candidates(tiny_path)
     tiny_dir = next((c for c in tiny_candidates if c.exists()), tiny_path)
     models = [describe_model("tiny", tiny_dir, gpus, ram_free, looked_in=tiny_candidates)]
-    official_dirs = official_locations(official_path)
+    official_dirs = ([Path(official_path).expanduser()] if official_path is not None else
+                     [Path(c).expanduser() for c in OFFICIAL_CANDIDATES] + hub_cache_snapshots())
     found = next((d for d in official_dirs if d.exists()), official_dirs[0])
     models.append(describe_model("official", found, gpus, ram_free))
     for p in model_paths:  # more directories, unless one is the tiny or official model already listed
@@ -221,10 +208,10 @@ def run_checks(r: EnvironmentReport) -> list[Check]:
                         "all installed" if not missing else f"missing: {', '.join(missing)}",
                         f"install them: {INSTALL_COMMAND}" if missing else ""))
     checks.append(path_check(r))
+    triton = r.versions.get("triton")
     if r.gpus:
-        checks.append(Check("triton", r.versions.get("triton") is not None,
-                            f"triton {r.versions.get('triton')}" if r.versions.get("triton") else "not installed",
-                            "" if r.versions.get("triton") else "pip install triton (the fused GPU kernels need it)."))
+        checks.append(Check("triton", triton is not None, f"triton {triton}" if triton else "not installed",
+                            "" if triton else "pip install triton (the fused GPU kernels need it)."))
     return checks
 
 
@@ -264,10 +251,9 @@ def model_check(m: ModelEntry) -> Check:
         return Check(topic, False, f"not found at {m.path}", fix or "")
     if m.parameters is None:
         return Check(topic, False, f"{m.path} cannot be loaded", m.problem or "")
-    size = (f"{m.parameters / 1e6:,.1f}M parameters ({m.active_parameters / 1e6:,.1f}M active), "
-            f"{m.disk_bytes / 2**20:.1f} MiB on disk" if m.parameters < 1e9 else
-            f"{m.parameters / 1e9:.1f}B parameters ({m.active_parameters / 1e9:.1f}B active), "
-            f"{m.disk_bytes / GiB:.1f} GiB on disk")
+    scale, unit, disk, disk_unit = (1e6, "M", 2**20, "MiB") if m.parameters < 1e9 else (1e9, "B", GiB, "GiB")
+    size = (f"{m.parameters / scale:,.1f}{unit} parameters ({m.active_parameters / scale:,.1f}{unit} active), "
+            f"{m.disk_bytes / disk:.1f} {disk_unit} on disk")
     note = ", UNTRAINED (random weights: its text is noise)" if m.untrained else ""
     if m.runs_on is None:
         return Check(topic, False, f"{m.path}: {size}{note}", m.problem or "")
@@ -291,8 +277,7 @@ def format_report(r: EnvironmentReport) -> str:
         lines.append(f"  not installed: {absent}")
     lines.append("  GPUs: " + ("none" if not r.gpus else "; ".join(
         f"cuda:{g.index} {g.name} (sm{g.capability[0]}{g.capability[1]}, {gib(g.total_bytes)})" for g in r.gpus)))
-    lines.append("")
-    lines.append("What runs here:")
+    lines += ["", "What runs here:"]
     for c in r.checks:
         lines.append(f"  {'✓' if c.ok else '✗'} {c.topic}: {c.detail}")
         if c.fix:

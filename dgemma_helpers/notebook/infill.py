@@ -1,9 +1,6 @@
-"""Infilling: pin a prefix and a suffix of the first canvas and let the model write the middle.
-
-A diffusion model denoises the whole canvas at once, so a canvas whose ends are fixed (pinned)
-is filled in from both sides: the middle sees the suffix as well as the prefix. The middle starts
-as uniform random tokens, the same "unknown" state the model was trained to denoise (there is no
-mask token).
+"""Infilling: pin a prefix and a suffix of the first canvas and let the model write the middle, which
+sees the suffix as well as the prefix. The middle starts as uniform random tokens, the "unknown" state
+the model was trained to denoise (there is no mask token).
 
     fill = infill_canvas(model, "ROMEO: But soft, what light", "is the sun.")
     result = generate(model, input_ids=[bos], **fill.generate_kwargs())

@@ -1,13 +1,12 @@
-"""Look inside a DiffusionGemma: where the parameters are, what the encoder and the denoiser
-share, the layer pattern, and which experts a real prompt routes to.
-
-Everything here returns data (dataclasses, tensors, lists of records); the notebooks print and
-plot it (plots/anatomy.py). Counting works on a loaded model or on a bare ModelConfig (a
-weightless "meta" model), so the official 26B model's numbers need no download.
+"""Look inside a DiffusionGemma: where the parameters are, what the encoder and the denoiser share, the
+layer pattern, and which experts a real prompt routes to (notebook 02; dgemma_helpers/plots/anatomy.py
+plots them). Counting works on a bare ModelConfig too (a weightless "meta" model): the official 26B
+model's numbers need no download.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,12 @@ from pathlib import Path
 import torch
 
 from ..cache import KVCache
-from ..checkpoint import VISION_PREFIXES, index_checkpoint
+from ..checkpoint import index_checkpoint
 from ..config import SLIDING, ModelConfig
 from ..errors import InputError
 from ..inputs import prompt_batch
 from ..model import DiffusionGemma
-from ..vision import OFFICIAL_VISION_CONFIG, vision_parameters
+from ..vision import OFFICIAL_VISION_CONFIG, VISION_PREFIXES, vision_parameters
 
 # Parameter groups, in the order a token meets them.
 PARTS = ("embedding", "self-conditioning", "attention", "norms", "dense MLP", "router", "experts")
@@ -154,24 +153,19 @@ def weight_sharing(model: DiffusionGemma) -> WeightSharing:
                          checkpoint_sections=sections)
 
 
+CHECKPOINT_SECTIONS = (("model.decoder.", "denoiser (model.decoder)"),
+                       ("model.encoder.language_model.", "encoder (model.encoder.language_model)"),
+                       *((prefix, "vision tower (skipped)") for prefix in VISION_PREFIXES))
+
+
 def checkpoint_sections(path: str | Path) -> dict[str, dict[str, int]]:
     """Tensors and values per section of a checkpoint directory, read from the file headers only."""
     out: dict[str, dict[str, int]] = {}
     for name, entry in index_checkpoint(Path(path)).items():
-        if name.startswith("model.decoder."):
-            section = "denoiser (model.decoder)"
-        elif name.startswith("model.encoder.language_model."):
-            section = "encoder (model.encoder.language_model)"
-        elif name.startswith(VISION_PREFIXES):
-            section = "vision tower (skipped)"
-        else:
-            section = "other"
-        numel = 1
-        for d in entry.shape:
-            numel *= d
+        section = next((s for prefix, s in CHECKPOINT_SECTIONS if name.startswith(prefix)), "other")
         row = out.setdefault(section, {"tensors": 0, "values": 0})
         row["tensors"] += 1
-        row["values"] += numel
+        row["values"] += math.prod(entry.shape)
     return out
 
 

@@ -1,12 +1,7 @@
-"""Measure how the sampler's settings shape a generation: a per-round log and a small sweep.
-
-`RoundLog` is an `on_step` callback that keeps a few numbers per denoising round (accepted
-positions, mean entropy, temperature, optionally the model's current best guess as text).
-`sampler_sweep()` varies one setting at a time around a base (max_denoising_steps, entropy_bound, the
-temperature schedule, adaptive stopping on/off) and returns one `SweepRow` per run: tokens per
-forward, denoising rounds per canvas, tokens accepted per round, the text, and its word validity
-(the share of its words found in the training vocabulary, for a model that ships one, as
-models/dgemma-tiny does). Same seed for every run, so the setting is the only thing that changes.
+"""How the sampler's settings shape a generation (notebook 03): `RoundLog`, an on_step callback keeping a
+few numbers per round, and `sampler_sweep()`, which varies one setting at a time around a base, with the
+same seed for every run, and returns one `SweepRow` per run (tokens per forward, rounds per canvas,
+acceptance, the text and, for a model that ships its training vocabulary, the text's word validity).
 """
 
 from __future__ import annotations
@@ -58,14 +53,13 @@ def canvas_texts(model: DiffusionGemma, result: GenerationResult, row: int = 0) 
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
-# Each knob maps a swept value to generate() keyword arguments.
-KNOBS = ("max_denoising_steps", "entropy_bound", "temperature", "adaptive_stopping")
 DEFAULT_GRID: dict[str, Sequence] = {
     "max_denoising_steps": (4, 8, 16),
     "entropy_bound": (0.1, 1.0, 4.0),
     "temperature": ((0.1, 0.2), (0.4, 0.8), (0.8, 1.2)),  # (t_min, t_max): cold, the default, hot
     "adaptive_stopping": (True, False),
 }
+KNOBS = tuple(DEFAULT_GRID)  # the settings a sweep can vary (knob_settings maps each value to generate() keywords)
 
 
 @dataclass

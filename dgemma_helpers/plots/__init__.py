@@ -1,17 +1,7 @@
-"""Every plot of the kit, one module per subject, all in the look of style.py:
-
-    denoising.py   a DenoisingTrace (notebook 04): accepted tokens, entropy, lock-in, tokens per
-                   forward, and the GIF/MP4 animation behind trace.save_gif / save_mp4
-    anatomy.py     the model's parameters and expert routing (notebook 02)
-    sweep.py       the sampler sweep (notebook 03)
-    benchmark.py   the benchmark report's figures (notebook 05, dg.bench.PLOTS / save_plots)
-    style.py       the shared palette, font sizes, titles and legends
-
-    from dgemma_helpers import plots
-    plots.entropy_heatmap(trace)            # every plot function is reachable from here
-
-Each function returns a matplotlib Figure built without pyplot. matplotlib (the dev extra) is imported
-when a plot module is first used, never by `import dgemma_helpers`.
+"""Every plot of the kit, one module per subject, in the look of style.py: denoising.py (a DenoisingTrace,
+notebook 04, and its GIF/MP4), anatomy.py (parameters and routing, 02), sweep.py (the sampler sweep, 03),
+benchmark.py (the benchmark report, 05). Every function is reachable from here (`plots.entropy_heatmap`)
+and returns a Figure built without pyplot; matplotlib loads on first use, never with `import dgemma_helpers`.
 """
 
 import importlib as _importlib

@@ -1,8 +1,5 @@
-"""The report's figures, from a results dict (results.json): each function returns a matplotlib
-Figure (no pyplot state, so they work headless), and `save_plots` writes them all as PNG.
-
-A plot whose data is missing (an engine skipped or failed) says so inside the figure instead of
-failing: the report always renders.
+"""The benchmark report's figures, from a results dict (results.json); `save_plots` writes them all as PNG.
+A plot whose data is missing (an engine skipped or failed) says so inside the figure: the report always renders.
 """
 
 from __future__ import annotations
@@ -17,78 +14,39 @@ from . import style
 from .style import figure
 
 AUTOREGRESSIVE = "autoregressive"  # a row's "kind" in results.json (bench/engines.py writes it)
+SETTING_AXIS = "setting (output tokens, batch; denoising steps, entropy bound)"
 
 Rows = list[dict[str, Any]]
-
-
-def _figure(width: float = 9, height: float = 4.5, ncols: int = 1):
-    return figure(width, height, 1, ncols)
 
 
 def _ok(results: dict[str, Any], kind: str | None = None) -> Rows:
     return [r for r in results["rows"] if r["status"] == "ok" and (kind is None or r["kind"] == kind)]
 
 
-def _empty(ax, message: str) -> None:
+def _empty(ax, message: str, title: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.4",
             fontsize=style.FONT)
     ax.set_xticks([])
     ax.set_yticks([])
+    style.label(ax, title, "", "")
 
 
-def _setting_label(r: dict[str, Any]) -> str:
-    label = f"{r['max_new_tokens']} tok, b{r['batch']}"
-    if r["steps"] is not None:
-        label += f"\n{r['steps']} steps, H<={r['entropy_bound']:g}"
+def _setting_label(n: int, batch: int, steps: int | None, entropy_bound: float) -> str:
+    label = f"{n} tok, b{batch}"
+    if steps is not None:
+        label += f"\n{steps} steps, H<={entropy_bound:g}"
     return label
 
 
 def _diffusion_settings(results: dict[str, Any]) -> list[tuple]:
     """Grid points of the diffusion engines, in sweep order (or the AR ones if no diffusion ran)."""
     rows = _ok(results, "diffusion") or _ok(results)
-    seen: dict[tuple, None] = {}
-    for r in rows:
-        seen.setdefault((r["max_new_tokens"], r["batch"], r["steps"], r["entropy_bound"]), None)
-    return list(seen)
+    return list(dict.fromkeys((r["max_new_tokens"], r["batch"], r["steps"], r["entropy_bound"]) for r in rows))
 
 
 def _subtitle(results: dict[str, Any]) -> str:
     m = results["machine"]
     return f"{m['gpu'] or m['cpu']} | {m['dtype']} | {results['model']['summary']}"
-
-
-# ---- 1. tokens per second per engine ----------------------------------------------------------
-def _grouped_bars(ax, rows: Rows, settings: list[tuple], value: str) -> None:
-    """One group of bars per setting, one bar per engine (min-max whiskers)."""
-    engines = list(dict.fromkeys(r["engine"] for r in rows))
-    width = 0.8 / len(engines)
-    for i, name in enumerate(engines):
-        xs, ys, lo, hi = [], [], [], []
-        for x, key in enumerate(settings):
-            r = _find(rows, name, *key)
-            if r is not None:
-                xs.append(x + (i - (len(engines) - 1) / 2) * width)
-                ys.append(r[value])
-                lo.append(r[value] - r[f"{value}_min"])
-                hi.append(r[f"{value}_max"] - r[value])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=name, color=style.color(i))
-    ax.set_xticks(range(len(settings)))
-    ax.set_xticklabels([_setting_label({"max_new_tokens": n, "batch": b, "steps": s, "entropy_bound": e})
-                        for n, b, s, e in settings])
-
-
-def plot_tokens_per_s(results: dict[str, Any]):
-    fig, ax = _figure(max(10, 1.3 * len(_diffusion_settings(results)) + 4), 5)
-    rows = _ok(results)
-    if not rows:
-        _empty(ax, "no successful runs")
-        style.label(ax, "Throughput per engine", "", "")
-        return fig
-    _grouped_bars(ax, rows, _diffusion_settings(results), "tokens_per_s")
-    style.label(ax, "Throughput per engine, same machine, same run\n" + _subtitle(results),
-                "setting (output tokens, batch; denoising steps, entropy bound)", "tokens / s (median; whiskers: min-max)")
-    style.legend_outside(ax, title="engine")
-    return fig
 
 
 def _find(rows: Rows, engine: str, n, b, s, e) -> dict[str, Any] | None:
@@ -99,6 +57,39 @@ def _find(rows: Rows, engine: str, n, b, s, e) -> dict[str, Any] | None:
     return None
 
 
+def _bars_per_setting(results: dict[str, Any], rows: Rows, value: str, title: str, more: str, ylabel: str, empty: str,
+                      floor: dict[str, Any] | None = None):
+    """One group of bars per setting, one bar per engine (median, min-max whiskers): plots 1 and 4."""
+    settings = _diffusion_settings(results)
+    fig, ax = figure(max(10, 1.3 * len(settings) + 4), 5)
+    if not rows:
+        _empty(ax, empty, title)
+        return fig
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    width = 0.8 / len(engines)
+    for i, name in enumerate(engines):
+        found = [(x, r) for x, key in enumerate(settings) if (r := _find(rows, name, *key)) is not None]
+        low = [r[value] - r[f"{value}_min"] for _, r in found]
+        high = [r[f"{value}_max"] - r[value] for _, r in found]
+        ax.bar([x + (i - (len(engines) - 1) / 2) * width for x, _ in found], [r[value] for _, r in found], width,
+               yerr=[low, high], capsize=2, label=name, color=style.color(i))
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([_setting_label(*key) for key in settings])
+    if floor:
+        ax.axhline(floor["floor_ms_per_step"], color=style.OKABE_ITO[4], linestyle="--",
+                   label=f"weight-streaming floor {floor['floor_ms_per_step']:.2f} ms\n"
+                         f"({floor['weights_mb']:.0f} MB at {floor['bandwidth_gb_s']:.0f} GB/s)")
+    style.label(ax, f"{title}{more}\n{_subtitle(results)}", SETTING_AXIS, ylabel)
+    style.legend_outside(ax, title="engine")
+    return fig
+
+
+# ---- 1. tokens per second per engine ----------------------------------------------------------
+def plot_tokens_per_s(results: dict[str, Any]):
+    return _bars_per_setting(results, _ok(results), "tokens_per_s", "Throughput per engine", ", same machine, same run",
+                             "tokens / s (median; whiskers: min-max)", "no successful runs")
+
+
 # ---- 2. diffusion vs autoregressive -----------------------------------------------------------
 def plot_speedup_vs_ar(results: dict[str, Any]):
     """One panel per output length; in each, a horizontal bar per diffusion engine and setting, coloured by
@@ -106,11 +97,11 @@ def plot_speedup_vs_ar(results: dict[str, Any]):
     rows = [r for r in _ok(results, "diffusion") if r["speedup_vs_baseline"] is not None]
     baseline = results["sweep"]["baseline"]
     lengths = sorted({r["max_new_tokens"] for r in rows}) or [None]
-    fig, axes = _figure(5.5 * len(lengths) + 3, 1.5 + 0.42 * max(1, len(rows) // len(lengths)), ncols=len(lengths))
+    fig, axes = figure(5.5 * len(lengths) + 3, 1.5 + 0.42 * max(1, len(rows) // len(lengths)), 1, len(lengths))
     axes = list(axes) if len(lengths) > 1 else [axes]
     if not rows:
-        _empty(axes[0], f"no diffusion run with the autoregressive baseline '{baseline}' beside it")
-        style.label(axes[0], "Block diffusion vs autoregressive", "", "")
+        _empty(axes[0], f"no diffusion run with the autoregressive baseline '{baseline}' beside it",
+               "Block diffusion vs autoregressive")
         return fig
     bounds = sorted({r["entropy_bound"] for r in rows})
     keys = sorted({(r["engine"], r["batch"], r["steps"], r["entropy_bound"]) for r in rows},
@@ -149,12 +140,11 @@ def quality_label(metric: str | None) -> str:
 def plot_quality_tradeoff(results: dict[str, Any]):
     """Quality and repetition against the entropy bound (one line per step count, the autoregressive
     baseline dashed), and speed against quality for every engine."""
-    fig, axes = _figure(17, 5, ncols=3)
+    fig, axes = figure(17, 5, 1, 3)
     diffusion = _ok(results, "diffusion")
     if not diffusion:
         for ax in axes:
-            _empty(ax, "no successful diffusion runs")
-            style.label(ax, "The speed-quality trade-off", "", "")
+            _empty(ax, "no successful diffusion runs", "The speed-quality trade-off")
         return fig
     names = [r["engine"] for r in diffusion]
     engine = "kit" if "kit" in names else names[0]
@@ -176,8 +166,7 @@ def plot_quality_tradeoff(results: dict[str, Any]):
                 ax.axhline(r[key], ls="--", color=style.REFERENCE, lw=1.2, label=f"{r['engine']} (greedy)")
         ax.set_xscale("log")
         style.label(ax, f"{ylabel.splitlines()[0]}: {n} tokens, batch {b}", "entropy bound (log)", ylabel)
-    style.legend_below(axes[0])
-    style.legend_below(axes[1])
+        style.legend_below(ax)
     ax = axes[2]
     for i, name in enumerate(dict.fromkeys(r["engine"] for r in _ok(results))):
         pts = [(r["tokens_per_s"], r["quality"]) for r in _ok(results) if r["engine"] == name
@@ -193,25 +182,11 @@ def plot_quality_tradeoff(results: dict[str, Any]):
 
 # ---- 4. ms per denoising step against the weight-streaming floor ------------------------------
 def plot_ms_per_step(results: dict[str, Any]):
-    rows = [r for r in _ok(results, "diffusion") if r["ms_per_step"] is not None]
-    settings = _diffusion_settings(results)
-    fig, ax = _figure(max(10, 1.3 * len(settings) + 4), 5)
-    if not rows:
-        _empty(ax, "no successful diffusion runs")
-        style.label(ax, "Time per denoising step", "", "")
-        return fig
-    _grouped_bars(ax, rows, settings, "ms_per_step")
     floor = results.get("floor")
-    if floor:
-        ax.axhline(floor["floor_ms_per_step"], color=style.OKABE_ITO[4], linestyle="--",
-                   label=f"weight-streaming floor {floor['floor_ms_per_step']:.2f} ms\n"
-                         f"({floor['weights_mb']:.0f} MB at {floor['bandwidth_gb_s']:.0f} GB/s)")
+    rows = [r for r in _ok(results, "diffusion") if r["ms_per_step"] is not None]
     note = "" if floor else " (floor: measured on GPU only)"
-    style.label(ax, f"Time per denoising step{note}\n" + _subtitle(results),
-                "setting (output tokens, batch; denoising steps, entropy bound)",
-                "ms per denoising step (median; whiskers: min-max)")
-    style.legend_outside(ax, title="engine")
-    return fig
+    return _bars_per_setting(results, rows, "ms_per_step", "Time per denoising step", note,
+                             "ms per denoising step (median; whiskers: min-max)", "no successful diffusion runs", floor)
 
 
 PLOTS = {

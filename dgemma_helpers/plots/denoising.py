@@ -1,9 +1,6 @@
-"""Plots of a DenoisingTrace (matplotlib): what each round accepted, how uncertain every position was,
-when each position locked in, how many tokens each denoiser pass produced; the animation behind
-trace.save_gif / save_mp4, and the player's still image (final_rounds_png).
-
-Every function returns a matplotlib Figure built without pyplot (no global figure state, nothing
-leaks in loops); in a notebook, `%matplotlib inline` displays it.
+"""Plots of a DenoisingTrace: what each round accepted, how uncertain every position was, when each
+position locked in, tokens per denoiser pass; the GIF/MP4 behind trace.save_gif / save_mp4, and the
+player's still image (final_rounds_png). Figures are built without pyplot.
 """
 
 from __future__ import annotations
@@ -31,10 +28,10 @@ if TYPE_CHECKING:  # for annotations only: trace.py imports this module (lazily,
     from ..visualization.trace import DenoisingTrace
 
 
-def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    return style.figure(*size)
+def _axes(trace: DenoisingTrace, ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The figure and axes to draw a trace's plot in (`ax`, or a new figure of `size`)."""
+    _need_rounds(trace)
+    return (ax.figure, ax) if ax is not None else style.figure(*size)
 
 
 def _need_rounds(trace: DenoisingTrace) -> None:
@@ -49,8 +46,7 @@ def _canvas_boundaries(trace: DenoisingTrace, ax: Axes) -> None:
 
 def accepted_per_round(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """Tokens accepted in each round, split into newly accepted and kept from the round before."""
-    _need_rounds(trace)
-    fig, ax = _axes(ax, (9, 3.4))
+    fig, ax = _axes(trace, ax, (9, 3.4))
     accepted, new = trace.accepted_counts()
     x = np.arange(len(accepted))
     ax.bar(x, accepted - new, color=STATE_COLORS["kept"], label="accepted earlier, kept")
@@ -65,26 +61,22 @@ def accepted_per_round(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
 def entropy_heatmap(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """Entropy of every position (rows) in every round (columns): uncertainty draining away. Dark is
     low entropy (certain), as in the player."""
-    _need_rounds(trace)
-    fig, ax = _axes(ax, (9, 4))
+    fig, ax = _axes(trace, ax, (9, 4))
     image = ax.imshow(trace.stack("entropy").T, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
     _canvas_boundaries(trace, ax)
-    bar = fig.colorbar(image, ax=ax)
-    bar.set_label("entropy (nats; dark = certain)", fontsize=style.FONT)
+    fig.colorbar(image, ax=ax).set_label("entropy (nats; dark = certain)", fontsize=style.FONT)
     style.label(ax, "Entropy per position and round", "round (all canvases)", "canvas position")
     return fig
 
 
 def lock_in_order(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """The round at which each position locked in (stayed accepted to the end of its canvas)."""
-    _need_rounds(trace)
-    fig, ax = _axes(ax, (9, 1.8 + 0.5 * trace.num_canvases))
+    fig, ax = _axes(trace, ax, (9, 1.8 + 0.5 * trace.num_canvases))
     steps = trace.lock_in_steps()
     shown = np.ma.masked_less_equal(steps, 0)  # 0: committed from the argmax without acceptance; -1: pinned
     cmap = colors.ListedColormap([style.OKABE_ITO[1]]) if shown.count() == 0 else matplotlib.colormaps["viridis"]
     image = ax.imshow(shown, aspect="auto", cmap=cmap.with_extremes(bad="#e8eaed"), interpolation="nearest")
-    bar = fig.colorbar(image, ax=ax)
-    bar.set_label("round locked in", fontsize=style.FONT)
+    fig.colorbar(image, ax=ax).set_label("round locked in", fontsize=style.FONT)
     style.label(ax, "Lock-in order: when each position settled",
                 "canvas position (grey: not settled, or pinned)", "canvas")
     ax.set_yticks(range(steps.shape[0]), [str(c + 1) for c in range(steps.shape[0])])
@@ -94,8 +86,7 @@ def lock_in_order(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
 def tokens_per_forward(trace: DenoisingTrace, ax: Axes | None = None) -> Figure:
     """Committed tokens per denoiser pass, for each canvas (higher = more parallel), against the
     autoregressive 1 token per forward."""
-    _need_rounds(trace)
-    fig, ax = _axes(ax, (7, 3.4))
+    fig, ax = _axes(trace, ax, (7, 3.4))
     tpf = trace.tokens_per_forward()
     rounds = [end - start for _, start, end in trace.canvas_ranges()]
     bars = ax.bar([f"canvas {c + 1}" for c in range(len(tpf))], tpf, color=STATE_COLORS["kept"],
@@ -171,17 +162,21 @@ def final_rounds_png(trace: DenoisingTrace, *, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def _grid_size(trace: DenoisingTrace, panels: int) -> tuple[float, float]:
+def _grid_shape(trace: DenoisingTrace) -> tuple[int, int]:  # (rows, columns) of the player's token grid
     cols = 16 if trace.canvas_length >= 128 else 8
-    return cols * 0.9, panels * (-(-trace.canvas_length // cols) * 0.32 + 0.8)
+    return -(-trace.canvas_length // cols), cols
+
+
+def _grid_size(trace: DenoisingTrace, panels: int) -> tuple[float, float]:
+    rows, cols = _grid_shape(trace)
+    return cols * 0.9, panels * (rows * 0.32 + 0.8)
 
 
 def _round_grid(trace: DenoisingTrace, ax: Axes, title: Text) -> Callable[[int], list]:
     """Draws round i of the trace into `ax` as the player's grid (one cell per position, coloured by state,
     shaded by certainty): returns draw(i), which updates the same artists (an animation calls it per frame)."""
     L = trace.canvas_length
-    cols = 16 if L >= 128 else 8
-    rows = -(-L // cols)
+    rows, cols = _grid_shape(trace)
     scale = float(trace.stack("entropy").max()) or 1.0
     previous = trace.previous_accepted()
     text = trace.token_text(trace.stack("canvas_ids"))

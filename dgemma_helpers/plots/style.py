@@ -1,8 +1,6 @@
 """The look every plot of the kit shares: the Okabe-Ito palette (told apart with any colour vision),
-font sizes a reader can read (>= 10 pt), titled and labelled axes, legends outside the data.
-
-Importing this module does not import matplotlib: the benchmark's plots are listed with the benchmark
-(dg.bench.PLOTS), and the kit loads matplotlib only when a figure is drawn.
+fonts >= 10 pt, titled and labelled axes, legends outside the data. Importing it does not import
+matplotlib (the benchmark imports it and runs without).
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Watching the denoising rounds: the trace of a generation, the DenoisingPlayer widget that animates
-it (static/player.js + player.css), its self-contained HTML export, and the trace's plots and GIF/MP4.
-
-    trace.py        DenoisingTrace: every round of one batch row; save/load (versioned gzip JSON)
-    trace_file.py   the trace file format: typed, bounded reading and writing
-    player.py       DenoisingPlayer (anywidget): live while generating, or replaying a trace
-    player_html.py  one offline HTML file that plays a trace
-
-The trace's plots and its GIF/MP4 animation are in dgemma_helpers/plots/denoising.py.
+"""Watching the denoising rounds: DenoisingTrace (trace.py; its file format, trace_file.py), the
+DenoisingPlayer widget (player.py, static/player.js + player.css) and its offline HTML page
+(player_html.py). The trace's plots and GIF/MP4 are in dgemma_helpers/plots/denoising.py.
 """
 
 from .trace import DenoisingTrace

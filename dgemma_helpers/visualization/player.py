@@ -1,21 +1,14 @@
 """DenoisingPlayer: a notebook widget (anywidget) that animates every denoising round.
 
-    player = DenoisingPlayer.from_model(model, prompt=prompt)   # live: shows rounds as they come
+    player = DenoisingPlayer.from_model(model, prompt=prompt)   # live; or DenoisingPlayer.from_file(path)
     display(player)
     result = dg.generate(model, prompt, on_step=player.update, record_topk=5)
     player.finish(result)
-    DenoisingPlayer.from_file("trace.json.gz")                  # replay a saved trace
-    player.save_html("denoising.html")                          # one file that plays offline
 
-The front end is static/player.js + player.css; the animation runs there, on a timer, so the
-kernel never sleeps and generation runs at full speed. Sending the whole trace on every round
-would cost O(rounds^2), so the player sends each new round as a message and refreshes the `_data`
-snapshot only when the trace has doubled since the last one (about twice the final size in all);
-a view that missed messages (opened late, or while the kernel was busy) asks for the rest.
-
-Where no JavaScript runs (nbconvert's HTML, GitHub, a notebook whose widget state was not saved) the
-output shows its still image instead: a PNG of the last round of every canvas, next to the widget view
-in the same output. A live player's output is updated with it when the generation finishes.
+The animation runs in the front end (static/player.js), so generation never waits for it. Sending the
+whole trace every round would cost O(rounds^2): each new round goes as a message, and the `_data`
+snapshot is refreshed only when the trace has doubled; a view that missed messages asks for the rest.
+Where no JavaScript runs (nbconvert, GitHub) the output shows a PNG of each canvas's last round instead.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only where the extra is
 
 from ..errors import InputError
 from ..plots.denoising import final_rounds_png
-from .player_html import STATIC, write_player_html
+from .player_html import STATIC
 from .trace import DenoisingTrace
 
 
@@ -120,7 +113,7 @@ class DenoisingPlayer(anywidget.AnyWidget):
 
     def save_html(self, path: str | os.PathLike) -> Path:
         """Write one self-contained HTML file (inline JS, CSS and data; no network) that plays the trace."""
-        return write_player_html(self.trace.to_payload(), path, speed=self.speed)
+        return self.trace.save_html(path, speed=self.speed)
 
     def _snapshot(self) -> None:
         self._data = self.trace.to_payload()

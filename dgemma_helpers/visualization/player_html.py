@@ -1,9 +1,6 @@
-"""The DenoisingPlayer as ONE self-contained HTML file: the widget's own ES module and CSS inlined,
-the trace embedded as JSON data, no network access (the page's Content-Security-Policy forbids it).
-
-The same player.js runs in the notebook (anywidget) and here: the page gives its default export a
-tiny stand-in for the widget model (`staticModel`, defined in player.js) instead of a kernel.
-Needs no Jupyter package, so a trace can be exported where anywidget is not installed.
+"""The DenoisingPlayer as ONE self-contained HTML file: player.js and player.css inlined, the trace
+embedded as JSON, no network (the page's Content-Security-Policy forbids it). The page hands player.js a
+stand-in widget model (`staticModel`) instead of a kernel, so no Jupyter package is needed.
 """
 
 from __future__ import annotations

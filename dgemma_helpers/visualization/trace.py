@@ -3,21 +3,11 @@
     trace = dg.DenoisingTrace.from_model(model, prompt=prompt)
     result = dg.generate(model, prompt, on_step=trace.record, record_topk=5)
     trace.finish(result)            # optional: the run's exact prompt ids and settings, checked
-    trace.save("trace.json.gz")     # compact and versioned; DenoisingTrace.load refuses bad files
+    trace.save("trace.json.gz")     # versioned gzip JSON (trace_file.py); DenoisingTrace.load refuses bad files
 
-A trace follows ONE batch row (row 0 unless `row=` says otherwise). A round in which that row was
-frozen (its adaptive stop had fired while other rows went on) is not recorded, so every round in a
-trace is a denoiser pass that changed, or could have changed, that row.
-
-File format (version 1): JSON, gzip-compressed unless the name ends in ".json":
-    {"format": "dgemma-denoising-trace", "version": 1, "meta": {...}, "vocab": {"id": "text"},
-     "rounds": {"canvas_index": [R], "step": [R], "remaining": [R], "temperature": [R],
-                "canvas_ids": ARRAY [R, L], "argmax_ids", "accepted", "entropy", "pinned",
-                "top_ids": ARRAY [R, L, k] | null, "top_probs"}}
-where ARRAY is {"dtype", "shape", "data": base64 of the little-endian bytes} (exact, compact). The
-vocabulary holds only the ids that occur, decoded one by one, so a file never carries the
-tokenizer. Reading and checking the file is trace_file.py's: loading refuses every malformed field with a
-TraceError that names it, and a gzip bomb after inflating at most a bounded size.
+A trace follows ONE batch row (`row=`, default 0). A round in which that row was frozen (its adaptive
+stop had fired while other rows went on) is not recorded. A file keeps the text of only the ids that
+occur (its `vocab`), never the tokenizer.
 """
 
 from __future__ import annotations
@@ -39,8 +29,8 @@ from ..errors import InputError
 from ..sampler import finalize_canvas
 from ..tokenizer import readable
 from .player_html import write_player_html
-from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, encode_array,
-                         parse_document, read_document, settings_problem)
+from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, checked_settings,
+                         encode_array, parse_document, read_document)
 
 
 @dataclass
@@ -131,14 +121,12 @@ class DenoisingTrace:
         if not bool(record.active[self.row]):
             return False
         r = self.row
-        pinned = record.pinned[r].numpy().astype(bool) if record.pinned is not None else np.zeros(L, dtype=bool)
-        self.rounds.append(TraceRound(
-            canvas_index=int(record.canvas_index), step=int(record.step), remaining=int(record.remaining),
-            temperature=float(record.temperature),
-            canvas_ids=_np(record.canvas_ids[r], "int32"), argmax_ids=_np(record.argmax_ids[r], "int32"),
-            accepted=_np(record.accepted[r], "bool"), entropy=_np(record.entropy[r], "float32"), pinned=pinned,
-            top_ids=None if record.top_ids is None else _np(record.top_ids[r], "int32"),
-            top_probs=None if record.top_probs is None else _np(record.top_probs[r], "float32")))
+        scalars = {name: (float if name == "temperature" else int)(getattr(record, name)) for name in SCALAR_FIELDS}
+        arrays = {name: None if getattr(record, name) is None else _np(getattr(record, name)[r], dtype)
+                  for name, dtype in ARRAY_DTYPES.items()}
+        if arrays["pinned"] is None:  # generate ran without pins
+            arrays["pinned"] = np.zeros(L, dtype=bool)
+        self.rounds.append(TraceRound(**scalars, **arrays))
         return True
 
     def finish(self, result: Any = None) -> DenoisingTrace:
@@ -265,7 +253,7 @@ class DenoisingTrace:
 
     def used_ids(self) -> np.ndarray:
         parts = [a.ravel() for rd in self.rounds for a in self._round_ids(rd)]
-        parts += [c for c in self.committed()] + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
+        parts += self.committed() + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
 
     # ---- the player's data --------------------------------------------------------------------------
@@ -282,10 +270,9 @@ class DenoisingTrace:
     def rounds_message(self, start: int) -> dict[str, Any]:
         """Rounds from `start` on, with the text of their ids and the canvases committed so far."""
         rounds = [self.round_payload(i) for i in range(start, len(self.rounds))]
-        ids = [a for rd in self.rounds[start:] for a in self._round_ids(rd)]
-        vocab = self.token_text(np.concatenate([a.ravel() for a in ids])) if ids else {}
         committed = self.committed()
-        vocab.update(self.token_text(np.concatenate(committed)) if committed else {})
+        ids = [a.ravel() for rd in self.rounds[start:] for a in self._round_ids(rd)] + committed
+        vocab = self.token_text(np.concatenate(ids)) if ids else {}
         return {"type": "rounds", "trace_id": self.trace_id, "start": start, "rounds": rounds,
                 "vocab": {str(k): v for k, v in vocab.items()},
                 "committed": {str(c): canvas.tolist() for c, canvas in enumerate(committed)}}
@@ -293,10 +280,8 @@ class DenoisingTrace:
     def to_payload(self) -> dict[str, Any]:
         """Everything the player shows, as JSON-ready data (also what save_html embeds)."""
         entropy = self.stack("entropy")
-        meta = {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
-                "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings, "title": self.title,
-                "complete": self.complete, "pad_token_id": int(self.settings.get("pad_token_id", 0)),
-                "entropy_max": float(entropy.max()) if entropy.size else 0.0}
+        meta = dict(self._meta(), pad_token_id=int(self.settings.get("pad_token_id", 0)),
+                    entropy_max=float(entropy.max()) if entropy.size else 0.0)
         message = self.rounds_message(0)
         message["vocab"].update({str(k): v for k, v in self.token_text(self.prompt_ids or []).items()})
         return {"format": FORMAT, "version": VERSION, "trace_id": self.trace_id, "meta": meta,
@@ -309,12 +294,14 @@ class DenoisingTrace:
         for name, dtype in ARRAY_DTYPES.items():
             arr = self.stack(name)
             rounds[name] = None if arr is None else encode_array(arr, dtype)
-        meta = {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
-                "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings,
-                "title": self.title, "complete": self.complete}
         used = {int(i) for i in self.used_ids()}
         vocab = {str(k): v for k, v in sorted(self.vocab.items()) if k in used}
-        return {"format": FORMAT, "version": VERSION, "meta": meta, "vocab": vocab, "rounds": rounds}
+        return {"format": FORMAT, "version": VERSION, "meta": self._meta(), "vocab": vocab, "rounds": rounds}
+
+    def _meta(self) -> dict[str, Any]:
+        return {"canvas_length": self.canvas_length, "vocab_size": self.vocab_size, "row": self.row,
+                "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings, "title": self.title,
+                "complete": self.complete}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace (gzip JSON, or plain JSON for a name ending in .json), atomically."""
@@ -352,7 +339,6 @@ class DenoisingTrace:
     # ---- exports (the drawing lives in plots/denoising.py and player_html.py) ---------------------------------
     def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
-
         return write_player_html(self.to_payload(), _out_path(path), speed=_rate(speed, "speed"))
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
@@ -395,15 +381,10 @@ def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
 def _settings_dict(settings: Any) -> dict[str, Any]:
     if settings is None:
         return {}
-    if isinstance(settings, dict):
-        source = settings
-    else:
-        source = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
-    out = {key: source[key] for key in SETTING_KEYS if key in source}
-    if isinstance(out.get("eos_token_ids"), tuple):  # GenerationSettings keeps a tuple; JSON has lists
-        out["eos_token_ids"] = list(out["eos_token_ids"])
+    if not isinstance(settings, dict):  # GenerationSettings
+        settings = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
     # Checked as a file's settings are, so that what save writes, load reads back.
-    problem = settings_problem(out)
+    out, problem = checked_settings({key: settings[key] for key in SETTING_KEYS if key in settings})
     if problem:
         raise InputError(f"trace settings: {problem}. Pass the run's GenerationSettings (result.settings).")
     return out

@@ -1,18 +1,12 @@
-"""The denoising-trace file (format version 1): reading it within a memory bound, and checking every field.
+"""The denoising-trace file (format version 1): read within a memory bound, every field checked.
 
-    doc = read_document(path)                 # gzip or plain JSON -> a JSON value, never more than a limit
-    fields = parse_document(doc, source)      # every field typed and checked -> TraceFields
+`read_document(path)` gives the JSON value of a gzip or plain file; `parse_document(doc, source)` types
+and checks every field into TraceFields, so a file that passes is safe for all a trace does later (plots,
+save_html, committed canvases). DenoisingTrace.load is built on both; this module knows nothing of it.
 
-DenoisingTrace.load / from_document (trace.py) are built on these two; this module knows nothing of
-DenoisingTrace (trace.py imports it, never the other way round). A file that passes parse_document is
-safe for everything a trace does later (plots, save_html, committed canvases), so those never meet a
-raw TypeError on a field that came from a file.
-
-Memory: a trace's JSON must be inflated to be parsed, so the inflated size is capped before parsing:
-at most INFLATE_RATIO times the compressed size (real traces inflate 2-4x; at least INFLATE_FLOOR)
-and never more than MAX_TRACE_BYTES. A gzip bomb is refused after inflating at most that limit.
-The array shapes a file declares are checked against its data (sizes computed with Python ints, so
-nothing wraps) before any base64 is decoded.
+Memory: the inflated size is capped before parsing (INFLATE_RATIO times the compressed size, at least
+INFLATE_FLOOR, at most MAX_TRACE_BYTES), so a gzip bomb stops at the cap; declared array shapes are
+checked against their data with Python ints (nothing wraps) before any base64 is decoded.
 """
 
 from __future__ import annotations
@@ -25,34 +19,102 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from ..errors import TraceError
-from ..validate import clip, short_repr
+from ..validate import clip, is_int, is_number, short_repr
 
 FORMAT = "dgemma-denoising-trace"
 VERSION = 1
-# The settings a trace keeps from a run: enough to explain it and to derive the committed canvases.
-SETTING_KEYS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
-                "confidence_threshold", "eos_token_ids", "pad_token_id")
 ARRAY_DTYPES = {"canvas_ids": "int32", "argmax_ids": "int32", "accepted": "bool", "entropy": "float32",
                 "pinned": "bool", "top_ids": "int32", "top_probs": "float32"}
+REQUIRED_ARRAYS = ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned")  # [R, L]; top-k ones may be null
 SCALAR_FIELDS = ("canvas_index", "step", "remaining", "temperature")
 
-# Inflated-size limits. Real traces inflate 2-4x (base64 arrays); 64x leaves room for very regular
-# ones (all pinned, all accepted), the floor lets any small file through, and the cap bounds the rest.
+# Real traces inflate 2-4x (base64 arrays); 64x leaves room for very regular ones (all pinned, all
+# accepted), the floor lets any small file through, and the cap bounds the rest.
 INFLATE_RATIO = 64
 INFLATE_FLOOR = 32 << 20
 MAX_TRACE_BYTES = 1 << 30
 _CHUNK = 1 << 20
 INT32_MAX = 2**31 - 1  # ids, counts and sizes are stored as int32 (stack() makes int32 arrays of them)
+TOKEN_ID = f"a token id (an integer in 0..{INT32_MAX})"
 FIX = "record and save the trace again with this version of dgemma_helpers"
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
+class _Invalid(Exception):
+    """One field's problem, as a phrase; parse_document turns it into a TraceError naming the file."""
+
+
+class _Missing(Exception):
+    """A required field is absent (its name)."""
+
+
+# ---- typed values: "<field> is <value>, but it must be <want>" ---------------------------------------
+def _need(ok: bool, field: str, value: Any, want: str) -> None:
+    if not ok:
+        raise _Invalid(f"{field} is {short_repr(value)}, but it must be {want}")
+
+
+def _int(value: Any, field: str, *, low: int = 0, high: int | None = INT32_MAX, want: str | None = None) -> int:
+    # is_int refuses bool: true/false where a count belongs is a damaged file, not 1/0.
+    _need(is_int(value) and value >= low and (high is None or value <= high), field, value,
+          want or f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+    return int(value)
+
+
+def _token(value: Any, field: str) -> int:
+    return _int(value, field, want=TOKEN_ID)
+
+
+def _number(value: Any, field: str) -> float:
+    _need(is_number(value) and math.isfinite(value) and value >= 0, field, value, "a finite number >= 0")
+    return float(value)
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is not None:
+        _need(isinstance(value, str), field, value, "a string or null")
+        try:
+            value.encode("utf-8")  # a lone surrogate (\ud800) parses but could never be saved or shown
+        except UnicodeEncodeError:
+            _need(False, field, value, "valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    _need(isinstance(value, Mapping), field, value, "a JSON object")
+    return value
+
+
+def _list(value: Any, field: str, item: Callable[[Any, str], Any]) -> list:
+    _need(isinstance(value, (list, tuple)), field, value, "a list")
+    return [item(v, f"{field}[{i}]") for i, v in enumerate(value)]
+
+
+def _step(value: Any, field: str) -> int:
+    return _int(value, field, low=1)
+
+
+def _count(low: int) -> Callable[[Any, str], int]:
+    return lambda value, field: _int(value, field, low=low, high=None)
+
+
+# The settings a trace keeps from a run (enough to explain it and to derive the committed canvases), each
+# with its check.
+SETTINGS: dict[str, Callable[[Any, str], Any]] = {
+    "max_new_tokens": _count(1), "max_denoising_steps": _count(1), "entropy_bound": _number, "t_min": _number,
+    "t_max": _number, "stability_threshold": _count(0), "confidence_threshold": _number,
+    "eos_token_ids": lambda value, field: None if value is None else _list(value, field, _token),
+    "pad_token_id": _token,
+}
+SETTING_KEYS = tuple(SETTINGS)
 
 
 @dataclass
@@ -76,14 +138,6 @@ class TraceFields:
         return len(self.scalars["canvas_index"])
 
 
-class _Invalid(Exception):
-    """One field's problem, as a phrase; parse_document turns it into a TraceError naming the file."""
-
-
-class _Missing(Exception):
-    """A required field is absent (its name)."""
-
-
 # ---- reading the bytes -------------------------------------------------------------------------------
 def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
     """The most bytes a file of `compressed_size` may inflate to (`max_bytes` overrides)."""
@@ -95,8 +149,8 @@ def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
 def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """The JSON value in a trace file (gzip, or plain JSON), read within inflate_limit()."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {short_repr(path)}): pass the file's path, "
-                         "e.g. DenoisingTrace.load(\"trace.json.gz\").")
+        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {short_repr(path)}): pass the file's "
+                         "path, e.g. DenoisingTrace.load(\"trace.json.gz\").")
     if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
         raise TraceError(f"max_bytes must be a positive integer number of bytes (got {short_repr(max_bytes)}), or None "
                          "for the default limit.")
@@ -132,16 +186,14 @@ def _inflate(f: Any, path: Path, size: int, limit: int) -> bytearray:
     out = bytearray()
     try:
         with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-            while True:
-                chunk = gz.read(min(_CHUNK, limit + 1 - len(out)))
-                if not chunk:
-                    return out
+            while chunk := gz.read(min(_CHUNK, limit + 1 - len(out))):
                 out += chunk
                 if len(out) > limit:
                     raise TraceError(_too_big(path, f"inflates to more than {limit:,} bytes from {size:,} "
                                                     "compressed", limit))
     except (EOFError, OSError, zlib.error) as e:
         raise TraceError(f"{path} is a truncated or corrupt gzip file ({e}): {FIX}.") from None
+    return out
 
 
 def _read_plain(f: Any, path: Path, size: int, limit: int) -> bytes:
@@ -185,32 +237,38 @@ def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
     return fields
 
 
-def settings_problem(settings: Mapping[str, Any]) -> str:
-    """Why `settings` (a trace's settings dict) is not valid, as a phrase; "" when it is."""
+def checked_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A trace's settings typed as a file's are (lists, ints, floats), and why they are not valid ("" when they are)."""
     try:
-        _settings(settings, "settings")
+        return _settings(settings, "settings"), ""
     except _Invalid as e:
-        return str(e)
-    return ""
+        return {}, str(e)
+
+
+def _required(mapping: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in mapping:
+            raise _Missing(f"{where}{key}")
 
 
 def _parse(doc: Mapping[str, Any]) -> TraceFields:
     meta = _mapping(doc["meta"], "meta")
-    if "canvas_length" not in meta:
-        raise _Missing("meta.canvas_length")
+    _required(meta, "meta.", ("canvas_length",))
     rounds = _mapping(doc["rounds"], "rounds")
-    for name in SCALAR_FIELDS:
-        if name not in rounds:
-            raise _Missing(f"rounds.{name}")
-    R = len(_sequence(rounds["canvas_index"], "rounds.canvas_index"))
-    L = _int(meta["canvas_length"], "meta.canvas_length", low=1, null=R == 0,
-             want=f"an integer in 1..{INT32_MAX} (the canvas length)" + (" or null (no rounds)" if R == 0 else ""))
-    V = _int(meta.get("vocab_size"), "meta.vocab_size", low=1, high=INT32_MAX + 1, null=True,
-             want="an integer >= 1 (the model's vocabulary size) or null")
+    _required(rounds, "rounds.", SCALAR_FIELDS)
+    scalars = {name: _list(rounds[name], f"rounds.{name}", check) for name, check in (
+        ("canvas_index", _int), ("step", _step), ("remaining", _int), ("temperature", _number))}
+    no_rounds = not scalars["canvas_index"]
+    length = meta["canvas_length"]
+    if length is not None or not no_rounds:
+        length = _int(length, "meta.canvas_length", low=1, want=f"an integer in 1..{INT32_MAX} (the canvas length)"
+                      + (" or null (no rounds)" if no_rounds else ""))
+    vocab_size = meta.get("vocab_size")
+    if vocab_size is not None:
+        vocab_size = _int(vocab_size, "meta.vocab_size", low=1, high=INT32_MAX + 1,
+                          want="an integer >= 1 (the model's vocabulary size) or null")
     prompt_ids = meta.get("prompt_ids")
-    if prompt_ids is not None:
-        prompt_ids = [_token(t, f"meta.prompt_ids[{i}]")
-                      for i, t in enumerate(_sequence(prompt_ids, "meta.prompt_ids"))]
+    prompt_ids = None if prompt_ids is None else _list(prompt_ids, "meta.prompt_ids", _token)
     settings = meta.get("settings")
     settings = {} if settings is None else _settings(_mapping(settings, "meta.settings"), "meta.settings")
     vocab = {}
@@ -220,46 +278,23 @@ def _parse(doc: Mapping[str, Any]) -> TraceFields:
             raise _Invalid(f"vocab has the key {short_repr(key)}, but its keys must be token ids in 0..{INT32_MAX} "
                            "written in decimal")
         vocab[int(key)] = _text(text, f"vocab[{key!r}]")
-    scalars = {
-        "canvas_index": _ints(rounds["canvas_index"], "rounds.canvas_index", low=0),
-        "step": _ints(rounds["step"], "rounds.step", low=1),
-        "remaining": _ints(rounds["remaining"], "rounds.remaining", low=0),
-        "temperature": [_number(t, f"rounds.temperature[{i}]", low=0.0) for i, t in
-                        enumerate(_sequence(rounds["temperature"], "rounds.temperature"))],
-    }
     arrays = {name: None if rounds.get(name) is None else _array(rounds[name], name) for name in ARRAY_DTYPES}
-    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
-        if name not in rounds:
-            raise _Missing(f"rounds.{name}")
+    _required(rounds, "rounds.", REQUIRED_ARRAYS)
     complete = meta.get("complete", False)
-    if not isinstance(complete, bool):
-        raise _Invalid(f"meta.complete is {short_repr(complete)}, but it must be true or false")
+    _need(isinstance(complete, bool), "meta.complete", complete, "true or false")
     return TraceFields(
-        canvas_length=L, vocab_size=V, row=_int(meta.get("row", 0), "meta.row", low=0, want="a batch row index >= 0"),
+        canvas_length=length, vocab_size=vocab_size,
+        row=_int(meta.get("row", 0), "meta.row", want="a batch row index >= 0"),
         prompt=_text(meta.get("prompt"), "meta.prompt"), prompt_ids=prompt_ids, settings=settings,
         title=_text(meta.get("title"), "meta.title"), complete=complete, vocab=vocab, scalars=scalars, arrays=arrays)
 
 
 def _settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown = [k for k in settings if k not in SETTING_KEYS]
+    unknown = [k for k in settings if k not in SETTINGS]
     if unknown:
         raise _Invalid(f"{where} has unknown key(s) {[clip(repr(k)) for k in unknown[:5]]}; a trace keeps "
                        f"{list(SETTING_KEYS)}")
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        field = f"{where}.{key}"
-        if key in ("max_new_tokens", "max_denoising_steps"):
-            out[key] = _int(value, field, low=1, high=None)
-        elif key == "stability_threshold":
-            out[key] = _int(value, field, low=0, high=None)
-        elif key == "pad_token_id":
-            out[key] = _token(value, field)
-        elif key == "eos_token_ids":
-            out[key] = None if value is None else [_token(t, f"{field}[{i}]")
-                                                   for i, t in enumerate(_sequence(value, field))]
-        else:  # entropy_bound, t_min, t_max, confidence_threshold
-            out[key] = _number(value, field, low=0.0)
-    return out
+    return {key: SETTINGS[key](value, f"{where}.{key}") for key, value in settings.items()}
 
 
 def _array(spec: Any, name: str) -> np.ndarray:
@@ -271,8 +306,8 @@ def _array(spec: Any, name: str) -> np.ndarray:
     if len(spec["shape"]) > 3:
         raise _Invalid(f"{field}.shape has {len(spec['shape'])} dimensions, but a trace array has 2 or 3")
     # Each size within int32 too: a zero elsewhere would let [0, 10**30] match no data, and numpy refuses it.
-    shape = tuple(_int(s, f"{field}.shape[{i}]", low=0, want=f"an integer in 0..{INT32_MAX} (an array size)")
-                  for i, s in enumerate(spec["shape"]))
+    shape = tuple(_list(spec["shape"], f"{field}.shape",
+                        lambda s, f: _int(s, f, want=f"an integer in 0..{INT32_MAX} (an array size)")))
     data = spec.get("data")
     if not isinstance(data, str) or len(data) % 4:
         raise _Invalid(f"field {name!r} has corrupt base64 data (not a base64 string)")
@@ -300,7 +335,7 @@ def _consistency(f: TraceFields) -> str:
         if len(values) != R:
             return f"{name} has {len(values)} entries but canvas_index has {R}"
     arrays = f.arrays
-    for name in ("canvas_ids", "argmax_ids", "accepted", "entropy", "pinned"):
+    for name in REQUIRED_ARRAYS:
         if arrays[name] is None or arrays[name].shape != (R, L):
             got = None if arrays[name] is None else list(arrays[name].shape)
             return f"{name} has shape {got}, expected [{R}, {L}] (rounds x canvas_length)"
@@ -330,59 +365,6 @@ def _consistency(f: TraceFields) -> str:
     if any(b < a for a, b in zip(f.scalars["canvas_index"], f.scalars["canvas_index"][1:])):
         return "canvas_index goes backwards"
     return ""
-
-
-# ---- typed values ------------------------------------------------------------------------------------
-def _fail(field: str, value: Any, want: str) -> NoReturn:
-    raise _Invalid(f"{field} is {short_repr(value)}, but it must be {want}")
-
-
-def _int(value: Any, field: str, *, low: int, high: int | None = INT32_MAX, null: bool = False,
-         want: str | None = None) -> Any:
-    # bool is an int subclass: true/false where a count belongs is a damaged file, not 1/0.
-    if value is None and null:
-        return None
-    if type(value) is not int or value < low or (high is not None and value > high):
-        _fail(field, value, want or (f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")))
-    return value
-
-
-def _ints(value: Any, field: str, *, low: int) -> list[int]:
-    return [_int(v, f"{field}[{i}]", low=low) for i, v in enumerate(_sequence(value, field))]
-
-
-def _token(value: Any, field: str) -> int:
-    return _int(value, field, low=0, want=f"a token id (an integer in 0..{INT32_MAX})")
-
-
-def _number(value: Any, field: str, *, low: float) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < low:
-        _fail(field, value, f"a finite number >= {low:g}")
-    return float(value)
-
-
-def _text(value: Any, field: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        _fail(field, value, "a string or null")
-    try:
-        value.encode("utf-8")  # a lone surrogate (\ud800) parses but could never be saved or shown
-    except UnicodeEncodeError:
-        _fail(field, value, "valid Unicode text (it holds a lone surrogate)")
-    return value
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        _fail(field, value, "a JSON object")
-    return value
-
-
-def _sequence(value: Any, field: str) -> list | tuple:
-    if not isinstance(value, (list, tuple)):
-        _fail(field, value, "a list")
-    return value
 
 
 def encode_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
