@@ -170,17 +170,11 @@ class ModelConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json transformers writes for this text model (vision tower left minimal)."""
-        text = {
+        fields = {section: {key: getattr(self, f) for f, (where, key, _, _) in KEYS.items() if where == section}
+                  for section in ("top", "text")}
+        text = fields["text"] | {
             "model_type": "diffusion_gemma_text",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.sliding_kv_heads,
-            "head_dim": self.sliding_head_dim,
             "hidden_activation": "gelu_pytorch_tanh",
-            "sliding_window": self.sliding_window,
             "layer_types": list(self.layer_types),
             "per_layer_config": {
                 str(i): {"head_dim": self.full_head_dim, "num_key_value_heads": self.full_kv_heads}
@@ -191,11 +185,6 @@ class ModelConfig:
                 FULL: {"rope_type": "proportional", "partial_rotary_factor": self.full_rope_fraction,
                        "rope_theta": self.full_rope_theta},
             },
-            "num_experts": self.num_experts,
-            "top_k_experts": self.top_k_experts,
-            "moe_intermediate_size": self.moe_intermediate_size,
-            "rms_norm_eps": self.rms_norm_eps,
-            "max_position_embeddings": self.max_position_embeddings,
             "pad_token_id": self.pad_token_id,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids),
@@ -208,11 +197,8 @@ class ModelConfig:
         return {
             "architectures": ["DiffusionGemmaForBlockDiffusion"],
             "model_type": "diffusion_gemma",
-            "canvas_length": self.canvas_length,
+            **fields["top"],
             "tie_word_embeddings": True,
-            "image_token_id": self.image_token_id,
-            "boi_token_id": self.boi_token_id,
-            "eoi_token_id": self.eoi_token_id,
             "text_config": text,
             "vision_config": dict(TINY_VISION_CONFIG),
         }
