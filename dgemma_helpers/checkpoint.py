@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .errors import CheckpointError, DeviceError, InputError
 from .hub import CONFIG_FILES, KIT_FILES, hub_model, snapshot
 from .memory import estimate_memory
 from .model import DiffusionGemma
-from .shards import FLOAT_DTYPES, TensorEntry, load_tensors, numel, read_safetensors_header
+from .shards import FLOAT_DTYPES, TensorEntry, load_tensors, read_safetensors_header
 from .tokenizer import load_tokenizer
 from .validate import check, shown
 from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_status
@@ -176,7 +177,7 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tup
     """The text model's weights, plus the vision tower's (name -> shape) when it is loaded."""
     size = torch.empty((), dtype=dtype).element_size()
     shapes = list(expected_tensors(config).values()) + list((vision or {}).values())
-    return sum(numel(shape) for shape in shapes) * size
+    return sum(math.prod(shape) for shape in shapes) * size
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", batch_size: int = 1,

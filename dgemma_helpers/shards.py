@@ -73,9 +73,3 @@ def copy_tensors(by_file: dict[Path, list[str]], targets: dict[str, torch.Tensor
             except (SafetensorError, OSError) as e:  # the file changed since its header was checked
                 raise CheckpointError(f"{file} could not be read ({e}); re-download or re-save it.") from e
 
-
-def numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
