@@ -4,21 +4,19 @@ Only the encoder writes it (prompt, then each committed canvas). The denoiser re
 its canvas keys/values in a scratch region right after the prefix, so attention runs over one
 contiguous view instead of concatenating the whole prefix on every denoising step.
 
-Sliding-window layers keep a ring of the last `sliding_window - 1` positions (what any later
-query can see), so long prompts cost full-length memory in the few full-attention layers only,
-and those keep one tensor, not two: their values are the RMS-normed keys, so the cache holds the
-values and the layer rebuilds its keys from them (times the k-norm weight, rotated to each slot's
-position) on every pass. That halves the per-token cost of a long context (see `bytes_per_token`).
-The model talks to a cache through these calls, which the training context implements too:
-`begin_encode`, `begin_denoise`, then per layer `kv` (sliding layers: keys and values) or
-`shared_kv` (full layers: the values alone) with `key_positions` (where each returned slot sits),
-and `end`.
-
-StaticCanvasCache is the denoiser's side of the same protocol with fixed shapes and addresses, so
-that one CUDA graph of `model.denoise` serves every round of every canvas (the fast path).
+Sliding-window layers keep a ring of the last `sliding_window - 1` positions (what any later query
+can see), so only the few full-attention layers grow with the context, and by one tensor, not two:
+their values are the RMS-normed keys, so the layer rebuilds its keys from them (times the k-norm
+weight, rotated to each slot's position) on every pass, halving a long context's cost.
+The model talks to a cache through `begin_encode`, `begin_denoise`, then per layer `kv` (sliding
+layers: keys and values) or `shared_kv` (full layers: the values alone) with `key_positions`, and
+`end`; the training context implements the same calls. StaticCanvasCache is the denoiser's side
+with fixed shapes and addresses, so that one CUDA graph of `model.denoise` serves every round.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -30,8 +28,7 @@ Masks = dict[str, torch.Tensor | None]
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, capacity: int, *,
                  device: torch.device | str, dtype: torch.dtype) -> None:
-        """`capacity`: committed tokens it can hold (prompt + every canvas that gets encoded). The
-        config's sliding_window >= 2 was checked where it was read (config.py)."""
+        """`capacity`: committed tokens it can hold (prompt + every canvas that gets encoded)."""
         self.config = config
         self.batch_size = batch_size
         self.capacity = capacity
@@ -48,10 +45,7 @@ class KVCache:
         # keys[layer] is None for full-attention layers: their keys are rebuilt from the values.
         self.keys: list[torch.Tensor | None] = []
         self.values: list[torch.Tensor] = []
-        for layer in range(config.num_layers):
-            sliding = config.is_sliding(layer)
-            slots = (self.ring if sliding else capacity) + self.scratch
-            shape = (batch_size, config.kv_heads(layer), slots, config.head_dim(layer))
+        for shape, sliding in self.layer_shapes(config, batch_size, capacity):
             self.keys.append(torch.zeros(shape, device=self.device, dtype=dtype) if sliding else None)
             self.values.append(torch.zeros(shape, device=self.device, dtype=dtype))
         self._mode: str | None = None
@@ -163,15 +157,18 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
     @staticmethod
+    def layer_shapes(config: ModelConfig, batch_size: int, capacity: int) -> list[tuple[tuple[int, ...], bool]]:
+        """Each layer's buffer shape [B, kv heads, slots, head dim], and whether it keeps keys (sliding)."""
+        ring = min(config.sliding_window - 1, capacity)
+        return [((batch_size, config.kv_heads(i), (ring if config.is_sliding(i) else capacity) + config.canvas_length,
+                  config.head_dim(i)), config.is_sliding(i)) for i in range(config.num_layers)]
+
+    @staticmethod
     def bytes_needed(config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype) -> int:
         """What a KVCache of this capacity allocates (nbytes() of one equals it)."""
-        ring = min(config.sliding_window - 1, capacity)
-        numbers = 0
-        for layer in range(config.num_layers):
-            sliding = config.is_sliding(layer)
-            slots = (ring if sliding else capacity) + config.canvas_length
-            numbers += (2 if sliding else 1) * slots * config.kv_heads(layer) * config.head_dim(layer)
-        return numbers * batch_size * torch.empty((), dtype=dtype).element_size()
+        numbers = sum((2 if sliding else 1) * math.prod(shape)
+                      for shape, sliding in KVCache.layer_shapes(config, batch_size, capacity))
+        return numbers * torch.empty((), dtype=dtype).element_size()
 
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -185,14 +182,12 @@ class StaticCanvasCache:
     """A KVCache seen by the denoiser through fixed shapes: `model.denoise(canvas, StaticCanvasCache(
     cache), soft)` gives KVCache's result, and one CUDA graph of it serves every canvas.
 
-    KVCache slices its buffers by the prefix length p: the canvas keys of a full-attention layer go to
-    slots [p, p + L) and attention reads [0, p + L), which move from one canvas to the next. Here the
-    canvas goes to the scratch slots [capacity, capacity + L) that KVCache allocates anyway and
-    attention always reads the whole buffer, under a mask that hides the unwritten slots [p, capacity)
-    and left-padding (cost: attention over `capacity` keys instead of p, small next to the weights).
-    Sliding layers are already fixed ([ring | canvas]); their mask becomes a static buffer.
-    Positions and masks are rewritten in place by `refresh()` between canvases, outside any graph;
-    the encoder keeps writing through the KVCache itself."""
+    KVCache puts a full layer's canvas at slots [p, p + L), which move with the prefix length p. Here
+    the canvas goes to the scratch slots [capacity, capacity + L) that KVCache allocates anyway, and
+    attention reads the whole buffer under a mask that hides the unwritten slots [p, capacity) and
+    left-padding (cost: attention over `capacity` keys instead of p, small next to the weights).
+    `refresh()` rewrites positions and masks in place between canvases, outside any graph; the
+    encoder keeps writing through the KVCache itself."""
 
     def __init__(self, cache: KVCache) -> None:
         self.cache = cache

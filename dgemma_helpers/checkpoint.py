@@ -1,17 +1,17 @@
 """Read and write DiffusionGemmaForBlockDiffusion checkpoint directories (safetensors only).
 
-Loading checks everything before it allocates anything: config.json and generation_config.json
-field by field, that every file it reads lies inside the checkpoint directory (symlinks followed),
-every shard's header (a truncated or corrupt file is named), every tensor's name, dtype and shape
-against the config, and the memory the device has. Then the model is built empty on the target
-device and each tensor is copied in straight from the memory-mapped shard, in the target dtype:
-there is never a full CPU copy of the weights. Pickle files (.bin) are refused, never opened.
+Loading checks everything before it allocates anything: the configs, that every file it reads lies
+inside the checkpoint directory (symlinks followed), every shard's header, every tensor's name,
+dtype and shape against the config, and the memory the device has. Then the model is built empty
+on the device and each tensor copied in from the memory-mapped shard: there is never a full CPU
+copy of the weights. Pickle files (.bin) are refused, never opened.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,9 @@ from .errors import CheckpointError, DeviceError, InputError
 from .hub import CONFIG_FILES, KIT_FILES, hub_model, snapshot
 from .memory import estimate_memory
 from .model import DiffusionGemma
-from .shards import FLOAT_DTYPES, TensorEntry, copy_tensors, numel, read_safetensors_header
+from .shards import FLOAT_DTYPES, TensorEntry, load_tensors, read_safetensors_header
 from .tokenizer import load_tokenizer
-from .validate import shown
+from .validate import check, shown
 from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_status
 
 log = logging.getLogger("dgemma_helpers")
@@ -39,7 +39,7 @@ GET_MODEL_HINT = (
     "`hf download google/diffusiongemma-26B-A4B-it --local-dir PATH`, or use the kit's small model in "
     "models/dgemma-tiny."
 )
-TEXT_PREFIXES = ("model.decoder.", "model.encoder.language_model.")
+DECODER, ENCODER = "model.decoder.", "model.encoder.language_model."
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PICKLE_HINT = ("which this kit never opens (unpickling runs arbitrary code). If you trust the file, convert it once "
                "with transformers: `DiffusionGemmaForBlockDiffusion.from_pretrained(SRC).save_pretrained(DST)` writes "
@@ -49,10 +49,10 @@ PICKLE_HINT = ("which this kit never opens (unpickling runs arbitrary code). If 
 # ---- names --------------------------------------------------------------------------------------
 def hf_to_kit(name: str) -> str | None:
     """The model's parameter name for a checkpoint tensor; None for tensors the engine skips."""
-    if name.startswith("model.decoder."):
-        return name[len("model.decoder."):]
-    if name.startswith("model.encoder.language_model."):
-        rest = name[len("model.encoder.language_model."):]
+    if name.startswith(DECODER):
+        return name[len(DECODER):]
+    if name.startswith(ENCODER):
+        rest = name[len(ENCODER):]
         if rest.endswith(".layer_scalar"):  # the one encoder tensor not tied to the denoiser's
             return rest[: -len("layer_scalar")] + "encoder_layer_scalar"
         return None  # a tied copy of a denoiser weight
@@ -63,8 +63,8 @@ def hf_to_kit(name: str) -> str | None:
 
 def kit_to_hf(name: str) -> str:
     if name.endswith(".encoder_layer_scalar"):
-        return "model.encoder.language_model." + name[: -len("encoder_layer_scalar")] + "layer_scalar"
-    return "model.decoder." + name
+        return ENCODER + name[: -len("encoder_layer_scalar")] + "layer_scalar"
+    return DECODER + name
 
 
 # ---- files inside the checkpoint ----------------------------------------------------------------
@@ -82,10 +82,9 @@ def inside_checkpoint(path: Path, name: str, what: str) -> Path:
     a name like '../elsewhere/x' or a link out of the directory would read someone else's file."""
     root = path.resolve()
     target = (root / name).resolve()
-    if not any(target.is_relative_to(r) for r in _allowed_roots(root)):
-        raise CheckpointError(f"{what} {name!r} of {path} resolves to {target}, outside the checkpoint directory: "
-                              "this kit never reads a file outside the checkpoint. Copy the file into the directory "
-                              "(in place of the link), or fix the name.")
+    check(any(target.is_relative_to(r) for r in _allowed_roots(root)), CheckpointError,
+          f"{what} {name!r} of {path} resolves to {target}, outside the checkpoint directory: this kit never reads a "
+          "file outside the checkpoint. Copy the file into the directory (in place of the link), or fix the name.")
     return path / name
 
 
@@ -98,51 +97,44 @@ def check_links(path: Path) -> None:
 
 
 def index_checkpoint(path: Path) -> dict[str, TensorEntry]:
-    """Every tensor of a checkpoint directory, from model.safetensors or a sharded index.
-
-    Shard names are data from the index: each must be a .safetensors file inside the directory.
-    """
+    """Every tensor of a checkpoint directory, from model.safetensors or a sharded index (whose shard
+    names are data: each must be a .safetensors file inside the directory)."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    if index.exists():
-        inside_checkpoint(path, index.name, "the shard index")
-        weight_map = read_json(index, "shard index").get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
-            raise CheckpointError(f"{index} has no 'weight_map' of tensor name -> shard file name: the shard index is "
-                                  "corrupt; re-download it.")
-        files = sorted(set(weight_map.values()))
-        for f in files:
-            inside_checkpoint(path, f, f"shard {index.name} names")
-        pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
-        if pickles:
-            raise CheckpointError(f"{index} names pickle shard(s) {pickles[:3]}: a PyTorch pickle checkpoint, "
-                                  + PICKLE_HINT)
-        foreign = [f for f in files if not f.endswith(".safetensors")]
-        if foreign:
-            raise CheckpointError(f"{index} names shard(s) {foreign[:3]} that are not .safetensors files: this kit "
-                                  "reads safetensors weights only. Re-download the checkpoint, or fix the index.")
-        missing = [f for f in files if not (path / f).exists()]
-        if missing:
-            raise CheckpointError(f"{path} lacks shard(s) {missing[:3]}{'...' if len(missing) > 3 else ''} listed in "
-                                  f"{index.name}: the download is incomplete. {GET_MODEL_HINT}")
-        entries: dict[str, TensorEntry] = {}
-        for f in files:
-            for name, entry in read_safetensors_header(path / f).items():
-                if name in entries:
-                    raise CheckpointError(f"tensor {name!r} is in both {entries[name].file.name} and {f}: the shards "
-                                          "overlap; re-download the checkpoint.")
-                entries[name] = entry
-        stale = [n for n, f in weight_map.items() if n not in entries or entries[n].file != path / f]
-        if stale:
-            raise CheckpointError(f"{index} places {len(stale)} tensor(s) in shards that do not hold them, e.g. "
-                                  f"{stale[:3]}: the index and the shards are from different downloads; re-download "
-                                  "the checkpoint.")
-        return entries
-    if single.exists():
-        return read_safetensors_header(inside_checkpoint(path, single.name, "the weights file"))
-    pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-    if pickles:
-        raise CheckpointError(f"{path} holds only pickle weights ({', '.join(pickles[:3])}), " + PICKLE_HINT)
-    raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json. {GET_MODEL_HINT}")
+    if not index.exists():
+        if single.exists():
+            return read_safetensors_header(inside_checkpoint(path, single.name, "the weights file"))
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        check(not pickles, CheckpointError, f"{path} holds only pickle weights ({', '.join(pickles[:3])}), "
+              + PICKLE_HINT)
+        raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json. {GET_MODEL_HINT}")
+    inside_checkpoint(path, index.name, "the shard index")
+    weight_map = read_json(index, "shard index").get("weight_map")
+    check(isinstance(weight_map, dict) and all(isinstance(v, str) and v for v in weight_map.values()),
+          CheckpointError, f"{index} has no 'weight_map' of tensor name -> shard file name: the shard index is "
+          "corrupt; re-download it.")
+    files = sorted(set(weight_map.values()))
+    for f in files:
+        inside_checkpoint(path, f, f"shard {index.name} names")
+    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    check(not pickles, CheckpointError, f"{index} names pickle shard(s) {pickles[:3]}: a PyTorch pickle checkpoint, "
+          + PICKLE_HINT)
+    foreign = [f for f in files if not f.endswith(".safetensors")]
+    check(not foreign, CheckpointError, f"{index} names shard(s) {foreign[:3]} that are not .safetensors files: this "
+          "kit reads safetensors weights only. Re-download the checkpoint, or fix the index.")
+    missing = [f for f in files if not (path / f).exists()]
+    check(not missing, CheckpointError, f"{path} lacks shard(s) {missing[:3]}{'...' if len(missing) > 3 else ''} "
+          f"listed in {index.name}: the download is incomplete. {GET_MODEL_HINT}")
+    entries: dict[str, TensorEntry] = {}
+    for f in files:
+        for name, entry in read_safetensors_header(path / f).items():
+            if name in entries:
+                raise CheckpointError(f"tensor {name!r} is in both {entries[name].file.name} and {f}: the shards "
+                                      "overlap; re-download the checkpoint.")
+            entries[name] = entry
+    stale = [n for n, f in weight_map.items() if n not in entries or entries[n].file != path / f]
+    check(not stale, CheckpointError, f"{index} places {len(stale)} tensor(s) in shards that do not hold them, e.g. "
+          f"{stale[:3]}: the index and the shards are from different downloads; re-download the checkpoint.")
+    return entries
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -150,20 +142,17 @@ def read_config(path: str | os.PathLike, *, revision: str | None = None,
                 local_files_only: bool = False) -> tuple[Path, ModelConfig]:
     """The checkpoint directory and its checked config.json (no weights are read). A Hugging Face
     Hub id (hub.py) gives its snapshot in the local cache, where only the configs are fetched."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise InputError(f"the model path must be a checkpoint directory (a str or Path), got {shown(path)} "
-                         f"({type(path).__name__}). {GET_MODEL_HINT}")
+    check(isinstance(path, (str, os.PathLike)) and str(path).strip(), InputError, "the model path must be a checkpoint "
+          f"directory (a str or Path), got {shown(path)} ({type(path).__name__}). {GET_MODEL_HINT}")
     model = hub_model(path, revision)
     if model is not None:
         path = snapshot(model, CONFIG_FILES, local_files_only=local_files_only)
     path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist. {GET_MODEL_HINT}")
-    if not path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a file; load_model takes the checkpoint directory that holds "
-                              "config.json and the safetensors files.")
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path} has no config.json: it is not a checkpoint directory. {GET_MODEL_HINT}")
+    check(path.exists(), CheckpointError, f"checkpoint directory {str(path)!r} does not exist. {GET_MODEL_HINT}")
+    check(path.is_dir(), CheckpointError, f"{str(path)!r} is a file; load_model takes the checkpoint directory that "
+          "holds config.json and the safetensors files.")
+    check((path / "config.json").exists(), CheckpointError,
+          f"{path} has no config.json: it is not a checkpoint directory. {GET_MODEL_HINT}")
     check_links(path)
     return path, ModelConfig.from_hf(read_json(path / "config.json", "model config"), source=str(path / "config.json"))
 
@@ -188,7 +177,7 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tup
     """The text model's weights, plus the vision tower's (name -> shape) when it is loaded."""
     size = torch.empty((), dtype=dtype).element_size()
     shapes = list(expected_tensors(config).values()) + list((vision or {}).values())
-    return sum(numel(shape) for shape in shapes) * size
+    return sum(math.prod(shape) for shape in shapes) * size
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", batch_size: int = 1,
@@ -210,27 +199,20 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
     for hf_name, entry in entries.items():
         if hf_name.startswith(VISION_PREFIXES):
             vision[hf_name] = entry
-            continue
-        if hf_name == "lm_head.weight":  # tied to the embedding, which the engine reads once
-            continue
-        if not hf_name.startswith(TEXT_PREFIXES):
-            unknown.append(hf_name)
-            continue
-        name = hf_to_kit(hf_name)
-        if name is None:  # an encoder tensor tied to the denoiser's: known if the denoiser has it
-            if hf_name[len("model.encoder.language_model."):] not in expected:
+        elif hf_name.startswith((DECODER, ENCODER)):
+            name = hf_to_kit(hf_name)
+            if name in expected:
+                plan[name] = entry
+            # None: an encoder tensor tied to the denoiser's, known if the denoiser has it
+            elif name is not None or hf_name[len(ENCODER):] not in expected:
                 unknown.append(hf_name)
-            continue
-        if name not in expected:
+        elif hf_name != "lm_head.weight":  # lm_head is tied to the embedding, which the engine reads once
             unknown.append(hf_name)
-            continue
-        plan[name] = entry
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint {path} has {len(unknown)} tensor(s) that a DiffusionGemma with this config.json "
-            f"({config.num_layers} layers, {config.num_experts} experts) does not have: {_listed(unknown)}. The "
-            "weights and the config do not match (or this is not a DiffusionGemmaForBlockDiffusion checkpoint): use the "
-            "config.json that came with these weights, or re-download the checkpoint.")
+    check(not unknown, CheckpointError,
+          f"checkpoint {path} has {len(unknown)} tensor(s) that a DiffusionGemma with this config.json "
+          f"({config.num_layers} layers, {config.num_experts} experts) does not have: {_listed(unknown)}. The weights "
+          "and the config do not match (or this is not a DiffusionGemmaForBlockDiffusion checkpoint): use the "
+          "config.json that came with these weights, or re-download the checkpoint.")
     bad_dtype = [(n, e) for n, e in list(plan.items()) + list(vision.items()) if e.dtype not in FLOAT_DTYPES]
     if bad_dtype:
         name, entry = bad_dtype[0]
@@ -242,17 +224,15 @@ def plan_tensors(path: Path, entries: dict[str, TensorEntry],
                "re-save it in bfloat16 or float32 (save_pretrained, or dg.save_checkpoint)")
         raise CheckpointError(
             f"tensor {name if name in vision else kit_to_hf(name)!r} in {entry.file.name} is stored as {entry.dtype} "
-            f"({what})"
-            + (f", and {len(bad_dtype) - 1} more tensor(s) are not floating point" if len(bad_dtype) > 1 else "")
+            f"({what})" + (f", and {len(bad_dtype) - 1} more tensor(s) are not floating point" if bad_dtype[1:] else "")
             + f": {fix}. Weights must be {', '.join(FLOAT_DTYPES.values())}.")
     for name, entry in plan.items():
-        if entry.shape != expected[name]:
-            raise CheckpointError(f"tensor {kit_to_hf(name)!r} has shape {list(entry.shape)} but config.json implies "
-                                  f"{list(expected[name])}: the weights and the config do not match.")
+        check(entry.shape == expected[name], CheckpointError, f"tensor {kit_to_hf(name)!r} has shape "
+              f"{list(entry.shape)} but config.json implies {list(expected[name])}: the weights and the config do "
+              "not match.")
     missing = [kit_to_hf(n) for n in expected if n not in plan]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s), e.g. {missing[:3]}: the download is "
-                              f"incomplete or the weights belong to another config. {GET_MODEL_HINT}")
+    check(not missing, CheckpointError, f"checkpoint {path} lacks {len(missing)} tensor(s), e.g. {missing[:3]}: the "
+          f"download is incomplete or the weights belong to another config. {GET_MODEL_HINT}")
     return plan, vision
 
 
@@ -268,9 +248,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     vision: None loads the vision tower (into transformers' modules, dgemma_helpers/vision.py) when the
     checkpoint has a trained one; False skips it; True requires one.
     """
-    if vision not in (None, True, False):
-        raise InputError(f"vision must be None (load a trained vision tower if there is one), True (require one) "
-                         f"or False (skip it), got {shown(vision)}.")
+    check(vision in (None, True, False), InputError, "vision must be None (load a trained vision tower if there is "
+          f"one), True (require one) or False (skip it), got {shown(vision)}.")
     model_id = hub_model(path, revision)
     if model_id is not None:  # its config first (a few KB): a device without room is refused before the weights
         device = resolve_device(device)
@@ -287,12 +266,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     raw_config = read_json(path / "config.json", "model config")
     status = vision_status(raw_config, list(vision_entries))
     vision_shapes, note = None, None
-    if vision is True and status != "real":
-        what = "an untrained placeholder vision tower (the kit's TINY_VISION_CONFIG)" if status == "placeholder" \
-            else "no vision tower"
-        raise CheckpointError(f"load_model(vision=True): {path} has {what}. Use a checkpoint with a trained vision "
-                              f"tower, such as the official google/diffusiongemma-26B-A4B-it, or load without "
-                              "vision=True for text only.")
+    what = "an untrained placeholder vision tower (the kit's TINY_VISION_CONFIG)" if status == "placeholder" \
+        else "no vision tower"
+    check(vision is not True or status == "real", CheckpointError, f"load_model(vision=True): {path} has {what}. Use "
+          "a checkpoint with a trained vision tower, such as the official google/diffusiongemma-26B-A4B-it, or load "
+          "without vision=True for text only.")
     if status == "real" and vision is not False:
         vision_shapes = check_vision_tensors(path, vision_entries, raw_config["vision_config"], config.hidden_size)
     elif status == "placeholder" and vision is None:
@@ -313,14 +291,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
         model = DiffusionGemma(config)
     model = model.to(dtype).to_empty(device=device)
     model.init_buffers()
-    by_file: dict[Path, list[str]] = {}
-    for name, entry in plan.items():
-        by_file.setdefault(entry.file, []).append(name)
-    copy_tensors(by_file, model.state_dict(), kit_to_hf)
+    load_tensors(plan, model.state_dict(), kit_to_hf)
     model.eval().requires_grad_(False)
     model.path = path
     model.generation_settings = settings
-
     model.tokenizer = load_tokenizer(path)
     if vision_shapes is not None:
         model.vision = load_vision(path, raw_config, vision_entries, config, device, dtype)
@@ -333,28 +307,24 @@ def check_room(name: str, config: ModelConfig, dtype: torch.dtype, device: torch
     """Refuse, before anything is allocated, a model whose weights and working memory the device lacks."""
     need = weights_bytes(config, dtype, vision) + runtime_bytes(config, dtype, device)
     free = available_memory(device)
-    if free is not None and need > free:
-        raise DeviceError(
-            f"{name} needs about {need / 2**30:.1f} GiB on {device} in {str(dtype).replace('torch.', '')} "
-            f"(weights + working memory) but only {free / 2**30:.1f} GiB is free. Free memory, use a larger device, "
-            "pick dtype='bfloat16', or use models/dgemma-tiny.")
+    check(free is None or need <= free, DeviceError,
+          f"{name} needs about {need / 2**30:.1f} GiB on {device} in {str(dtype).replace('torch.', '')} (weights + "
+          f"working memory) but only {(free or 0) / 2**30:.1f} GiB is free. Free memory, use a larger device, pick "
+          "dtype='bfloat16', or use models/dgemma-tiny.")
 
 
 # ---- saving -----------------------------------------------------------------------------------------
 def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer=None,
-                    generation_settings: GenerationSettings | None = None, extra_files: dict[str, str] | None = None) -> Path:
-    """Write `model` as a DiffusionGemmaForBlockDiffusion checkpoint directory, atomically.
-
-    Everything is written to a temporary sibling directory that replaces `path` only once complete,
-    so an interrupted save never leaves a half-written checkpoint.
-    """
+                    generation_settings: GenerationSettings | None = None,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write `model` as a DiffusionGemmaForBlockDiffusion checkpoint directory, atomically (atomic_dir):
+    an interrupted save never leaves a half-written checkpoint."""
     # The format holds floating-point weights only: a quantised model (fp8 experts from
     # quantize_experts) would be written in a layout that no loader reads back.
     extra = sorted(set(model.state_dict()) - set(expected_tensors(model.config)))
-    if extra:
-        raise InputError(f"save_checkpoint writes floating-point weights only, and this model has tensors the "
-                         f"checkpoint format lacks ({_listed(extra, 3)}; quantize_experts makes these): save the model "
-                         "before quantising it, or load the checkpoint again and quantise after load_model.")
+    check(not extra, InputError, "save_checkpoint writes floating-point weights only, and this model has tensors the "
+          f"checkpoint format lacks ({_listed(extra, 3)}; quantize_experts makes these): save the model before "
+          "quantising it, or load the checkpoint again and quantise after load_model.")
     path = Path(path)
     with atomic_dir(path) as tmp:
         tensors = {kit_to_hf(n): t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
@@ -364,12 +334,13 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         config = model.config.to_hf()
         config["dtype"] = str(model.dtype).replace("torch.", "")
+        settings = generation_settings or model.generation_settings or GenerationSettings()
+        files = {"config.json": config, "generation_config.json": generation_json(settings)}
         if vision is not None:
             config["vision_config"] = vision.vision_config()
-            (tmp / "processor_config.json").write_text(json.dumps({"image_processor": vision.processor}, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        settings = generation_settings or model.generation_settings or GenerationSettings()
-        (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
+            files["processor_config.json"] = {"image_processor": vision.processor}
+        for name, data in files.items():
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
@@ -389,18 +360,16 @@ def generation_json(s: GenerationSettings) -> dict:
 
 def _vision_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
     """A minimal vision tower, so that transformers loads the checkpoint without missing weights."""
-    try:
-        from transformers import AutoConfig, AutoModel
-        from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
-    except ImportError:
-        return {}
+    # Imported here, as vision.py does: a text-only load never imports transformers' modelling code.
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
 
     vision_config = AutoConfig.for_model(**TINY_VISION_CONFIG)
     g = torch.Generator().manual_seed(0)
     tower = AutoModel.from_config(vision_config)
     embed = DiffusionGemmaMultimodalEmbedder(vision_config, _TextDims(config.hidden_size))
     out = {}
-    for prefix, module in (("model.encoder.vision_tower.", tower), ("model.encoder.embed_vision.", embed)):
+    for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
         for name, t in module.state_dict().items():
             t = t.detach().clone()
             if t.is_floating_point() and t.ndim >= 2:

@@ -1,10 +1,9 @@
 """Model and generation settings, parsed from a checkpoint's config.json / generation_config.json.
 
-`ModelConfig` is the text model (plus the image token ids and the image attention flag; the vision
-tower itself runs in transformers' modules, built from config.json's vision_config by vision.py).
-It is read from the `text_config` of a `DiffusionGemmaForBlockDiffusion` config.json, in both the
-layout that transformers writes (`per_layer_config`) and the one the official checkpoint ships
-(`global_head_dim` / `num_global_key_value_heads`).
+`ModelConfig` is the text model, read from the `text_config` of a `DiffusionGemmaForBlockDiffusion`
+config.json in both the layout transformers writes (`per_layer_config`) and the one the official
+checkpoint ships (`global_head_dim` / `num_global_key_value_heads`). The vision tower is built by
+vision.py from config.json's vision_config.
 """
 
 from __future__ import annotations
@@ -12,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, InputError
-from .validate import Fields, is_int, is_number, shown
+from .validate import Fields, check, is_int, is_number, shown
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -49,16 +49,11 @@ KEYS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "boi_token_id": ("top", "boi_token_id", "integer", {"default": 255_999, "low": 0, "nullable": True}),
     "eoi_token_id": ("top", "eoi_token_id", "integer", {"default": 258_882, "low": 0, "nullable": True}),
 }
-# ModelConfig field -> where config.json keeps it, for messages that name the file's field.
+# ModelConfig field -> where config.json keeps it, for the messages of ModelConfig.validate.
 JSON_NAMES = {
     **{f: ("text_config." if section == "text" else "") + key for f, (section, key, _, _) in KEYS.items()},
     "full_kv_heads": "text_config.num_global_key_value_heads (or per_layer_config.N.num_key_value_heads)",
     "full_head_dim": "text_config.global_head_dim (or per_layer_config.N.head_dim)",
-    "sliding_rope_theta": f"text_config.rope_parameters.{SLIDING}.rope_theta",
-    "full_rope_theta": f"text_config.rope_parameters.{FULL}.rope_theta",
-    "full_rope_fraction": f"text_config.rope_parameters.{FULL}.partial_rotary_factor",
-    "layer_types": "text_config.layer_types", "pad_token_id": "text_config.pad_token_id",
-    "bos_token_id": "text_config.bos_token_id", "eos_token_ids": "text_config.eos_token_id",
 }
 
 
@@ -123,11 +118,8 @@ class ModelConfig:
     # ---- transformers' config.json ----------------------------------------------------------
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
-        """Build from a parsed config.json of `DiffusionGemmaForBlockDiffusion`.
-
-        Every field is checked for its JSON type and range before use (`source` names the file in
-        the messages): a wrong value is a CheckpointError naming the field, never a raw error later.
-        """
+        """Build from a parsed config.json of `DiffusionGemmaForBlockDiffusion`, every field checked for
+        its JSON type and range as it is read: a wrong one is a CheckpointError naming it in `source`."""
         top, t = _sections(cfg, source)
         sections = {"top": top, "text": t}
         values = {f: getattr(sections[section], reader)(key, **options)
@@ -154,65 +146,35 @@ class ModelConfig:
         return config
 
     def validate(self, source: str | None = None) -> None:
-        """Cross-field checks (and, for a config built in code, types and ranges).
-
-        With `source` (the config.json it came from) fields are named as that file writes them.
-        """
+        """The rules across fields (from_hf checked each field's type and range where it read it). With
+        `source` (the config.json it came from) fields are named as that file writes them."""
         def name(f: str) -> str:
             return JSON_NAMES.get(f, f) if source else f
 
-        def check(ok: bool, msg: str, fix: str) -> None:
-            if not ok:
-                where = f"{source}: " if source else "ModelConfig: "
-                raise CheckpointError(where + msg + (f"; {fix}" if fix else "") + ".")
-
-        fix = f"correct it in {source}, or re-download the checkpoint's config.json" if source else ""
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "sliding_kv_heads",
-                  "sliding_head_dim", "sliding_window", "full_kv_heads", "full_head_dim", "num_experts",
-                  "top_k_experts", "moe_intermediate_size", "max_position_embeddings", "canvas_length"):
-            v = getattr(self, f)
-            check(is_int(v) and v > 0, f"{name(f)}={v!r} must be a positive integer", fix)
-        for heads, f in ((self.sliding_kv_heads, "sliding_kv_heads"), (self.full_kv_heads, "full_kv_heads")):
-            check(self.num_heads % heads == 0,
-                  f"{name('num_heads')}={self.num_heads} is not a multiple of {name(f)}={heads} (each key/value head "
-                  "serves a whole number of query heads)", fix)
-        for dim, f in ((self.sliding_head_dim, "sliding_head_dim"), (self.full_head_dim, "full_head_dim")):
-            check(dim % 2 == 0, f"{name(f)}={dim} must be even (rotary embeddings rotate pairs of dimensions)", fix)
-        check(0 < self.top_k_experts <= self.num_experts,
-              f"{name('top_k_experts')}={self.top_k_experts} must be in 1..{name('num_experts')}="
-              f"{self.num_experts}", fix)
-        check(self.sliding_window >= 2, f"{name('sliding_window')}={self.sliding_window} must be >= 2", fix)
-        check(self.canvas_length <= self.max_position_embeddings,
-              f"{name('canvas_length')}={self.canvas_length} exceeds {name('max_position_embeddings')}="
-              f"{self.max_position_embeddings}: "
-              "not even one canvas fits in the context", fix)
-        for v, f in ((self.rms_norm_eps, "rms_norm_eps"), (self.final_logit_softcapping, "final_logit_softcapping"),
-                     (self.sliding_rope_theta, "sliding_rope_theta"), (self.full_rope_theta, "full_rope_theta")):
-            check(is_number(v) and math.isfinite(v) and v > 0, f"{name(f)}={v!r} must be a finite number > 0", fix)
-        check(is_number(self.full_rope_fraction) and 0 < self.full_rope_fraction <= 1,
-              f"{name('full_rope_fraction')}={self.full_rope_fraction!r} must be in (0, 1]", fix)
-        check(len(self.layer_types) == self.num_layers and set(self.layer_types) <= {SLIDING, FULL},
-              f"{name('layer_types')} must list {self.num_layers} layers, each {SLIDING!r} or {FULL!r}", fix)
-        special = [("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id)]
-        special += [("eos_token_ids", e) for e in self.eos_token_ids]
-        for f, v in special:
-            check(is_int(v) and 0 <= v < self.vocab_size,
-                  f"{name(f)}={v!r} is outside the vocabulary 0..{self.vocab_size - 1} "
-                  f"({name('vocab_size')}={self.vocab_size} is smaller than the special token ids)", fix)
+        where = f"{source}: " if source else "ModelConfig: "
+        fix = f"; correct it in {source}, or re-download the checkpoint's config.json." if source else "."
+        rules = [(self.num_heads % heads == 0, f"{name('num_heads')}={self.num_heads} is not a multiple of {name(f)}="
+                  f"{heads} (each key/value head serves a whole number of query heads)")
+                 for heads, f in ((self.sliding_kv_heads, "sliding_kv_heads"), (self.full_kv_heads, "full_kv_heads"))]
+        rules += [(dim % 2 == 0, f"{name(f)}={dim} must be even (rotary embeddings rotate pairs of dimensions)")
+                  for dim, f in ((self.sliding_head_dim, "sliding_head_dim"), (self.full_head_dim, "full_head_dim"))]
+        rules += [
+            (0 < self.top_k_experts <= self.num_experts,
+             f"{name('top_k_experts')}={self.top_k_experts} must be in 1..{name('num_experts')}={self.num_experts}"),
+            (self.canvas_length <= self.max_position_embeddings,
+             f"{name('canvas_length')}={self.canvas_length} exceeds {name('max_position_embeddings')}="
+             f"{self.max_position_embeddings}: not even one canvas fits in the context"),
+        ]
+        for ok, message in rules:
+            check(ok, CheckpointError, where + message + fix)
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json transformers writes for this text model (vision tower left minimal)."""
-        text = {
+        fields = {section: {key: getattr(self, f) for f, (where, key, _, _) in KEYS.items() if where == section}
+                  for section in ("top", "text")}
+        text = fields["text"] | {
             "model_type": "diffusion_gemma_text",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.sliding_kv_heads,
-            "head_dim": self.sliding_head_dim,
             "hidden_activation": "gelu_pytorch_tanh",
-            "sliding_window": self.sliding_window,
             "layer_types": list(self.layer_types),
             "per_layer_config": {
                 str(i): {"head_dim": self.full_head_dim, "num_key_value_heads": self.full_kv_heads}
@@ -223,11 +185,6 @@ class ModelConfig:
                 FULL: {"rope_type": "proportional", "partial_rotary_factor": self.full_rope_fraction,
                        "rope_theta": self.full_rope_theta},
             },
-            "num_experts": self.num_experts,
-            "top_k_experts": self.top_k_experts,
-            "moe_intermediate_size": self.moe_intermediate_size,
-            "rms_norm_eps": self.rms_norm_eps,
-            "max_position_embeddings": self.max_position_embeddings,
             "pad_token_id": self.pad_token_id,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids),
@@ -240,11 +197,8 @@ class ModelConfig:
         return {
             "architectures": ["DiffusionGemmaForBlockDiffusion"],
             "model_type": "diffusion_gemma",
-            "canvas_length": self.canvas_length,
+            **fields["top"],
             "tie_word_embeddings": True,
-            "image_token_id": self.image_token_id,
-            "boi_token_id": self.boi_token_id,
-            "eoi_token_id": self.eoi_token_id,
             "text_config": text,
             "vision_config": dict(TINY_VISION_CONFIG),
         }
@@ -254,36 +208,31 @@ def _sections(cfg: dict[str, Any], source: str) -> tuple[Fields, Fields]:
     """config.json's top level and text_config, once they say a DiffusionGemma this engine runs."""
     fix = f"Correct it in {source}, or re-download the checkpoint's config.json."
     model_type = cfg.get("model_type")
-    if model_type != "diffusion_gemma":
-        raise CheckpointError(
-            f"{source} has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs "
-            "DiffusionGemma checkpoints only (google/diffusiongemma-26B-A4B-it or models/dgemma-tiny)."
-        )
+    check(model_type == "diffusion_gemma", CheckpointError,
+          f"{source} has model_type={model_type!r}, expected 'diffusion_gemma'. This kit runs DiffusionGemma "
+          "checkpoints only (google/diffusiongemma-26B-A4B-it or models/dgemma-tiny).")
     text = cfg.get("text_config")
-    if not isinstance(text, dict):
-        raise CheckpointError(f"{source} has no 'text_config' section: it is not a DiffusionGemma config.")
+    check(isinstance(text, dict), CheckpointError,
+          f"{source} has no 'text_config' section: it is not a DiffusionGemma config.")
     top, t = Fields(cfg, source, "", fix), Fields(text, source, "text_config.", fix)
-    if not (top.flag("tie_word_embeddings", True) and t.flag("tie_word_embeddings", True)):
-        raise CheckpointError(f"{source} sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser "
-                              "share their weights, which this engine requires.")
+    check(top.flag("tie_word_embeddings", True) and t.flag("tie_word_embeddings", True), CheckpointError,
+          f"{source} sets tie_word_embeddings=false: DiffusionGemma's encoder and denoiser share their weights, "
+          "which this engine requires.")
     # These two flags are omitted by the official config; transformers treats both as on.
-    if not t.flag("enable_moe_block", True, nullable=True):
-        raise CheckpointError(f"{source} sets enable_moe_block=false: this engine (like transformers) needs the "
-                              "MoE block.")
+    check(t.flag("enable_moe_block", True, nullable=True), CheckpointError,
+          f"{source} sets enable_moe_block=false: this engine (like transformers) needs the MoE block.")
     activation = t.string("hidden_activation", "gelu_pytorch_tanh")
-    if activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise CheckpointError(f"{source}: unsupported hidden_activation {activation!r}: expected "
-                              "gelu_pytorch_tanh.")
+    check(activation in ("gelu_pytorch_tanh", "gelu_tanh"), CheckpointError,
+          f"{source}: unsupported hidden_activation {activation!r}: expected gelu_pytorch_tanh.")
     bidirectional = t.string("use_bidirectional_attention", "vision", nullable=True)
-    if bidirectional == "all":
-        raise CheckpointError("use_bidirectional_attention='all' is not supported: the encoder must be causal.")
+    check(bidirectional != "all", CheckpointError,
+          "use_bidirectional_attention='all' is not supported: the encoder must be causal.")
     if bidirectional != "vision":
         raise t.error("use_bidirectional_attention", bidirectional, "null or \"vision\"")
     missing = [key for section, key, _, options in KEYS.values()
                if section == "text" and "default" not in options and text.get(key) is None]
-    if missing:
-        raise CheckpointError(f"{source} text_config lacks {missing}: the file is incomplete or not a "
-                              "DiffusionGemma config.")
+    check(not missing, CheckpointError,
+          f"{source} text_config lacks {missing}: the file is incomplete or not a DiffusionGemma config.")
     return top, t
 
 
@@ -292,12 +241,11 @@ def _rope_sections(t: Fields) -> tuple[Fields, Fields]:
     rope = t.section("rope_parameters")
     sliding = rope.section(SLIDING)
     full = rope.section(FULL) if rope.has(FULL) else Fields(DEFAULT_FULL_ROPE, t.file, f"{rope.where}{FULL}.", t.fix)
-    if sliding.string("rope_type", "default") != "default" or sliding.number("partial_rotary_factor", 1.0) != 1.0:
-        raise CheckpointError(f"{t.file}: unsupported sliding-layer RoPE {sliding.data}: expected default RoPE "
-                              "over the whole head.")
-    if full.string("rope_type", "") != "proportional" or full.number("factor", 1.0) != 1.0:
-        raise CheckpointError(f"{t.file}: unsupported full-layer RoPE {full.data}: expected unscaled "
-                              "proportional RoPE.")
+    check(sliding.string("rope_type", "default") == "default" and sliding.number("partial_rotary_factor", 1.0) == 1.0,
+          CheckpointError, f"{t.file}: unsupported sliding-layer RoPE {sliding.data}: expected default RoPE over the "
+          "whole head.")
+    check(full.string("rope_type", "") == "proportional" and full.number("factor", 1.0) == 1.0, CheckpointError,
+          f"{t.file}: unsupported full-layer RoPE {full.data}: expected unscaled proportional RoPE.")
     return sliding, full
 
 
@@ -310,29 +258,23 @@ def _layer_types(t: Fields, n_layers: int) -> tuple[str, ...]:
     """text_config.layer_types, checked; absent or null: transformers' default (every 6th layer full)."""
     raw = t.data.get("layer_types")
     need = f"a list of {n_layers} layer kinds (one per layer), each {SLIDING!r} or {FULL!r}"
-    if raw is None:
-        types = list(default_layer_types(n_layers))
-    elif not isinstance(raw, list):
+    types = list(default_layer_types(n_layers)) if raw is None else raw
+    if not isinstance(types, list):
         raise t.error("layer_types", raw, need)
-    elif len(raw) != n_layers:
-        raise CheckpointError(f"{t.file}: text_config.layer_types lists {len(raw)} layers but "
-                              f"text_config.num_hidden_layers is {n_layers}; it must be {need}. {t.fix}")
-    else:
-        unknown = sorted({shown(k) for k in raw if k not in (SLIDING, FULL)})
-        if unknown:
-            raise CheckpointError(f"{t.file}: text_config.layer_types holds unknown layer kind(s) "
-                                  f"{', '.join(unknown)}; it must be {need}. {t.fix}")
-        types = list(raw)
+    check(len(types) == n_layers, CheckpointError, f"{t.file}: text_config.layer_types lists {len(types)} layers but "
+          f"text_config.num_hidden_layers is {n_layers}; it must be {need}. {t.fix}")
+    unknown = sorted({shown(k) for k in types if k not in (SLIDING, FULL)})
+    check(not unknown, CheckpointError, f"{t.file}: text_config.layer_types holds unknown layer kind(s) "
+          f"{', '.join(unknown)}; it must be {need}. {t.fix}")
+    types = list(types)
     types[-1] = FULL  # transformers forces the last layer to full attention
     return tuple(types)
 
 
 def _full_attention_shape(t: Fields, layer_types: tuple[str, ...], head_dim: int, kv_heads: int) -> tuple[int, int]:
-    """(head_dim, kv heads) of the full-attention layers, from either config layout.
-
-    The engine has one shape per layer kind, so per-layer overrides that differ between full
-    layers, or give a sliding layer its own shape, are refused rather than silently ignored.
-    """
+    """(head_dim, kv heads) of the full-attention layers, from either config layout. The engine has one
+    shape per layer kind, so overrides that differ between full layers, or give a sliding layer its
+    own shape, are refused rather than silently ignored."""
     default_dim = t.integer("global_head_dim", 512, low=2)
     default_kv = t.integer("num_global_key_value_heads", kv_heads, nullable=True)
     k_eq_v = t.flag("attention_k_eq_v", True, nullable=True)
@@ -343,17 +285,15 @@ def _full_attention_shape(t: Fields, layer_types: tuple[str, ...], head_dim: int
         o = per.section(key) if key else Fields({}, t.file)
         if kind == SLIDING:
             shape = (o.integer("head_dim", head_dim, low=2), o.integer("num_key_value_heads", kv_heads))
-            if shape != (head_dim, kv_heads):
-                raise CheckpointError(f"{t.file}: text_config.per_layer_config.{i} gives sliding layer {i} its own "
-                                      f"shape ({shown(o.data)}); this engine needs every sliding layer to have "
-                                      f"head_dim={head_dim} and num_key_value_heads={kv_heads}. {t.fix}")
+            check(shape == (head_dim, kv_heads), CheckpointError, f"{t.file}: text_config.per_layer_config.{i} "
+                  f"gives sliding layer {i} its own shape ({shown(o.data)}); this engine needs every sliding layer to "
+                  f"have head_dim={head_dim} and num_key_value_heads={kv_heads}. {t.fix}")
             continue
         kv = o.integer("num_key_value_heads", default_kv) if k_eq_v else default_kv
         shapes.add((o.integer("head_dim", default_dim, low=2), kv))
-    if len(shapes) > 1:
-        raise CheckpointError(f"{t.file}: text_config.per_layer_config gives the full-attention layers different "
-                              f"(head_dim, key/value heads) {sorted(shapes)}; this engine needs one shape for all "
-                              f"of them. {t.fix}")
+    check(len(shapes) == 1, CheckpointError, f"{t.file}: text_config.per_layer_config gives the full-attention "
+          f"layers different (head_dim, key/value heads) {sorted(shapes)}; this engine needs one shape for all of "
+          f"them. {t.fix}")
     return shapes.pop()
 
 
@@ -368,6 +308,23 @@ TINY_VISION_CONFIG = {
 
 # GenerationSettings field -> its key in generation_config.json (transformers' names), for messages.
 GENERATION_FILE_KEYS = {"entropy_bound": "sampler_config.entropy_bound", "eos_token_ids": "eos_token_id"}
+
+
+def _finite(v: Any) -> bool:
+    return is_number(v) and math.isfinite(v) and v >= 0
+
+
+# GenerationSettings field -> (its test, the rule, a hint), checked in this order by validate().
+SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "max_new_tokens": (lambda v: is_int(v) and v > 0, "must be a positive integer", ""),
+    "max_denoising_steps": (lambda v: is_int(v) and v > 0, "must be a positive integer", ""),
+    "entropy_bound": (lambda v: _finite(v) and v > 0, "must be > 0 and finite",
+                      "the default is 0.1, larger accepts more tokens per step"),
+    "t_min": (_finite, "must be a finite number >= 0", "the default is 0.4"),
+    "t_max": (_finite, "must be a finite number >= 0", "the default is 0.8"),
+    "stability_threshold": (lambda v: is_int(v) and v >= 0, "must be an integer >= 0", ""),
+    "confidence_threshold": (_finite, "must be >= 0 and finite", "0 switches adaptive stopping off"),
+}
 
 
 @dataclass
@@ -389,11 +346,8 @@ class GenerationSettings:
     @classmethod
     def from_hf(cls, gen: dict[str, Any], model_config: ModelConfig | None = None,
                 source: str = "generation_config.json") -> GenerationSettings:
-        """Defaults from a generation_config.json; unset (null) entries keep the published defaults.
-
-        Values are taken as the file has them and checked by `validate(source=...)`, so a wrong
-        type or range is a CheckpointError naming the file and its field, at load time.
-        """
+        """Defaults from a generation_config.json (unset or null entries keep the published ones), taken
+        as the file has them and checked by `validate(source=...)`."""
         s = cls()
         if model_config is not None:
             s.eos_token_ids = model_config.eos_token_ids
@@ -424,59 +378,40 @@ class GenerationSettings:
 
     def replace(self, **overrides: Any) -> GenerationSettings:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise InputError(f"unknown generation setting(s) {sorted(unknown)}; valid: "
-                             f"{[f.name for f in dataclasses.fields(self) if f.name != 'extra']}")
+        check(not unknown, InputError, f"unknown generation setting(s) {sorted(unknown)}; valid: "
+              f"{[f.name for f in dataclasses.fields(self) if f.name != 'extra']}")
         new = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
         new.validate()
         return new
 
     def validate(self, *, vocab_size: int | None = None, source: str | None = None) -> None:
-        """Check every setting's type and range, and t_max > t_min; with `vocab_size`, the token ids too.
+        """Check every setting's type and range (SETTING_RULES), t_max > t_min, and with `vocab_size`
+        the token ids. Settings given in code (`source=None`) raise InputError naming the argument; read
+        from a file (`source` = its path), CheckpointError naming the file and the field as it spells it."""
+        def token(v: Any) -> bool:
+            return is_int(v) and v >= 0 and (vocab_size is None or v < vocab_size)
 
-        Settings given in code (`source=None`, e.g. generate()'s arguments through replace()) raise
-        InputError naming the argument; settings read from a file (`source` = its path) raise
-        CheckpointError naming the file and the field as the file spells it.
-        """
-        def check(ok: bool, name: str, rule: str, hint: str = "") -> None:
-            if ok:
-                return
+        top = f"0..{vocab_size - 1}" if vocab_size else ">= 0"
+        rules = {**SETTING_RULES,
+                 "eos_token_ids": (lambda v: isinstance(v, (tuple, list)) and all(token(e) for e in v),
+                                   f"must be a list of integer token ids in {top}", ""),
+                 "pad_token_id": (token, f"must be an integer token id in {top}", "")}
+        for name, (ok, rule, hint) in rules.items():
             value = getattr(self, name)
+            if ok(value):
+                continue
             if source is None:
                 raise InputError(f"{name} {rule} (got {value!r})" + (f"; {hint}" if hint else "") + ".")
             raise CheckpointError(f"{source}: {GENERATION_FILE_KEYS.get(name, name)} is {shown(value)}; it {rule}"
                                   + (f" ({hint})" if hint else "") + f". Correct it in {Path(source).name}, or "
                                   "delete the field to use the published default.")
-
-        def real(v: Any, low: float) -> bool:
-            return is_number(v) and math.isfinite(v) and v >= low
-
-        check(is_int(self.max_new_tokens) and self.max_new_tokens > 0, "max_new_tokens", "must be a positive integer")
-        check(is_int(self.max_denoising_steps) and self.max_denoising_steps > 0, "max_denoising_steps",
-              "must be a positive integer")
-        check(real(self.entropy_bound, 0) and self.entropy_bound > 0, "entropy_bound", "must be > 0 and finite",
-              "the default is 0.1, larger accepts more tokens per step")
-        check(real(self.t_min, 0), "t_min", "must be a finite number >= 0", "the default is 0.4")
-        check(real(self.t_max, 0), "t_max", "must be a finite number >= 0", "the default is 0.8")
         if not self.t_max > self.t_min:
             where = f"{source}: " if source else ""
             fix = (f"Correct t_min or t_max in {Path(source).name}, or delete both to use the published defaults "
                    "0.4 and 0.8." if source else "The defaults are 0.4 and 0.8.")
-            error = CheckpointError if source else InputError
-            raise error(f"{where}t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max}): the "
-                        f"temperature falls from t_max to t_min over the rounds. {fix}")
-        check(is_int(self.stability_threshold) and self.stability_threshold >= 0, "stability_threshold",
-              "must be an integer >= 0")
-        check(real(self.confidence_threshold, 0), "confidence_threshold", "must be >= 0 and finite",
-              "0 switches adaptive stopping off")
-        top = f"0..{vocab_size - 1}" if vocab_size else ">= 0"
-
-        def token(v: Any) -> bool:
-            return is_int(v) and v >= 0 and (vocab_size is None or v < vocab_size)
-
-        check(isinstance(self.eos_token_ids, (tuple, list)) and all(token(e) for e in self.eos_token_ids),
-              "eos_token_ids", f"must be a list of integer token ids in {top}")
-        check(token(self.pad_token_id), "pad_token_id", f"must be an integer token id in {top}")
+            raise (CheckpointError if source else InputError)(
+                f"{where}t_max must be greater than t_min (got t_min={self.t_min}, t_max={self.t_max}): the "
+                f"temperature falls from t_max to t_min over the rounds. {fix}")
 
     def temperature(self, remaining: int) -> float:
         """Linear schedule: t_max on the first step (remaining == N), falling towards t_min."""

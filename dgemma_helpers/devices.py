@@ -9,6 +9,7 @@ import os
 import torch
 
 from .errors import DeviceError, InputError
+from .validate import check
 
 PATHS = ("auto", "torch", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -19,9 +20,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The default is the first GPU when there is one, else the CPU; a device that does not exist is refused."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)):
-        raise DeviceError(f"device must be a string or a torch.device (got {type(device).__name__}); "
-                          "use 'cpu', 'cuda' or 'cuda:N'.")
+    check(isinstance(device, (str, torch.device)), DeviceError, "device must be a string or a torch.device (got "
+          f"{type(device).__name__}); use 'cpu', 'cuda' or 'cuda:N'.")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):  # torch's message lists every device type it knows: not helpful here
@@ -29,19 +29,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-            raise DeviceError(f"device {str(device)!r} requested, but CUDA is not available here (torch {torch.__version__}, "
-                              f"{build}); use device='cpu'.")
+        build = f"CUDA {torch.version.cuda}, but no GPU is visible" if torch.version.cuda else "a CPU-only build"
+        check(torch.cuda.is_available(), DeviceError, f"device {str(device)!r} requested, but CUDA is not available "
+              f"here (torch {torch.__version__}, {build}); use device='cpu'.")
         count = torch.cuda.device_count()
         index = dev.index if dev.index is not None else torch.cuda.current_device()
-        if index >= count:
-            raise DeviceError(f"device {str(device)!r} does not exist: this machine has {count} GPU(s), "
-                              f"cuda:0..cuda:{count - 1}.")
+        check(index < count, DeviceError, f"device {str(device)!r} does not exist: this machine has {count} GPU(s), "
+              f"cuda:0..cuda:{count - 1}.")
         return torch.device("cuda", index)
     if dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise DeviceError(f"device {str(device)!r} requested, but Apple MPS is not available here; use device='cpu'.")
+        check(torch.backends.mps.is_available(), DeviceError,
+              f"device {str(device)!r} requested, but Apple MPS is not available here; use device='cpu'.")
         return dev
     raise DeviceError(f"device type {dev.type!r} is not supported by this kit; use 'cpu' or 'cuda'.")
 
@@ -51,12 +49,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise DeviceError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16.")
+        check(dtype in DTYPES.values(), DeviceError,
+              f"dtype {dtype} is not supported; use float32, bfloat16 or float16.")
         return dtype
     key = str(dtype).replace("torch.", "")
-    if key not in DTYPES:
-        raise DeviceError(f"dtype {dtype!r} is not supported; use 'float32', 'bfloat16' or 'float16'.")
+    check(key in DTYPES, DeviceError, f"dtype {dtype!r} is not supported; use 'float32', 'bfloat16' or 'float16'.")
     return DTYPES[key]
 
 
@@ -113,9 +110,9 @@ def select_path(path: str | None, device: torch.device, rng: str, record_topk: i
     """('torch' or 'fast', why auto did not pick 'fast') for this call (`fp8`: the model's experts are
     quantized). Auto picks 'fast' only where it is known to work: a CUDA GPU of compute capability 8.0+
     with Triton, the counter-based RNG (the fused head draws with that hash) and no top-k recording
-    (the fused head never holds full probabilities). Forcing path='fast' where it cannot run raises
-    InputError/DeviceError naming the fix; on a CPU it runs the same round without a graph, with the
-    kernels under TRITON_INTERPRET=1 or else their PyTorch references: slow, for tests."""
+    (the fused head never holds full probabilities). A forced path='fast' that cannot run is refused
+    with the fix; on a CPU it runs the same round without a graph (kernels under TRITON_INTERPRET=1,
+    else their PyTorch references): slow, for tests."""
     if path is None or path == "auto":
         if device.type != "cuda":
             return "torch", f"the fast path needs a CUDA GPU; the model is on {device.type!r}"
@@ -131,22 +128,16 @@ def select_path(path: str | None, device: torch.device, rng: str, record_topk: i
         return "fast", None
     if path == "torch":
         return "torch", None
-    if path != "fast":
-        raise InputError(f"path must be one of {PATHS} (None means 'auto'); got {path!r}.")
-    if rng != "counter":
-        raise InputError(f"path='fast' samples with the counter-based RNG inside the fused head; rng={rng!r} "
-                         "needs the PyTorch path: use rng='counter' or path='torch'.")
-    if record_topk:
-        raise InputError("path='fast' never materialises the probabilities, so record_topk is not available: "
-                         "use record_topk=0 or path='torch'.")
+    check(path == "fast", InputError, f"path must be one of {PATHS} (None means 'auto'); got {path!r}.")
+    check(rng == "counter", InputError, f"path='fast' samples with the counter-based RNG inside the fused head; "
+          f"rng={rng!r} needs the PyTorch path: use rng='counter' or path='torch'.")
+    check(not record_topk, InputError, "path='fast' never materialises the probabilities, so record_topk is not "
+          "available: use record_topk=0 or path='torch'.")
+    check(device.type in ("cuda", "cpu"), DeviceError, f"path='fast' runs on CUDA GPUs (and, for tests, CPUs); not "
+          f"on {device.type!r}: use path='torch'.")
     if device.type == "cuda":
         usable, why = triton_support(device)
-        if not usable:
-            raise DeviceError(f"path='fast' needs the Triton kernels, but {why}; use path='torch' (or path=None).")
-        if fp8 and not has_fp8(device):
-            raise DeviceError("path='fast' with fp8 experts needs a GPU with fp8 conversions (compute capability "
-                              "8.9+: Ada, Hopper, Blackwell); use path='torch' or bf16 experts.")
-    elif device.type != "cpu":
-        raise DeviceError(f"path='fast' runs on CUDA GPUs (and, for tests, CPUs); not on {device.type!r}: "
-                          "use path='torch'.")
+        check(usable, DeviceError, f"path='fast' needs the Triton kernels, but {why}; use path='torch' (or path=None).")
+        check(not fp8 or has_fp8(device), DeviceError, "path='fast' with fp8 experts needs a GPU with fp8 conversions "
+              "(compute capability 8.9+: Ada, Hopper, Blackwell); use path='torch' or bf16 experts.")
     return "fast", None

@@ -1,14 +1,9 @@
-"""Hugging Face Hub ids wherever a checkpoint directory is taken: `load_model(OFFICIAL_REPO)`,
-`read_config`, `find_model` and every `--model` of the command line.
-
-A str that is no local path but reads as a model id ("org/name", or "hf://org/name@REVISION" and
-the model page's URL, as huggingface_hub parses them) is looked up in the local Hugging Face cache
-first, by huggingface_hub itself (snapshot_download(local_files_only=True): its cache layout, its
-refs, its check that a snapshot is complete), so a cached model loads without the network.
-Otherwise huggingface_hub downloads the files the kit reads into that cache (its progress bars; an
-interrupted download resumes where it stopped), unless HF_HUB_OFFLINE=1 or local_files_only=True:
-then the error gives the command that fetches it. A local path always wins over an id of the same
-spelling: an id is only an id where no such file or directory exists.
+"""Hugging Face Hub ids wherever a checkpoint directory is taken (load_model, read_config, find_model,
+every `--model`). A str that is no local path (a local path always wins) but reads as a model id
+("org/name", "hf://org/name@REVISION", the model page's URL) is looked up in the local Hugging Face
+cache by huggingface_hub itself, so a cached model loads without the network; otherwise
+huggingface_hub downloads the files the kit reads into that cache, unless HF_HUB_OFFLINE=1 or
+local_files_only=True, where the error gives the command that fetches it.
 """
 
 from __future__ import annotations
@@ -23,6 +18,7 @@ from huggingface_hub.errors import (GatedRepoError, HfUriError, HFValidationErro
 from huggingface_hub.utils import parse_hf_uri, validate_repo_id
 
 from .errors import CheckpointError, InputError
+from .validate import check
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -60,16 +56,15 @@ def hub_model(path: object, revision: str | None = None) -> HubModel | None:
     """The Hub model that `path` names, or None for a local path. Only a str can be an id, and only
     when no file or directory of that name exists here; `revision` pins one and needs one."""
     found = _parse(path, revision)
-    if found is None and revision is not None:
-        raise InputError(f"revision={revision!r} pins a model on the Hugging Face Hub, but {str(path)!r} is not a "
-                         "Hub model id: drop revision for a local checkpoint directory, or give an id such as "
-                         f"{OFFICIAL_REPO!r}.")
+    check(found is not None or revision is None, InputError, f"revision={revision!r} pins a model on the Hugging "
+          f"Face Hub, but {str(path)!r} is not a Hub model id: drop revision for a local checkpoint directory, or give "
+          f"an id such as {OFFICIAL_REPO!r}.")
     return found
 
 
 def _parse(path: object, revision: str | None) -> HubModel | None:
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise InputError(f"revision must be a commit hash, branch or tag (a non-empty str), got {revision!r}.")
+    check(revision is None or (isinstance(revision, str) and revision.strip()), InputError,
+          f"revision must be a commit hash, branch or tag (a non-empty str), got {revision!r}.")
     if not isinstance(path, str) or not path.strip() or Path(path).expanduser().exists():
         return None
     if "://" in path:  # hf://org/name@REVISION, or the model page's URL
@@ -78,12 +73,11 @@ def _parse(path: object, revision: str | None) -> HubModel | None:
         except HfUriError as e:
             raise InputError(f"{path!r} is neither a local path nor a Hugging Face Hub address ({e.msg}): give a "
                              "checkpoint directory, 'org/name', or 'hf://org/name@REVISION'.") from None
-        if uri.type != "model" or uri.path_in_repo:
-            raise InputError(f"{path!r} names {'a file in ' if uri.path_in_repo else ''}a Hugging Face {uri.type}, not "
-                             f"a model: give the model itself, e.g. 'hf://{uri.id}'.")
-        if revision is not None and uri.revision is not None and revision != uri.revision:
-            raise InputError(f"{path!r} pins revision {uri.revision!r} but revision={revision!r} was passed too: give "
-                             "one of them.")
+        check(uri.type == "model" and not uri.path_in_repo, InputError, f"{path!r} names "
+              f"{'a file in ' if uri.path_in_repo else ''}a Hugging Face {uri.type}, not a model: give the model "
+              f"itself, e.g. 'hf://{uri.id}'.")
+        check(None in (revision, uri.revision) or revision == uri.revision, InputError, f"{path!r} pins revision "
+              f"{uri.revision!r} but revision={revision!r} was passed too: give one of them.")
         return HubModel(uri.id, revision or uri.revision, spelled=path)
     # "models/dgemma-tiny" is a path: "models", "datasets", ... are the Hub's type prefixes, never a namespace
     if path.count("/") != 1 or path.split("/")[0] in constants.HF_URI_TYPE_PREFIXES:

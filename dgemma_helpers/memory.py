@@ -1,18 +1,12 @@
-"""How much memory a generation needs, worked out before anything is allocated.
+"""How much memory a generation (or a fine-tuning step) needs, worked out before anything is allocated.
 
 A call's working memory is the KV cache (sized once for the prompt and every canvas it may commit)
-plus the larger of two transient peaks: encoding one chunk of the prompt, and one denoising round.
-Both peaks are dominated by a few big tensors that this module counts one by one; the small ones
-(per-token activations of the hidden size) get a generous multiple. The estimate is an upper
-bound in spirit, not a promise to the byte: tests hold the measured peak of a 32K-token prompt
-under it, and `bench/long_context.py` prints both side by side.
-
-What grows with the context, per row:
-  * full-attention layers keep one tensor per token (their values, which are the normed keys);
-  * sliding layers keep a ring of `sliding_window - 1` positions, a fixed cost;
-  * a prefill chunk of n tokens attends over all S cached positions: its boolean mask [n, S] and
-    the float copy PyTorch's attention makes of it are the one transient that grows with S;
-  * a denoising round rebuilds one full layer's keys at a time ([S, heads, head_dim]).
+plus the larger of two transient peaks: encoding one prompt chunk, and one denoising round. The few
+big tensors of each peak are counted one by one, the small per-token ones as a generous multiple:
+an upper bound in spirit, not to the byte (tests hold the measured peak of a 32K-token prompt
+under it; `bench/long_context.py` prints both). What grows with the context S is the full layers'
+values, a prefill chunk's [n, S] mask (and attention's float copy of it) and one full layer's
+rebuilt keys; the sliding layers' ring is a fixed cost.
 """
 
 from __future__ import annotations
@@ -28,6 +22,7 @@ from .devices import available_memory
 from .errors import DeviceError, InputError
 from .head import ROW_BLOCK_BYTES, TILE_BYTES
 from .model import KEY_CHUNK, DiffusionGemma
+from .validate import check, is_int
 
 PREFILL_CHUNK = 2048  # prompt tokens encoded per pass: bounds the attention mask and activations
 FLOAT = 4  # temporaries are float32 whatever the weights' dtype (norms, softmax, logits)
@@ -80,24 +75,19 @@ def estimate_memory(model: DiffusionGemma | ModelConfig, prompt_tokens: int, *, 
                     probabilities: bool = False, device: torch.device | str | None = None,
                     capacity: int | None = None, training: str | None = None,
                     rank: int = 16) -> MemoryEstimate | TrainingMemory:
-    """With `training` ("lora", "lora+experts" or "full"): the memory of one fine-tuning step on
-    `batch_size` sequences of `prompt_tokens` tokens (see estimate_training; `rank`: LoRA's).
-
-    Otherwise the memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row),
-    for a loaded model (its dtype and device, and its weights counted) or a config alone (default:
-    bfloat16 on a CUDA GPU, where long contexts run). `head`: "materialized" (the [B, canvas, vocab]
-    logits, what generate runs where they fit) or "tiled" (none; see head.py). `probabilities`: the
-    materialized head also keeps float32 probabilities (transformers' RNG, record_topk). `capacity`:
-    the cache's slots, where they are more than the call needs (the fast path rounds them up)."""
+    """The memory of generate() for `batch_size` prompts of `prompt_tokens` tokens (the longest row), for
+    a loaded model (its dtype, device and weights) or a config alone (default: bfloat16 on a CUDA GPU).
+    `head`: "materialized" (the [B, canvas, vocab] logits, where they fit) or "tiled" (head.py).
+    `probabilities`: the materialized head also keeps float32 probabilities (transformers' RNG,
+    record_topk). `capacity`: the cache's slots, where more than the call needs (the fast path rounds up).
+    With `training` ("lora", "lora+experts" or "full"): one fine-tuning step instead (estimate_training)."""
     if training is not None:
         return estimate_training(model, prompt_tokens, batch_size=batch_size, mode=training, rank=rank, dtype=dtype,
                                  device=device)
-    if head not in HEADS:
-        raise InputError(f"head must be one of {HEADS}; got {head!r}.")
-    for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise InputError(f"{name} must be an int >= {low} (got {value!r}).")
+    check(head in HEADS, InputError, f"head must be one of {HEADS}; got {head!r}.")
+    for name, value in (("prompt_tokens", prompt_tokens), ("max_new_tokens", max_new_tokens),
+                        ("batch_size", batch_size)):
+        check(is_int(value) and value >= 1, InputError, f"{name} must be an int >= 1 (got {value!r}).")
     weights = 0
     if isinstance(model, DiffusionGemma):
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -243,11 +233,11 @@ class TrainingMemory:
 
 def lora_parameters(config: ModelConfig, rank: int, experts: bool = False) -> int:
     """LoRA's parameters on the attention and dense-MLP linears (and the expert weights)."""
-    H, I = config.hidden_size, config.intermediate_size
+    H, F = config.hidden_size, config.intermediate_size
     total = 0
     for layer in range(config.num_layers):
         q, kv = config.num_heads * config.head_dim(layer), config.kv_heads(layer) * config.head_dim(layer)
-        linears = [(H, q), (H, kv), (q, H), (H, I), (H, I), (I, H)] + ([(H, kv)] if config.is_sliding(layer) else [])
+        linears = [(H, q), (H, kv), (q, H), (H, F), (H, F), (F, H)] + ([(H, kv)] if config.is_sliding(layer) else [])
         total += sum(rank * (a + b) for a, b in linears)
         if experts:  # peft's target_parameters: one rank-r pair per expert matrix
             M = config.moe_intermediate_size
@@ -263,8 +253,7 @@ def estimate_training(model: DiffusionGemma | ModelConfig, seq_len: int, *, batc
     the encoder's keys and values (the denoiser's context), and the float32 logits of both losses;
     its largest transient is one layer recomputed with its gradients (the masked attention's scores
     included) or, for LoRA on the experts, one layer's expert update materialized."""
-    if mode not in TRAINING_MODES:
-        raise InputError(f"training must be one of {TRAINING_MODES}; got {mode!r}.")
+    check(mode in TRAINING_MODES, InputError, f"training must be one of {TRAINING_MODES}; got {mode!r}.")
     if isinstance(model, DiffusionGemma):
         config, dtype, device = model.config, dtype or model.dtype, device or model.device
         params = sum(p.numel() for p in model.parameters())
@@ -302,10 +291,10 @@ def estimate_training(model: DiffusionGemma | ModelConfig, seq_len: int, *, batc
 
 
 def _parameter_count(config: ModelConfig) -> int:
-    H, I, E, M = config.hidden_size, config.intermediate_size, config.num_experts, config.moe_intermediate_size
-    total = config.vocab_size * H + H + (H + 3 * H * I)  # embeddings, final norm, self-conditioning
+    H, F, E, M = config.hidden_size, config.intermediate_size, config.num_experts, config.moe_intermediate_size
+    total = config.vocab_size * H + H + (H + 3 * H * F)  # embeddings, final norm, self-conditioning
     for i in range(config.num_layers):
         q, kv = config.num_heads * config.head_dim(i), config.kv_heads(i) * config.head_dim(i)
         attention = H * q + H * kv * (2 if config.is_sliding(i) else 1) + q * H + 2 * config.head_dim(i)
-        total += attention + 3 * H * I + (E * H + H + E) + E * 3 * M * H + 7 * H
+        total += attention + 3 * H * F + (E * H + H + E) + E * 3 * M * H + 7 * H
     return total

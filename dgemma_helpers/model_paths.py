@@ -1,10 +1,7 @@
-"""Where models are: `find_model()` resolves a model path the way the notebooks and the command
-line need it. A relative path such as "models/dgemma-tiny" is looked up from the working directory
-and its parents (a notebook runs in notebooks/) and from the repository root, and a missing model is
-refused with how to get one. A Hugging Face Hub id that is no local path ("org/name", hub.py) gives
-its snapshot in the local Hugging Face cache, downloaded first unless downloads are off. The
-environment report looks for the official checkpoint where people keep it and in that cache, and
-never downloads."""
+"""Where models are: `find_model()` looks a relative path such as "models/dgemma-tiny" up from the
+working directory, its parents (a notebook runs in notebooks/) and the repository root, takes a Hub
+id (hub.py) to its snapshot in the local Hugging Face cache, and refuses a missing model with how to
+get one. The environment report looks for the official checkpoint without downloading it."""
 
 from __future__ import annotations
 

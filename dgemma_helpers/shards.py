@@ -4,7 +4,7 @@ copied from the memory-mapped files into a model's own tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError
+from .validate import check
 
 # The dtypes a checkpoint may name; any other (complex, 4-bit, ...) is refused by name at the header.
 KNOWN_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL", "F8_E4M3",
@@ -32,22 +33,31 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
     """Each tensor's dtype and shape, from the file's header alone: safe_open checks the layout the
     way every later read will (offsets, coverage of the file, sizes) and reads no tensor data."""
     fix = f"re-download or re-save {path.name}"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file: a safetensors shard must be one; {fix}.")
+    check(path.is_file(), CheckpointError, f"{path} is not a file: a safetensors shard must be one; {fix}.")
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             entries = {name: TensorEntry(path, f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
                        for name in f.keys()}  # noqa: SIM118 - a safe_open handle is no mapping
     except SafetensorError as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({e}): it is corrupt or truncated; {fix}.") from e
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e}): it is corrupt or truncated; "
+                              f"{fix}.") from e
     except OSError as e:  # unreadable (permissions, I/O error): name the file, not a traceback
         raise CheckpointError(f"{path} could not be read ({e.strerror or e}); {fix}.") from e
     for name, entry in entries.items():
-        if entry.dtype not in KNOWN_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry.dtype}, which this kit cannot read (model "
-                                  f"weights are {', '.join(FLOAT_DTYPES)}); re-save the checkpoint in bfloat16 or "
-                                  "float32.")
+        check(entry.dtype in KNOWN_DTYPES, CheckpointError, f"{path}: tensor {name!r} has dtype {entry.dtype}, which "
+              f"this kit cannot read (model weights are {', '.join(FLOAT_DTYPES)}); re-save the checkpoint in "
+              "bfloat16 or float32.")
     return entries
+
+
+def load_tensors(entries: Mapping[str, TensorEntry], targets: dict[str, torch.Tensor],
+                 stored_name: Callable[[str], str] = lambda name: name) -> None:
+    """Copy each tensor of `entries` (name -> where it is stored) into targets[name], file by file
+    (checkpoint.load_model and vision.load_vision load their weights through this)."""
+    by_file: dict[Path, list[str]] = {}
+    for name, entry in entries.items():
+        by_file.setdefault(entry.file, []).append(name)
+    copy_tensors(by_file, targets, stored_name)
 
 
 def copy_tensors(by_file: dict[Path, list[str]], targets: dict[str, torch.Tensor],
@@ -63,9 +73,3 @@ def copy_tensors(by_file: dict[Path, list[str]], targets: dict[str, torch.Tensor
             except (SafetensorError, OSError) as e:  # the file changed since its header was checked
                 raise CheckpointError(f"{file} could not be read ({e}); re-download or re-save it.") from e
 
-
-def numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

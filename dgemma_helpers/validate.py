@@ -1,14 +1,9 @@
-"""The kit's checking vocabulary: the value tests (`is_int`, `is_number`), how a bad value is shown
-in a message (`shown`: as JSON writes it, for files; `described`: type and repr, for arguments given
-in code; `short_repr`: bounded, for values that may be huge), and typed reads of the JSON files a
-checkpoint ships (`Fields`). config, inputs, trace files and the CLI check with these.
-
-A checkpoint's config.json and generation_config.json are data from elsewhere: nothing in them is
-trusted until it has the right JSON type and range. `Fields` reads one JSON object of one file and
-turns every problem into a CheckpointError that names the file, the field (dotted, as it is written
-in the file), the value as JSON spells it, what it must be, and the fix. The predicates (`is_int`,
-`is_number`) are also what GenerationSettings.validate uses for arguments given in code, where the
-error is an InputError instead.
+"""The kit's checking vocabulary, used by config, inputs, checkpoint, trace files and the CLI: the value
+tests (`is_int`, `is_number`), `check` (one rule, one line), how a bad value is shown in a message
+(`shown`: as JSON writes it, for files; `described`: type and repr, for arguments given in code;
+`short_repr`: bounded, for values that may be huge), and `Fields`, typed reads of one JSON object
+of a checkpoint's files, whose every problem is a CheckpointError naming the file, the field (dotted,
+as the file writes it), the value as JSON spells it, what it must be, and the fix.
 """
 
 from __future__ import annotations
@@ -16,14 +11,19 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
 from .errors import CheckpointError
 
 _REQUIRED = object()
+
+
+def check(ok: object, error: type[Exception], message: str) -> None:
+    """Raise error(message) unless ok."""
+    if not ok:
+        raise error(message)
 
 
 def is_int(value: Any) -> bool:
@@ -66,27 +66,11 @@ def short_repr(value: Any) -> str:
 
 def kind_of(value: Any) -> str:
     """The JSON type name of a value, for 'got a string' style messages."""
+    kinds = ((bool, "a boolean"), (Integral, "an integer"), (Real, "a number"), (str, "a string"),
+             ((list, tuple), "a list"), (Mapping, "an object"))
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, Integral):
-        return "an integer"
-    if isinstance(value, Real):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-@dataclass(frozen=True)
-class _Default:
-    """What _get returns for an unset field: told apart from a value equal to the default."""
-    value: Any
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 class Fields:
@@ -107,70 +91,48 @@ class Fields:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def _get(self, key: str, default: Any, need: str, nullable: bool) -> Any:
+    def _read(self, key: str, default: Any, nullable: bool, need: str, ok: Callable[[Any], bool],
+              convert: Callable[[Any], Any] = lambda v: v) -> Any:
+        """The value converted, or `default` as given where the key is absent (or null and nullable)."""
         value = self.data.get(key)
         if value is None and default is _REQUIRED:
             raise CheckpointError(f"{self.file}: {self.where}{key} is missing or null; it must be {need}. "
                                   f"{self.fix}".rstrip())
         if key not in self.data or (value is None and nullable):
-            return _Default(default)
-        if value is None:
+            return default
+        if value is None or not ok(value):
             raise self.error(key, value, need)
-        return value
+        return convert(value)
 
     def integer(self, key: str, default: Any = _REQUIRED, *, low: int = 1, high: int | None = None,
                 nullable: bool = False) -> int:
-        """An integer in low..high (inclusive); the default is returned as given."""
-        span = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-        value = self._get(key, default, span, nullable)
-        if isinstance(value, _Default):
-            return value.value
-        if not is_int(value):
-            raise self.error(key, value, span + " (a JSON number without a decimal point)")
-        if value < low or (high is not None and value > high):
-            raise self.error(key, value, span)
-        return int(value)
+        """An integer in low..high (inclusive)."""
+        need = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+        if not is_int(self.data.get(key)) and self.data.get(key) is not None:
+            need += " (a JSON number without a decimal point)"
+        return self._read(key, default, nullable, need,
+                          lambda v: is_int(v) and v >= low and (high is None or v <= high), int)
 
     def number(self, key: str, default: Any = _REQUIRED, *, above: float | None = None,
                at_least: float | None = None, at_most: float | None = None, nullable: bool = False) -> float:
         """A finite number; `above` is exclusive, `at_least` / `at_most` inclusive."""
-        parts = ["a finite number"]
-        if above is not None:
-            parts.append(f"> {above}")
-        if at_least is not None:
-            parts.append(f">= {at_least}")
-        if at_most is not None:
-            parts.append(f"<= {at_most}")
-        need = " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else "")
-        value = self._get(key, default, need, nullable)
-        if isinstance(value, _Default):
-            return value.value
-        ok = is_number(value) and math.isfinite(value)
-        ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-        ok = ok and (at_most is None or value <= at_most)
-        if not ok:
-            raise self.error(key, value, need)
-        return float(value)
+        bounds = [f"{op} {x}" for op, x in ((">", above), (">=", at_least), ("<=", at_most)) if x is not None]
+        need = ("a finite number " + " and ".join(bounds)).rstrip()
+
+        def ok(v: Any) -> bool:
+            return (is_number(v) and math.isfinite(v) and (above is None or v > above)
+                    and (at_least is None or v >= at_least) and (at_most is None or v <= at_most))
+
+        return self._read(key, default, nullable, need, ok, float)
 
     def flag(self, key: str, default: bool, nullable: bool = False) -> bool:
-        value = self._get(key, default, "true or false", nullable)
-        if isinstance(value, _Default):
-            return value.value
-        if not isinstance(value, bool):
-            raise self.error(key, value, "true or false")
-        return value
+        return self._read(key, default, nullable, "true or false", lambda v: isinstance(v, bool))
 
     def string(self, key: str, default: Any = _REQUIRED, nullable: bool = False) -> str:
-        value = self._get(key, default, "a string", nullable)
-        if isinstance(value, _Default):
-            return value.value
-        if not isinstance(value, str):
-            raise self.error(key, value, "a string")
-        return value
+        return self._read(key, default, nullable, "a string", lambda v: isinstance(v, str))
 
     def section(self, key: str) -> Fields:
-        """A nested JSON object (absent or null: an empty one, as transformers reads an unset section),
-        read with the same file and fix."""
+        """A nested JSON object (absent or null: an empty one, as transformers reads an unset section)."""
         value = self.data.get(key)
         if value is None:
             value = {}
@@ -181,11 +143,10 @@ class Fields:
     def token_ids(self, key: str, default: Any, vocab_size: int | None, nullable: bool = False) -> tuple[int, ...]:
         """One token id or a list of them, each in the vocabulary (0..vocab_size-1)."""
         need = "a token id or a list of token ids" + (f", each in 0..{vocab_size - 1}" if vocab_size else "")
-        value = self._get(key, default, need, nullable)
-        if isinstance(value, _Default):
-            return value.value
-        ids = value if isinstance(value, list) else [value]
-        top = vocab_size - 1 if vocab_size else None
-        if not all(is_int(i) and i >= 0 and (top is None or i <= top) for i in ids):
-            raise self.error(key, value, need)
-        return tuple(int(i) for i in ids)
+
+        def ok(value: Any) -> bool:
+            ids = value if isinstance(value, list) else [value]
+            return all(is_int(i) and i >= 0 and (not vocab_size or i < vocab_size) for i in ids)
+
+        return self._read(key, default, nullable, need, ok,
+                          lambda v: tuple(int(i) for i in (v if isinstance(v, list) else [v])))
