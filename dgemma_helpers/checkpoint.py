@@ -13,14 +13,13 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .atomic import atomic_dir
-from .config import TINY_VISION_CONFIG, GenerationSettings, ModelConfig, read_json
+from .config import GenerationSettings, ModelConfig, read_json
 from .devices import available_memory, resolve_device, resolve_dtype
 from .errors import CheckpointError, DeviceError, InputError
 from .hub import CONFIG_FILES, KIT_FILES, hub_model, snapshot
@@ -29,7 +28,7 @@ from .model import DiffusionGemma
 from .shards import FLOAT_DTYPES, TensorEntry, load_tensors, read_safetensors_header
 from .tokenizer import load_tokenizer
 from .validate import check, shown
-from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, vision_status
+from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, placeholder_tensors, vision_status
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -330,7 +329,8 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
         tensors = {kit_to_hf(n): t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
         # A loaded vision tower is written back whole; a text model gets the placeholder transformers needs.
         vision = getattr(model, "vision", None)
-        tensors.update(vision.checkpoint_tensors() if vision is not None else _vision_tensors(model.config))
+        tensors.update(vision.checkpoint_tensors() if vision is not None
+                       else placeholder_tensors(model.config.hidden_size))
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         config = model.config.to_hf()
         config["dtype"] = str(model.dtype).replace("torch.", "")
@@ -356,31 +356,6 @@ def generation_json(s: GenerationSettings) -> dict:
         "confidence_threshold": s.confidence_threshold, "eos_token_id": list(s.eos_token_ids),
         "pad_token_id": s.pad_token_id, "return_dict_in_generate": True,
     }
-
-
-def _vision_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
-    """A minimal vision tower, so that transformers loads the checkpoint without missing weights."""
-    # Imported here, as vision.py does: a text-only load never imports transformers' modelling code.
-    from transformers import AutoConfig, AutoModel
-    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
-
-    vision_config = AutoConfig.for_model(**TINY_VISION_CONFIG)
-    g = torch.Generator().manual_seed(0)
-    tower = AutoModel.from_config(vision_config)
-    embed = DiffusionGemmaMultimodalEmbedder(vision_config, _TextDims(config.hidden_size))
-    out = {}
-    for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
-        for name, t in module.state_dict().items():
-            t = t.detach().clone()
-            if t.is_floating_point() and t.ndim >= 2:
-                t = torch.randn(t.shape, generator=g) * 0.02
-            out[prefix + name] = t.contiguous()
-    return out
-
-
-@dataclass
-class _TextDims:
-    hidden_size: int
 
 
 def _listed(names: list[str], limit: int = 8) -> str:

@@ -53,17 +53,11 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
 def load_tensors(entries: Mapping[str, TensorEntry], targets: dict[str, torch.Tensor],
                  stored_name: Callable[[str], str] = lambda name: name) -> None:
     """Copy each tensor of `entries` (name -> where it is stored) into targets[name], file by file
-    (checkpoint.load_model and vision.load_vision load their weights through this)."""
+    (as `stored_name(name)` in the file), straight from the memory-mapped shard: there is never a
+    full CPU copy of the weights."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
-    copy_tensors(by_file, targets, stored_name)
-
-
-def copy_tensors(by_file: dict[Path, list[str]], targets: dict[str, torch.Tensor],
-                 stored_name: Callable[[str], str] = lambda name: name) -> None:
-    """Copy each named tensor of each file into targets[name] (as `stored_name(name)` in the file),
-    straight from the memory-mapped shard: there is never a full CPU copy of the weights."""
     with torch.no_grad():
         for file, names in by_file.items():
             try:

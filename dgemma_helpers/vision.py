@@ -29,7 +29,7 @@ import torch
 
 from .config import TINY_VISION_CONFIG, ModelConfig, read_json
 from .errors import CheckpointError, InputError
-from .shards import copy_tensors
+from .shards import load_tensors
 
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 OFFICIAL = "google/diffusiongemma-26B-A4B-it"
@@ -126,6 +126,22 @@ class _TextDims:
     hidden_size: int
 
 
+def placeholder_tensors(text_hidden: int) -> dict[str, torch.Tensor]:
+    """The kit's minimal untrained tower (TINY_VISION_CONFIG) under its checkpoint names, so that
+    transformers loads a saved checkpoint without missing weights: matrices normal(0, 0.02) from a
+    fixed seed, the rest as transformers initialises them."""
+    tower, embed, _ = _build(TINY_VISION_CONFIG, text_hidden)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
+        for name, t in module.state_dict().items():
+            t = t.detach().clone()
+            if t.is_floating_point() and t.ndim >= 2:
+                t = torch.randn(t.shape, generator=g) * 0.02
+            out[prefix + name] = t.contiguous()
+    return out
+
+
 def expected_vision_tensors(vision_config: dict[str, Any], text_hidden: int) -> dict[str, tuple[int, ...]]:
     """Checkpoint name -> shape of every vision tensor, from weightless (meta) transformers modules."""
     with torch.device("meta"):
@@ -192,12 +208,8 @@ def load_vision(path: Path, raw_config: dict[str, Any], entries: dict[str, Any],
     with torch.device("meta"):
         tower, embed, _ = _build(vision_config, config.hidden_size)
     tower, embed = tower.to(dtype).to_empty(device=device), embed.to(dtype).to_empty(device=device)
-    modules = dict(zip(VISION_PREFIXES, (tower, embed)))
-    by_file: dict[Path, list[str]] = {}
-    for name, entry in entries.items():
-        by_file.setdefault(entry.file, []).append(name)
-    targets = {prefix + n: t for prefix, m in modules.items() for n, t in m.state_dict().items()}
-    copy_tensors(by_file, targets)
+    load_tensors(entries, {prefix + n: t for prefix, m in zip(VISION_PREFIXES, (tower, embed))
+                           for n, t in m.state_dict().items()})
     # Non-persistent buffers (the rotary tables) are not in the checkpoint and were left empty by the
     # meta build: take them from a freshly built copy of their module, in its own dtype (float32), as
     # from_pretrained leaves them.
