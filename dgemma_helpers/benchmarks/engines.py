@@ -11,7 +11,7 @@ CUDA path: a KitEngine with path="fast", skipped where it cannot run), "transfor
 (DiffusionGemmaForBlockDiffusion on the same checkpoint), "ar" (the checkpoint's own encoder
 writing one token per forward pass) and "ar-hf" (an autoregressive checkpoint through
 transformers, when --ar-model is given); "vllm" and "vllm-server" (vLLM's DiffusionGemma, in
-bench/vllm_bench.py, registered by the package). More join with `register_engine(name, factory)`.
+vllm_bench.py, registered by the package). More join with `register_engine(name, factory)`.
 
 The harness times each run() from outside (synchronised); an engine reports what only it can
 see: tokens, forward passes and the time inside them, and when its first output appeared.
