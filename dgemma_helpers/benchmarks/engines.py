@@ -106,7 +106,6 @@ class KitEngine(Engine):
     user gets by default, and a run that did not end on the fast path (a fallback) is a failed run
     with its reason, never PyTorch timings under the fast path's name."""
 
-    kind = DIFFUSION
     PATH_NAMES = {"torch": "PyTorch path", "fast": "fused-kernel CUDA path"}
 
     def __init__(self, name: str = "kit", path: str = "torch") -> None:
@@ -174,7 +173,6 @@ def _start_transformers(engine: Engine, sweep: Sweep) -> torch.dtype:
 
 class TransformersEngine(Engine):
     name = "transformers"
-    kind = DIFFUSION
     description = 'transformers DiffusionGemmaForBlockDiffusion, experts_implementation="grouped_mm"'
 
     def available(self, sweep: Sweep) -> tuple[bool, str]:

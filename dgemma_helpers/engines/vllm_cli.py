@@ -1,9 +1,4 @@
-"""The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve`.
-
-    python -m dgemma_helpers generate --engine vllm --model PATH --prompt "..." [--steps 16]
-    python -m dgemma_helpers vllm-serve --model PATH --steps 16 --port 8000     # until Ctrl-C or SIGTERM
-    python -m dgemma_helpers generate --engine vllm-server --url http://127.0.0.1:8000 --model PATH --prompt "..."
-"""
+"""The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve` (README)."""
 
 from __future__ import annotations
 

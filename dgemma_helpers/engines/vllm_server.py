@@ -29,15 +29,12 @@ from ..errors import EngineError, InputError, MissingToolError
 from ..generation import Timings
 from ..signals import deferred, end_group, start_group
 from .vllm import Request, StartSettings, VLLMBase, counter_deltas, counter_totals
-from .vllm_setup import engine_args, vllm_status
+from .vllm_setup import START_SETTINGS, engine_args, vllm_status
 
 LOOPBACK = "127.0.0.1"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SETTINGS_PATH = "/dgemma/settings"  # where a server started by the kit publishes its start-time settings
 SETTINGS_ENV = "DGEMMA_PUBLISHED_SETTINGS"  # how they reach the server process (JSON)
-# The published settings a client takes over (by the kit's names); canvas_length and model are checked.
-PUBLISHED_SETTINGS = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
-                      "confidence_threshold", "eos_token_ids")
 STOP_GRACE_S = 30.0  # after SIGTERM, how long the server's process group has before SIGKILL
 
 
@@ -93,11 +90,9 @@ class VLLMServer(StartSettings):
 
     def published(self) -> dict[str, Any]:
         """What GET /dgemma/settings answers, by the kit's names."""
-        s = self.settings
-        return dict(model=str(self.path), canvas_length=self.config.canvas_length,
-                    max_denoising_steps=s.max_denoising_steps, entropy_bound=s.entropy_bound, t_min=s.t_min,
-                    t_max=s.t_max, stability_threshold=s.stability_threshold,
-                    confidence_threshold=s.confidence_threshold, eos_token_ids=list(s.eos_token_ids))
+        published = {name: getattr(self.settings, name) for name in START_SETTINGS}
+        return dict(published, model=str(self.path), canvas_length=self.config.canvas_length,
+                    eos_token_ids=list(self.settings.eos_token_ids))
 
     def start(self, timeout_s: float = 900.0) -> VLLMServer:
         """Return once the server answers; on a failure or stop signal meanwhile, its process group and
@@ -178,7 +173,7 @@ class VLLMServerClient(VLLMBase):
                               f"vllm-serve --model {model_path}` (or check the URL).")
         published = _get(self.url + SETTINGS_PATH, timeout=10)
         served = json.loads(published) if published is not None else None
-        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in PUBLISHED_SETTINGS})
+        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in START_SETTINGS})
         if served is None:
             s = self.settings
             assumed = "the given ones" if any(v is not None for v in start_settings.values()) else "the checkpoint's"
