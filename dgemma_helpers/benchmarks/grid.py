@@ -110,12 +110,13 @@ class Sweep:
             (not is_int(self.warmup) or self.warmup < 0, f"warmup must be an integer >= 0 (got {self.warmup!r})."),
             (self.threads is not None and (not is_int(self.threads) or self.threads < 1),
              f"threads must be a positive integer or None (got {self.threads!r})."),
-            (not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts),
+            (not isinstance(self.prompts, (list, tuple)) or not self.prompts
+             or not all(isinstance(p, str) and p.strip() for p in self.prompts),
              "prompts must be a non-empty list of non-empty strings."),
-            (not mapping, "vllm_args must map vLLM engine argument names to values, e.g. "
-                          f'{{"tensor_parallel_size": 2}} (got {args!r}).'),
-            (sampler, f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike (--steps, "
-                      "--entropy-bounds, --no-early-stop); leave them out of --vllm-args."),
+            (not mapping, ("vllm_args must map vLLM engine argument names to values, e.g. "
+                           f'{{"tensor_parallel_size": 2}} (got {args!r}).')),
+            (sampler, (f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike (--steps, "
+                       "--entropy-bounds, --no-early-stop); leave them out of --vllm-args.")),
         ])
         check_engine_kwargs(args)
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
