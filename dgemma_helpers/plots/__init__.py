@@ -4,7 +4,7 @@
                    forward, and the GIF/MP4 animation behind trace.save_gif / save_mp4
     anatomy.py     the model's parameters and expert routing (notebook 02)
     sweep.py       the sampler sweep (notebook 03)
-    benchmark.py   the benchmark report's figures (notebook 05, dg.benchmarks.PLOTS / save_plots)
+    benchmark.py   the benchmark report's figures (notebook 05, dg.bench.PLOTS / save_plots)
     style.py       the shared palette, font sizes, titles and legends
 
     from dgemma_helpers import plots

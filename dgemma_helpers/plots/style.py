@@ -2,7 +2,7 @@
 font sizes a reader can read (>= 10 pt), titled and labelled axes, legends outside the data.
 
 Importing this module does not import matplotlib: the benchmark's plots are listed with the benchmark
-(dg.benchmarks.PLOTS), and the kit loads matplotlib only when a figure is drawn.
+(dg.bench.PLOTS), and the kit loads matplotlib only when a figure is drawn.
 """
 
 from __future__ import annotations
