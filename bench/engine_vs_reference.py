@@ -1,11 +1,11 @@
 """Our engine against transformers' reference on the same checkpoint and settings: a thin entry
-point over the benchmark harness (dgemma_helpers.bench), which times both the same way.
+point over the benchmark harness (dgemma_helpers.benchmarks), which times both the same way.
 
     python bench/engine_vs_reference.py                                     # the toy shape (2-core CPU)
     python bench/engine_vs_reference.py --shape official-2layer --dtype bfloat16   # the official width
     python bench/engine_vs_reference.py --model PATH                        # any checkpoint directory
 
-Shapes are random checkpoints built once by transformers and cached (dgemma_helpers/bench/shapes.py):
+Shapes are random checkpoints built once by transformers and cached (dgemma_helpers/benchmarks/shapes.py):
 `toy` (hidden 256, 16 experts, vocab 4,096) and `official-2layer` (the official width, one sliding
 and one full-attention layer; 4.5 GB on disk, about 15 GB of memory with both engines loaded).
 One 256-token canvas (the checkpoint's canvas) per run with `--steps` denoising steps (16 on the toy,
@@ -23,8 +23,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from dgemma_helpers import bench
-from dgemma_helpers.bench.shapes import SHAPES, shape_checkpoint
+from dgemma_helpers import benchmarks as bench
+from dgemma_helpers.benchmarks.shapes import SHAPES, shape_checkpoint
 from dgemma_helpers.checkpoint import read_config
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint
 

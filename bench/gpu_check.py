@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from dgemma_helpers.bench import gpu
+from dgemma_helpers.benchmarks import gpu
 
 
 class Checks:

@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from dgemma_helpers.bench import gpu
+from dgemma_helpers.benchmarks import gpu
 
-from dgemma_helpers.bench.measure import copy_bandwidth
+from dgemma_helpers.benchmarks.measure import copy_bandwidth
 from dgemma_helpers.devices import synchronize
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import dgemma_helpers as dg
-from dgemma_helpers.bench.measure import resident_now, resident_peak
+from dgemma_helpers.benchmarks.measure import resident_now, resident_peak
 from dgemma_helpers.generation import prefill
 from dgemma_helpers.memory import cache_capacity
 from dgemma_helpers.train.random_checkpoint import make_random_checkpoint

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dgemma_helpers as dg  # noqa: E402
 from dgemma_helpers import generation  # noqa: E402
-from dgemma_helpers.bench.shapes import SHAPES, shape_checkpoint  # noqa: E402
+from dgemma_helpers.benchmarks.shapes import SHAPES, shape_checkpoint  # noqa: E402
 
 PARTS = ["embedding", "attention", "dense MLP", "router", "experts", "norms, rest", "head", "soft GEMM", "sampler"]
 

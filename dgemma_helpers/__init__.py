@@ -25,11 +25,13 @@ __version__ = "0.1.0"
 # The engine and the public face load with the package; the rest (benchmarks, notebooks' helpers,
 # the player, training) on first use, so that `import dgemma_helpers` needs neither matplotlib nor
 # anywidget nor papermill (tests/test_cli_and_packaging.py checks sys.modules).
-_SUBPACKAGES = ("bench", "fast", "notebook", "plots", "sft", "train", "visualization")
+_SUBPACKAGES = ("benchmarks", "fast", "notebook", "plots", "sft", "train", "visualization")
+_RENAMED = {"bench": "benchmarks"}  # the old name, so that users' `dg.bench` keeps working
 _LAZY_NAMES = {"DenoisingTrace": "visualization", "DenoisingPlayer": "visualization", "finetune": "sft"}
 
 
 def __getattr__(name: str):
+    name = _RENAMED.get(name, name)
     if name in _SUBPACKAGES:
         return _importlib.import_module(f".{name}", __name__)
     if name in _LAZY_NAMES:
@@ -62,6 +64,6 @@ if not _log.handlers:
 __all__ = [
     "CheckpointError", "DGemmaError", "DenoisingTrace", "DeviceError", "DiffusionGemma", "GenerationResult",
     "GenerationSettings", "InputError", "KVCache", "MemoryEstimate", "MissingToolError", "ModelConfig", "StepRecord", "Timings",
-    "TraceError", "bench", "estimate_memory", "fast", "find_model", "finetune", "generate", "load_model", "notebook", "plots", "quantize_experts",
-    "save_checkpoint", "sft", "visualization",
+    "TraceError", "bench", "benchmarks", "estimate_memory", "fast", "find_model", "finetune", "generate", "load_model",
+    "notebook", "plots", "quantize_experts", "save_checkpoint", "sft", "visualization",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .bench.command import add_sweep_arguments, run_bench, run_report
+from .benchmarks.command import add_sweep_arguments, run_bench, run_report
 from .cache import KVCache
 from .checkpoint import load_model, read_config, read_generation_settings, weights_bytes
 from .config import GenerationSettings, read_json

@@ -12,7 +12,7 @@ import sys
 import torch
 
 import dgemma_helpers as dg
-from dgemma_helpers.bench.measure import resident_now, resident_peak
+from dgemma_helpers.benchmarks.measure import resident_now, resident_peak
 from dgemma_helpers.generation import prefill
 from dgemma_helpers.memory import cache_capacity
 

@@ -14,9 +14,9 @@ import shutil
 import pytest
 import torch
 
-from dgemma_helpers import bench
-from dgemma_helpers.bench.engines import DIFFUSION, Engine, KitCudaEngine, KitEngine, Measurement
-from dgemma_helpers.bench.report import write_results
+from dgemma_helpers import benchmarks as bench
+from dgemma_helpers.benchmarks.engines import DIFFUSION, Engine, KitCudaEngine, KitEngine, Measurement
+from dgemma_helpers.benchmarks.report import write_results
 from dgemma_helpers.cache import KVCache
 from dgemma_helpers.cli import main
 from dgemma_helpers.engines.autoregressive import continuation_nll, generate_autoregressive
@@ -235,7 +235,7 @@ def test_results_files_are_never_half_written(tmp_path, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dgemma_helpers.bench.report.os.replace", interrupted)
+    monkeypatch.setattr("dgemma_helpers.benchmarks.report.os.replace", interrupted)
     results["rows"][0]["tokens_per_s"] = 123.0
     with pytest.raises(KeyboardInterrupt):
         write_results(results, tmp_path)

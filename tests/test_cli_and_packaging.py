@@ -132,11 +132,11 @@ def test_import_loads_the_engine_only():
 
     script = ("import sys, dgemma_helpers as dg\n"
               "optional = ('matplotlib', 'anywidget', 'ipywidgets', 'papermill', 'nbformat', 'peft',\n"
-              "            'dgemma_helpers.bench', 'dgemma_helpers.notebook', 'dgemma_helpers.train',\n"
+              "            'dgemma_helpers.benchmarks', 'dgemma_helpers.notebook', 'dgemma_helpers.train',\n"
               "            'dgemma_helpers.visualization')\n"
               "print(sorted(m for m in optional if m in sys.modules))\n"
               "dg.bench.run_benchmark, dg.DenoisingTrace, dg.train\n"
-              "print('dgemma_helpers.bench' in sys.modules, 'dgemma_helpers.visualization' in sys.modules)")
+              "print('dgemma_helpers.benchmarks' in sys.modules, 'dgemma_helpers.visualization' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["[]", "True True"]

@@ -11,7 +11,7 @@ import torch
 
 import dgemma_helpers as dg
 from dgemma_helpers import memory, packed_experts
-from dgemma_helpers.bench import shapes
+from dgemma_helpers.benchmarks import shapes
 from dgemma_helpers.config import ModelConfig
 from dgemma_helpers.errors import InputError
 from dgemma_helpers.head import HeadBuffers, materialized_head, tiled_head

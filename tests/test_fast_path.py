@@ -180,8 +180,8 @@ def test_kit_cuda_engine_records_a_fallback_as_a_failure_not_as_fast_timings(che
     the reason, which the harness records as a failed run."""
     from types import SimpleNamespace
 
-    from dgemma_helpers.bench.engines import KitCudaEngine, Prompts
-    from dgemma_helpers.bench.grid import GridPoint
+    from dgemma_helpers.benchmarks.engines import KitCudaEngine, Prompts
+    from dgemma_helpers.benchmarks.grid import GridPoint
 
     engine = KitCudaEngine()
     engine.sweep, engine.model = SimpleNamespace(ignore_eos=True, early_stop=False), ours(checkpoint("plain"))

@@ -116,7 +116,7 @@ LAYERS = [
                               "dgemma_helpers.notebook"]),
     ("plots", ["dgemma_helpers.plots"]),
     ("the player", ["dgemma_helpers.visualization"]),
-    ("benchmarks", ["dgemma_helpers.bench"]),
+    ("benchmarks", ["dgemma_helpers.benchmarks"]),
     ("the public face", ["dgemma_helpers.cli", "dgemma_helpers.finetune_cli", "dgemma_helpers.__main__", "dgemma_helpers"]),
 ]
 

@@ -16,7 +16,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 import dgemma_helpers as dg
-from dgemma_helpers import bench, notebook, plots
+from dgemma_helpers import benchmarks as bench
+from dgemma_helpers import notebook, plots
 from dgemma_helpers.visualization.trace import DenoisingTrace
 
 TINY = dg.find_model("models/dgemma-tiny")

@@ -18,7 +18,7 @@ import time
 import nbformat
 import pytest
 
-from dgemma_helpers import bench
+from dgemma_helpers import benchmarks as bench
 from dgemma_helpers.model_paths import REPO_ROOT
 from test_signals import as_from_a_terminal
 

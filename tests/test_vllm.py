@@ -29,7 +29,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here: make setup-vllm,
 from test_signals import alive, port_free  # noqa: E402
 
 import dgemma_helpers as dg  # noqa: E402
-from dgemma_helpers import bench  # noqa: E402
+from dgemma_helpers import benchmarks as bench  # noqa: E402
 from dgemma_helpers.engines.vllm import VLLMEngine  # noqa: E402
 from dgemma_helpers.engines.vllm_server import (SETTINGS_PATH, VLLMServer, VLLMServerClient, _get,  # noqa: E402
                                                 free_port)

@@ -1,13 +1,7 @@
 """The autoregressive baseline: the checkpoint's own encoder, writing one token per forward pass.
 
-DiffusionGemma's encoder is a causal transformer trained with a causal-LM loss beside the
-diffusion loss (see train/objective.py), so the same weights can also write text the usual way:
-
-    encode the prompt (causal, fills the KV cache)
-    repeat: logits of the last position -> pick a token (greedy, or sampled with a temperature)
-            -> encode that one token into the cache
-
-Same weights, same KV cache, same machine: the fairest answer to "what does diffusion buy over
+The encoder is a causal transformer trained with a causal-LM loss beside the diffusion loss
+(train/objective.py), so the same weights, KV cache and machine answer "what does diffusion buy over
 one token at a time?". `continuation_nll` scores any text with the same causal head.
 """
 
@@ -28,6 +22,7 @@ from ..generation import prefill, resolve_settings
 from ..inputs import prompt_batch
 from ..model import DiffusionGemma
 from ..tokenizer import decode
+from ..validate import is_int, is_number
 
 
 @dataclass
@@ -65,14 +60,11 @@ def generate_autoregressive(
     seed: int | None = None,
     thinking: bool | None = None,
 ) -> ARResult:
-    """Generate with the encoder alone, one token per forward pass, reusing the KV cache.
-
-    `temperature=0` is greedy; above 0, tokens are sampled from softmax(logits / temperature) with a
-    private generator seeded by `seed` (the global RNG is never touched). Rows stop at their first
-    EOS (later positions are pad); `eos_token_ids=()` ignores EOS and always writes max_new_tokens.
-    """
+    """Generate with the encoder alone, one token per forward pass, reusing the KV cache. `temperature=0`
+    is greedy (see token_picker). Rows stop at their first EOS (pad after it); `eos_token_ids=()`
+    ignores EOS and always writes max_new_tokens."""
     t_start = time.perf_counter()
-    if seed is not None and not isinstance(seed, int):
+    if seed is not None and not is_int(seed):
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
     pick = token_picker(temperature, seed, model.device)
     settings = resolve_settings(model, dict(max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids))
@@ -97,7 +89,7 @@ def generate_autoregressive(
 def token_picker(temperature: float, seed: int | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """Greedy at temperature 0; above it, samples from softmax(logits / temperature) with a private
     generator (seeded, or fresh entropy: the global RNG stays untouched)."""
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    if not is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise InputError(f"temperature must be a finite number >= 0, 0 meaning greedy (got {temperature!r}).")
     if temperature == 0:
         return lambda logits: logits.argmax(dim=-1)
@@ -111,8 +103,8 @@ def token_picker(temperature: float, seed: int | None, device: torch.device) -> 
 
 def decode_tokens(model: DiffusionGemma, cache: KVCache, logits: torch.Tensor, pick, settings, timings: ARTimings,
                   t_start: float) -> tuple[torch.Tensor, int]:
-    """One token per forward pass from the prefill's `logits` on: the tokens [B, n] (pad after a
-    row's EOS) and the forward passes run. Fills the timings of the first token and canvas."""
+    """One token per forward pass from the prefill's `logits` on: the tokens [B, n] (pad after a row's
+    EOS) and the passes run; fills the first token's and first canvas's timings."""
     device, pad, n_new = model.device, settings.pad_token_id, settings.max_new_tokens
     eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
     finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
@@ -143,9 +135,8 @@ def decode_tokens(model: DiffusionGemma, cache: KVCache, logits: torch.Tensor, p
 @torch.inference_mode()
 def continuation_nll(model: DiffusionGemma, prompt_ids: Sequence[Sequence[int]],
                      token_ids: torch.Tensor | Sequence[Sequence[int]], pad_token_id: int | None = None) -> float:
-    """Mean negative log-likelihood per token (nats) of each row's new tokens after its prompt, under
-    the checkpoint's causal encoder. Pad tokens are not scored. Lower is better: scored by the
-    model's own autoregressive half, this is the "generative perplexity" of diffusion-LM papers."""
+    """Mean negative log-likelihood per token (nats) of each row's new tokens (pads not scored) after its
+    prompt, under the causal encoder: the "generative perplexity" of diffusion-LM papers."""
     pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
     rows = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else [list(r) for r in token_ids]
     if len(rows) != len(prompt_ids):

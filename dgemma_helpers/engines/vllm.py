@@ -1,26 +1,13 @@
-"""vLLM's DiffusionGemma behind the kit's names: the production engine, run beside ours.
+"""vLLM's DiffusionGemma behind the kit's names and result type (README: "vLLM beside the kit").
 
-    from dgemma_helpers.engines.vllm import VLLMEngine
-    with VLLMEngine("models/dgemma-tiny", max_denoising_steps=16) as engine:     # ~46 s to start on a CPU
-        result = engine.generate("ROMEO:\\n", max_new_tokens=128)   # a GenerationResult with path="vllm"
-
-vLLM is optional and heavy: it is imported only when an engine starts. `make setup-vllm` puts it in
-.venv-vllm (see the README); `vllm_status()` says, without importing it, whether it can run here.
-
-vLLM reads the sampler's settings at two moments, and the kit's names map onto both:
-  at start   t_min, t_max, entropy_bound, stability and confidence thresholds and the EOS ids from a
-             generation_config.json (written here, atomically, into a directory of its own);
-             max_denoising_steps and the canvas length from `diffusion_config`
-  per call   SamplingParams(max_tokens, ignore_eos, extra_args={diffusion_max_steps,
-             diffusion_seed_canvas, diffusion_pinned}): max_new_tokens, eos_token_ids=(),
-             max_denoising_steps (at most the engine's), initial_canvas, pinned
-What vLLM cannot do (per-round callbacks, top-k records, seeds, the kit's RNGs, per-call
-temperatures or entropy bounds) is refused with InputError naming the kit path that can.
-Prompts are tokenized by the kit (the checkpoint's tokenizer and chat template) and sent as ids,
-so every engine sees the same tokens. Where vLLM behaves otherwise than the kit, the result's
-`notes` say so: fewer steps than the engine's on its temperature schedule, pinned positions vLLM
-held as inputs but committed its own tokens at, prompt + canvas beyond the sliding window (vLLM's
-denoiser windows it, transformers' does not), output trimmed to max_new_tokens.
+vLLM reads the sampler's settings at two moments. At start: temperatures, entropy bound, thresholds
+and EOS ids from a generation_config.json (written here, into a directory of its own), the step count
+and canvas from `diffusion_config`. Per call: max_tokens, ignore_eos and the extra_args
+diffusion_max_steps (at most the engine's), diffusion_seed_canvas and diffusion_pinned. What vLLM
+cannot do (per-round callbacks, top-k records, seeds, the kit's RNGs) is refused naming the kit
+path that can; where it behaves otherwise than the kit, the result's `notes` say so. Prompts are
+tokenized by the kit and sent as ids, so every engine sees the same tokens. vLLM is imported only
+when an engine starts.
 """
 
 from __future__ import annotations
@@ -30,28 +17,28 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoint import read_config, read_generation_settings
 from ..config import GenerationSettings
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import GenerationResult, Timings
 from ..inputs import canvas_inputs, prompt_batch
 from ..tokenizer import decode, load_tokenizer, text_ids
-from .vllm_setup import (checkpoint_settings, engine_args, shared_layer_scalar_problem, vllm_status,
-                         write_generation_config)
+from .vllm_setup import engine_args, shared_layer_scalar_problem, vllm_status, write_generation_config
 
 log = logging.getLogger("dgemma_helpers")
 
 
 @dataclass
 class VLLMResult(GenerationResult):
-    """A GenerationResult from vLLM. vLLM reports no rounds per canvas (steps_per_canvas is empty) and no
-    prefill/denoise split (NaN); its counters give the batch's denoising steps, summed over rows."""
+    """vLLM reports no rounds per canvas (steps_per_canvas is empty) nor a prefill/denoise split (NaN);
+    its counters give the batch's denoising steps, summed over rows."""
 
     denoising_steps: int | None = None  # summed over rows; None where the counters could not be read
     mean_steps_per_canvas: float | None = None
@@ -60,8 +47,7 @@ class VLLMResult(GenerationResult):
 
     @property
     def num_forwards(self) -> int | None:  # type: ignore[override]
-        """Denoising steps vLLM ran, summed over rows (the kit counts passes over the whole batch)."""
-        return self.denoising_steps
+        return self.denoising_steps  # summed over rows (the kit counts passes over the whole batch)
 
 
 @dataclass
@@ -77,11 +63,12 @@ class Request:
 
 
 class StartSettings:
-    """A checkpoint and the settings vLLM fixes when it starts (the checkpoint's, overridden by
-    `settings`), with the private generation_config directory that carries them to vLLM."""
+    """A checkpoint, the settings vLLM fixes when it starts (the checkpoint's, overridden by
+    `settings`) and the private generation_config directory that carries them to vLLM."""
 
     def __init__(self, model_path: str | Path, settings: dict[str, Any]) -> None:
-        self.path, self.config, base = checkpoint_settings(model_path)
+        self.path, self.config = read_config(model_path)
+        base = read_generation_settings(self.path, self.config)
         if settings.get("eos_token_ids") is not None:
             settings["eos_token_ids"] = tuple(settings["eos_token_ids"])
         if settings.get("max_new_tokens") is not None:
@@ -90,7 +77,6 @@ class StartSettings:
         self._tmp: Path | None = None
 
     def new_generation_dir(self) -> Path:
-        """A private directory with the start-time settings' generation_config.json (see remove_generation_dir)."""
         self._tmp = Path(tempfile.mkdtemp(prefix="dgemma-vllm-"))
         return write_generation_config(self.settings, self._tmp / "generation_config")
 
@@ -116,7 +102,6 @@ class VLLMBase(StartSettings):
         self.settings_unknown: str | None = None
 
     def restart_hint(self, name: str, value: Any) -> str:
-        """How to get an engine that runs with name=value from the start."""
         return f"start the engine with {name}={value!r}"
 
     def generate(self, prompt: str | Sequence[str] | None = None, *, messages: Sequence[dict] | None = None,
@@ -143,8 +128,7 @@ class VLLMBase(StartSettings):
         return self.result(req, *self.run(req, stream))
 
     def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
-        """Send the request: each row's token ids, the timings, and the deltas of vLLM's denoising-step
-        and committed-token counters (None where they cannot be read)."""
+        """Each row's token ids, the timings, and the deltas of vLLM's step and committed-token counters."""
         raise NotImplementedError
 
     def _fixed_message(self, name: str, value: Any) -> str:
@@ -229,6 +213,20 @@ class VLLMBase(StartSettings):
                           trimmed_tokens=trimmed, notes=notes)
 
 
+COUNTERS = {"vllm:diffusion_num_denoising_steps": "steps", "vllm:diffusion_num_committed_tokens": "committed"}
+
+
+def counter_totals(readings: Iterable[tuple[str, float]]) -> dict[str, int]:
+    """vLLM's diffusion counters (denoising steps incl. commits, committed tokens) from (name, value)
+    readings, summed over engines; a server's /metrics adds _total to the names."""
+    out: dict[str, int] = {}
+    for name, value in readings:
+        key = COUNTERS.get(name.removesuffix("_total"))
+        if key is not None:
+            out[key] = out.get(key, 0) + int(value)
+    return out
+
+
 def counter_deltas(before: dict[str, int], after: dict[str, int]) -> tuple[int | None, int | None]:
     """(denoising steps incl. commits, committed tokens) between two counter readings; None if unread."""
     return tuple(after[k] - before.get(k, 0) if k in after else None for k in ("steps", "committed"))  # type: ignore
@@ -247,15 +245,10 @@ def _refuse(refused: dict[str, Any]) -> None:
                              f"dg.generate(dg.load_model(path), ..., {name}=...).")
 
 
-
-
 class VLLMEngine(VLLMBase):
-    """vllm.LLM in this process (its engine core runs in child processes), on one checkpoint.
-
-    Start-time settings (see the module docstring) default to the checkpoint's generation_config.json.
-    Engine arguments pass through: tensor_parallel_size, enable_expert_parallel, quantization,
-    max_num_seqs, gpu_memory_utilization, max_model_len, dtype, enforce_eager, and any other of
-    vllm.LLM's in **engine_args. On a CPU the defaults are float32, eager mode, 15% of RAM."""
+    """vllm.LLM in this process (its engine core runs in child processes), on one checkpoint. The
+    start-time settings default to the checkpoint's; any of vllm.LLM's arguments pass through
+    (tensor_parallel_size, quantization, ...). On a CPU the defaults are float32, eager, 15% of RAM."""
 
     counters_owner: VLLMEngine | None = None  # the engine whose counters vLLM's registry holds
 
@@ -319,13 +312,7 @@ class VLLMEngine(VLLMBase):
         return [list(o.outputs[0].token_ids) for o in outs], timings, *counter_deltas(before, after)
 
     def counters(self) -> dict[str, int]:
-        """vLLM's diffusion counters (denoising steps incl. commits, committed tokens), summed over engines."""
-        out: dict[str, int] = {}
-        names = {"vllm:diffusion_num_denoising_steps": "steps", "vllm:diffusion_num_committed_tokens": "committed"}
-        for m in self.llm.get_metrics():
-            if m.name in names:
-                out[names[m.name]] = out.get(names[m.name], 0) + int(getattr(m, "value", 0))
-        return out
+        return counter_totals((m.name, getattr(m, "value", 0)) for m in self.llm.get_metrics())
 
     def close(self) -> None:
         """Stop vLLM's engine processes and free what they hold."""

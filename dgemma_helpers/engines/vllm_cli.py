@@ -1,9 +1,4 @@
-"""The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve`.
-
-    python -m dgemma_helpers generate --engine vllm --model PATH --prompt "..." [--steps 16]
-    python -m dgemma_helpers vllm-serve --model PATH --steps 16 --port 8000     # until Ctrl-C or SIGTERM
-    python -m dgemma_helpers generate --engine vllm-server --url http://127.0.0.1:8000 --model PATH --prompt "..."
-"""
+"""The command line's vLLM parts: `generate --engine vllm|vllm-server` and `vllm-serve` (README)."""
 
 from __future__ import annotations
 
@@ -47,8 +42,8 @@ def _start_settings(args: argparse.Namespace) -> dict:
                 confidence_threshold=0.0 if args.no_early_stop else args.confidence_threshold)
 
 
-def generate(args: argparse.Namespace) -> None:
-    """`generate --engine vllm|vllm-server`: the same prompt flags, the text, then vLLM's figures."""
+def _refuse_kit_flags(args: argparse.Namespace) -> None:
+    """The kit's own flags that vLLM has no use for."""
     if args.device is not None:
         raise InputError("--device is the kit's: vLLM places the model itself (GPUs when it has them; "
                          "--tensor-parallel-size spreads it): leave --device out.")
@@ -59,6 +54,11 @@ def generate(args: argparse.Namespace) -> None:
         if value != default:
             raise InputError(f"{flag} {value} chooses among the kit's own samplers and steps; vLLM has its own: "
                              f"leave {flag} out, or use --engine kit.")
+
+
+def _open_engine(args: argparse.Namespace) -> tuple[VLLMEngine | VLLMServerClient, dict]:
+    """The engine (a server's client, or vLLM in this process) and the settings each call gives it."""
+    engine_kwargs = _engine_kwargs(args)
     if args.engine == "vllm-server":
         if not args.url:
             raise InputError("--engine vllm-server needs --url (a running server, e.g. one started with "
@@ -67,16 +67,19 @@ def generate(args: argparse.Namespace) -> None:
                                 ("--t-max", args.t_max), ("--no-early-stop", args.no_early_stop or None),
                                 ("--stability-threshold", args.stability_threshold),
                                 ("--confidence-threshold", args.confidence_threshold)) if v is not None]
-        if fixed or _engine_kwargs(args):
-            raise InputError(f"{', '.join(fixed + sorted(_engine_kwargs(args)))}: a server fixes these when it starts; "
+        if fixed or engine_kwargs:
+            raise InputError(f"{', '.join(fixed + sorted(engine_kwargs))}: a server fixes these when it starts; "
                              "give them to `python -m dgemma_helpers vllm-serve` instead.")
-        engine = VLLMServerClient(args.url, args.model)
-        per_call = dict(max_denoising_steps=args.steps, stream=args.stream)
-    else:
-        if args.stream:
-            raise InputError("--stream needs a server: --engine vllm-server --url URL.")
-        engine = VLLMEngine(args.model, **_start_settings(args), **_engine_kwargs(args))
-        per_call = {}
+        return VLLMServerClient(args.url, args.model), dict(max_denoising_steps=args.steps, stream=args.stream)
+    if args.stream:
+        raise InputError("--stream needs a server: --engine vllm-server --url URL.")
+    return VLLMEngine(args.model, **_start_settings(args), **engine_kwargs), {}
+
+
+def generate(args: argparse.Namespace) -> None:
+    """`generate --engine vllm|vllm-server`: the same prompt flags, the text, then vLLM's figures."""
+    _refuse_kit_flags(args)
+    engine, per_call = _open_engine(args)
     try:
         prompt = dict(messages=[{"role": "user", "content": args.chat}], thinking=args.thinking) if args.chat else \
             dict(prompt=args.prompt)

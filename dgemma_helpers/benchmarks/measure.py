@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import torch
 
-from ..devices import synchronize
+from .gpu import time_it
 
 try:
     import resource  # POSIX only: on Windows the CPU peak memory is not measured
@@ -19,8 +18,7 @@ except ImportError:
 
 def resident_peak(reset: bool = False) -> int | None:
     """This process's peak resident memory in bytes (Linux: VmHWM), or None where it cannot be read.
-    `reset=True` starts a new peak from the current size. Unlike getrusage's ru_maxrss, which a
-    process forked from a large parent inherits, the reset makes the peak this process's own work."""
+    `reset=True` starts a new peak from the current size (ru_maxrss cannot be reset)."""
     try:
         if reset:
             with open("/proc/self/clear_refs", "w") as f:
@@ -44,19 +42,11 @@ def resident_now() -> int | None:
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 10) -> float:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + written), the median of `reps` timed
-    copies of `nbytes` after a warm-up: the speed limit for streaming weights."""
+    """Device-to-device copy bandwidth in bytes/s (read + written), the median of `reps` copies of
+    `nbytes`: the speed limit for streaming weights."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        t = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(time.perf_counter() - t)
-    return 2 * nbytes / sorted(times)[len(times) // 2]
+    return 2 * nbytes / time_it(lambda: dst.copy_(src), device, warm=1, reps=reps)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -82,7 +72,7 @@ _RSS_RESETTABLE: bool | None = None
 
 
 def _clear_rss_peak() -> bool:
-    """Linux lets a process reset its resident high-water mark (devices.resident_peak)."""
+    """Reset the resident high-water mark where Linux lets a process; say whether it could."""
     global _RSS_RESETTABLE
     if _RSS_RESETTABLE is not False:
         _RSS_RESETTABLE = resident_peak(reset=True) is not None

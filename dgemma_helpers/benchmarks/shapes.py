@@ -1,14 +1,7 @@
-"""Built-in benchmark shapes: random checkpoints, built once by transformers' `save_pretrained` and
-cached, so that speed is measured at a named shape rather than on whatever model is at hand.
-
-    toy              hidden 256, 6 layers, 16 experts top-4, vocab 4,096 (the 2-core CPU toy)
-    official-2layer  the official text config at full width (hidden 2,816, head dims 256/512,
-                     128 experts top-8, vocab 262,144, canvas 256) cut to one sliding and one
-                     full-attention layer: 2.3B parameters, 4.5 GB in bfloat16
-
-A toy hides what the official width shows (the head over 262,144 tokens, 128 experts): every
-speed claim names its shape. The cache is $DGEMMA_CACHE, else $XDG_CACHE_HOME/dgemma_helpers, else
-~/.cache/dgemma_helpers; `shape_checkpoint(name, cache=DIR)` puts it elsewhere.
+"""Built-in benchmark shapes: random checkpoints built once by transformers and cached, so that speed
+is measured at a named shape. A toy hides what the official width shows (the head over 262,144
+tokens, 128 experts): every speed claim names its shape. The cache is $DGEMMA_CACHE, else
+$XDG_CACHE_HOME/dgemma_helpers, else ~/.cache/dgemma_helpers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Benchmarks: engines side by side on one machine, in one run; diffusion vs autoregressive.
 
-    from dgemma_helpers import bench
-    sweep = bench.make_sweep("models/dgemma-tiny", engines="kit,transformers,ar", max_new_tokens="64,128")
-    results = bench.run_benchmark(sweep)
-    bench.write_results(results, "out/"); bench.save_plots(results, "out/")
-
-From a shell: `python -m dgemma_helpers bench ...` or `make report` (notebook 05 through papermill).
+    results = benchmarks.run_benchmark(benchmarks.make_sweep("models/dgemma-tiny", engines="kit,ar"))
+    benchmarks.write_results(results, "out/"); benchmarks.save_plots(results, "out/")
 """
 
 from ..plots.benchmark import PLOTS, save_plots

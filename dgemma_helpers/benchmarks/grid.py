@@ -1,13 +1,8 @@
-"""What a benchmark run measures: the engines, the grid of settings, repeats. Checked up front.
-
-Every value is validated before any model is loaded, so a typo costs a second, not a sweep:
-an unknown engine, a zero step count or an entropy bound of "abc" is an InputError that names
-the bad value and the fix.
-"""
+"""What a benchmark run measures: the engines, the grid of settings, repeats. Every value is checked
+before any model is loaded, so a typo costs a second, not a sweep."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -18,6 +13,7 @@ from typing import Any
 from ..checkpoint import read_config
 from ..engines.vllm_setup import check_engine_kwargs
 from ..errors import InputError
+from ..validate import is_int, is_number
 
 DEFAULT_PROMPTS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n",
@@ -32,7 +28,7 @@ VLLM_SAMPLER_KEYS = {"max_denoising_steps", "entropy_bound", "t_min", "t_max", "
                      "confidence_threshold", "eos_token_ids", "generation_config", "diffusion_config"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class GridPoint:
     """One point of the grid. Autoregressive engines ignore `steps` and `entropy_bound` (None)."""
 
@@ -40,9 +36,6 @@ class GridPoint:
     batch: int
     steps: int | None = None
     entropy_bound: float | None = None
-
-    def key(self) -> tuple:
-        return (self.max_new_tokens, self.batch, self.steps, self.entropy_bound)
 
     def label(self) -> str:
         parts = [f"{self.max_new_tokens} tokens", f"batch {self.batch}"]
@@ -77,8 +70,7 @@ class Sweep:
     ar_model: str | None = None  # an autoregressive (Gemma 4) checkpoint for the "ar-hf" engine
     interleave: bool | None = None  # engines alternate per repeat (None: when all models fit in memory)
     seed: int = 0
-    # vLLM engine arguments for the "vllm"/"vllm-server" engines, e.g. {"tensor_parallel_size": 2,
-    # "quantization": "fp8", "gpu_memory_utilization": 0.5}
+    # vLLM engine arguments for the "vllm"/"vllm-server" engines, e.g. {"tensor_parallel_size": 2}
     vllm_args: dict[str, Any] = field(default_factory=dict)
 
     def configs(self, autoregressive: bool) -> Iterator[GridPoint]:
@@ -90,52 +82,55 @@ class Sweep:
             for n, b, s, e in itertools.product(self.max_new_tokens, self.batch, self.steps, self.entropy_bounds):
                 yield GridPoint(n, b, s, e)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def validate(self, known_engines: Sequence[str]) -> Sweep:
         """Raise InputError on the first bad value; return self."""
+        known = ", ".join(known_engines)
         if not self.engines:
-            raise InputError(f"no engines given: pick some of {', '.join(known_engines)}.")
+            raise InputError(f"no engines given: pick some of {known}.")
         unknown = [e for e in self.engines if e not in known_engines]
         if unknown:
-            raise InputError(f"unknown engine(s) {', '.join(map(repr, unknown))}: choose from "
-                             f"{', '.join(known_engines)} (comma-separated, e.g. --engines kit,transformers,ar).")
+            raise InputError(f"unknown engine(s) {', '.join(map(repr, unknown))}: choose from {known} "
+                             "(comma-separated, e.g. --engines kit,transformers,ar).")
         dupes = sorted({e for e in self.engines if self.engines.count(e) > 1})
         if dupes:
             raise InputError(f"engine(s) {', '.join(dupes)} listed twice: give each engine once.")
-        for name in ("reference", "baseline"):
-            value = getattr(self, name)
-            if value not in known_engines:
-                raise InputError(f"{name} engine {value!r} is unknown: choose from {', '.join(known_engines)}.")
+        for role in ("reference", "baseline"):
+            if getattr(self, role) not in known_engines:
+                raise InputError(f"{role} engine {getattr(self, role)!r} is unknown: choose from {known}.")
         for name in ("max_new_tokens", "steps", "batch"):
-            _check_list(name, getattr(self, name), lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                        "a positive integer")
-        _check_list("entropy_bounds", self.entropy_bounds,
-                    lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a number > 0 (e.g. 0.1)")
-        if not isinstance(self.repeats, int) or self.repeats < 1:
-            raise InputError(f"repeats must be an integer >= 1 (got {self.repeats!r}); 3 or more gives a median.")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise InputError(f"warmup must be an integer >= 0 (got {self.warmup!r}).")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InputError(f"threads must be a positive integer or None (got {self.threads!r}).")
-        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
-            raise InputError("prompts must be a non-empty list of non-empty strings.")
-        if not isinstance(self.vllm_args, dict) or not all(isinstance(k, str) and k.isidentifier()
-                                                            for k in self.vllm_args):
-            raise InputError(f"vllm_args must map vLLM engine argument names to values, e.g. "
-                             f'{{"tensor_parallel_size": 2}} (got {self.vllm_args!r}).')
-        sampler = sorted(set(self.vllm_args) & VLLM_SAMPLER_KEYS)
-        if sampler:
-            raise InputError(f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike "
-                             "(--steps, --entropy-bounds, --no-early-stop); leave them out of --vllm-args.")
-        check_engine_kwargs(self.vllm_args)
+            _check_list(name, getattr(self, name), lambda v: is_int(v) and v > 0, "a positive integer")
+        _check_list("entropy_bounds", self.entropy_bounds, lambda v: is_number(v) and math.isfinite(v) and v > 0,
+                    "a number > 0 (e.g. 0.1)")
+        args = self.vllm_args
+        mapping = isinstance(args, dict) and all(isinstance(k, str) and k.isidentifier() for k in args)
+        sampler = sorted(set(args) & VLLM_SAMPLER_KEYS) if mapping else []
+        _refuse_first([
+            (not is_int(self.repeats) or self.repeats < 1,
+             f"repeats must be an integer >= 1 (got {self.repeats!r}); 3 or more gives a median."),
+            (not is_int(self.warmup) or self.warmup < 0, f"warmup must be an integer >= 0 (got {self.warmup!r})."),
+            (self.threads is not None and (not is_int(self.threads) or self.threads < 1),
+             f"threads must be a positive integer or None (got {self.threads!r})."),
+            (not isinstance(self.prompts, (list, tuple)) or not self.prompts
+             or not all(isinstance(p, str) and p.strip() for p in self.prompts),
+             "prompts must be a non-empty list of non-empty strings."),
+            (not mapping, ("vllm_args must map vLLM engine argument names to values, e.g. "
+                           f'{{"tensor_parallel_size": 2}} (got {args!r}).')),
+            (sampler, (f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike (--steps, "
+                       "--entropy-bounds, --no-early-stop); leave them out of --vllm-args.")),
+        ])
+        check_engine_kwargs(args)
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
             raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
                              "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")
-
         read_config(self.model)  # a missing or foreign model directory fails here, with how to get one
         return self
+
+
+def _refuse_first(checks: Sequence[tuple[Any, str]]) -> None:
+    """InputError with the message of the first check whose condition holds."""
+    for bad, message in checks:
+        if bad:
+            raise InputError(message)
 
 
 def _check_list(name: str, values: Sequence[Any], ok, what: str) -> None:
@@ -149,6 +144,11 @@ def _check_list(name: str, values: Sequence[Any], ok, what: str) -> None:
         raise InputError(f"{flag} lists a value twice ({list(values)}): give each value once.")
 
 
+def flag_list(values: Sequence) -> str:
+    """A list as its flag is written: [0.1, 1.0] -> "0.1,1"."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def parse_list(text: str | Sequence, kind: type, flag: str) -> list:
     """'256,1024' -> [256, 1024]; a number or a list passes through (each item converted). InputError names the flag."""
     if isinstance(text, bool) or not isinstance(text, (str, int, float, list, tuple)):
@@ -158,13 +158,14 @@ def parse_list(text: str | Sequence, kind: type, flag: str) -> list:
     items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
     if not items or any(item == "" for item in items):
         raise InputError(f"--{flag} {text!r}: give comma-separated values without blanks, e.g. --{flag} 64,128.")
+    example = "64,128" if kind is int else "0.1,0.5"
     out = []
     for item in items:
         try:
             value = kind(item)
         except (TypeError, ValueError):
             raise InputError(f"--{flag}: {item!r} is not {'an integer' if kind is int else 'a number'}; "
-                             f"give comma-separated values, e.g. --{flag} {'64,128' if kind is int else '0.1,0.5'}.") from None
+                             f"give comma-separated values, e.g. --{flag} {example}.") from None
         if kind is int and isinstance(item, float) and item != value:  # int(1.5) would truncate silently
             raise InputError(f"--{flag}: {item!r} is not an integer.")
         out.append(value)

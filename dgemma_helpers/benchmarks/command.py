@@ -1,11 +1,6 @@
-"""`python -m dgemma_helpers bench ...` and `... report ...`: the sweep's flags, parsed and checked.
-
-    bench   runs the sweep in this process; prints the table; with --out, writes results + plots
-    report  executes notebooks/05_throughput_benchmark.ipynb through papermill into a report
-            directory (default reports/<timestamp>/), then renders it as HTML without code
-
-Both parse and validate every flag before anything is loaded.
-"""
+"""`python -m dgemma_helpers bench` (the sweep in this process: tables, and with --out the results
+and plots) and `report` (notebook 05 through papermill into a report directory). Both check every
+flag before anything is loaded."""
 
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from ..model_paths import find_model, model_candidates
 from ..plots.benchmark import save_plots
 from ..signals import exit_code
 from .engines import ENGINES
-from .grid import Sweep, parse_list
+from .grid import Sweep, flag_list, parse_list
 from .harness import run_benchmark
 from .notebook import default_report_dir, make_report
 from .report import build_report, engines_table, machine_summary, results_table, shown, write_results
@@ -34,8 +29,7 @@ def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".
                max_new_tokens: str | Sequence[int] = _DEFAULTS.max_new_tokens,
                steps: str | Sequence[int] = _DEFAULTS.steps, batch: str | Sequence[int] = _DEFAULTS.batch,
                entropy_bounds: str | Sequence[float] = _DEFAULTS.entropy_bounds, **options: Any) -> Sweep:
-    """A validated Sweep from flag-style values ("64,128" or [64, 128]). Relative model paths are
-    looked up here, then in the kit's checkout (so a notebook run from notebooks/ finds models/)."""
+    """A checked Sweep from flag-style values ("64,128" or [64, 128])."""
     known = {f.name for f in dataclasses.fields(Sweep)}
     unknown = set(options) - known
     if unknown:
@@ -43,7 +37,8 @@ def make_sweep(model: str = _DEFAULTS.model, engines: str | Sequence[str] = ",".
     if isinstance(options.get("vllm_args"), str) or options.get("vllm_args", 0) is None:
         options["vllm_args"] = _json_object(options["vllm_args"] or "{}", "vllm-args")
     names = [e.strip() for e in engines.split(",") if e.strip()] if isinstance(engines, str) else list(engines)
-    sweep = Sweep(model=_locate(model), engines=names,
+    # Relative model paths as the notebooks find them (here, the parents, the kit's checkout).
+    sweep = Sweep(model=str(find_model(model)), engines=names,
                   max_new_tokens=parse_list(max_new_tokens, int, "max-new-tokens"),
                   steps=parse_list(steps, int, "steps"), batch=parse_list(batch, int, "batch"),
                   entropy_bounds=parse_list(entropy_bounds, float, "entropy-bounds"), **options)
@@ -63,12 +58,6 @@ def _json_object(text: str, flag: str) -> dict:
     return value
 
 
-def _locate(path: str) -> str:
-    """A model path as the notebooks find it (model_paths.find_model: here, the parents, the kit's
-    checkout); a missing one is refused with how to get it."""
-    return str(find_model(path))
-
-
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("--model", default=d.model, help=f"diffusion checkpoint directory or Hugging Face Hub id (default {d.model})")
@@ -77,10 +66,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                         "the official width cut to two layers (4.5 GB), toy the 2-core CPU toy")
     p.add_argument("--engines", default=",".join(d.engines),
                    help=f"comma-separated, from {', '.join(ENGINES)} (default: all; unavailable ones are skipped)")
-    p.add_argument("--max-new-tokens", default=_csv(d.max_new_tokens), help="output lengths, e.g. 256,1024 (default %(default)s)")
-    p.add_argument("--steps", default=_csv(d.steps), help="max denoising steps per canvas, e.g. 16,48 (default %(default)s)")
-    p.add_argument("--batch", default=_csv(d.batch), help="batch sizes, e.g. 1,4 (default %(default)s)")
-    p.add_argument("--entropy-bounds", default=_csv(d.entropy_bounds), help="entropy bounds, e.g. 0.1,1 (default %(default)s)")
+    grid = {"max_new_tokens": "output lengths, e.g. 256,1024", "steps": "max denoising steps per canvas, e.g. 16,48",
+            "batch": "batch sizes, e.g. 1,4", "entropy_bounds": "entropy bounds, e.g. 0.1,1"}
+    for name, what in grid.items():
+        p.add_argument("--" + name.replace("_", "-"), default=flag_list(getattr(d, name)),
+                       help=f"{what} (default %(default)s)")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per engine and setting (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first (default %(default)s)")
     p.add_argument("--reference", default=d.reference, help="engine the speed-ups are measured against")
@@ -96,10 +86,6 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--vllm-args", default="{}",
                    help='vLLM engine arguments as JSON for the vllm engines, e.g. \'{"tensor_parallel_size": 2}\'')
-
-
-def _csv(values: Sequence) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:

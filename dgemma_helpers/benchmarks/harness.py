@@ -1,16 +1,14 @@
 """The benchmark harness: every engine over the sweep's grid, measured alike, in one run.
 
-For each grid point: `warmup` untimed runs per engine, then `repeats` timed runs with the engines
-of that point interleaved (kit, transformers, kit, ...), so machine noise hits them alike. (The
-autoregressive engines have their own, smaller grid: output length x batch.) Each run is
-timed from outside between two device synchronisations; its peak memory is read per run. A run
-that raises is recorded as failed with its error, and the sweep goes on. Ratios are taken
-against the reference engine (and the autoregressive baseline) measured in this same run, never
-against numbers from another machine or another day.
+Per grid point: `warmup` untimed runs per engine, then `repeats` timed runs with the engines
+interleaved (kit, transformers, kit, ...), so machine noise hits them alike. Each run is timed from
+outside between two device synchronisations. A run that raises is recorded as failed and the sweep
+goes on. Ratios are taken against engines measured in this same run, never against another day's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import os
@@ -42,129 +40,156 @@ ROW_FIELDS = [
     "tokens", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "ms_per_step", "ms_per_step_min",
     "ms_per_step_max", "latency_ms", "tokens_per_forward", "steps_per_canvas", "first_canvas_ms",
     "first_canvas_ms_min", "first_canvas_ms_max", "first_token_ms", "peak_mem_mb", "peak_mem_kind",
-    "quality", "quality_metric", "distinct_3grams", "speedup_vs_reference", "step_speedup_vs_reference", "speedup_vs_baseline",
-    "sample_text",
+    "quality", "quality_metric", "distinct_3grams", "speedup_vs_reference", "step_speedup_vs_reference",
+    "speedup_vs_baseline", "sample_text",
 ]
 
 
 def run_benchmark(sweep: Sweep, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the sweep; return the results (see ROW_FIELDS and report.py). Bad sweeps raise InputError first."""
     sweep.validate(list(ENGINES))
-    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if sweep.threads:
         torch.set_num_threads(sweep.threads)
     device = resolve_device(sweep.device)
     dtype = resolve_dtype(sweep.dtype, device)
     started, t_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    engines = [make_engine(name) for name in sweep.engines]
-    rows: list[dict[str, Any]] = []
-    statuses: dict[str, dict[str, str]] = {}
-    usable: list[Engine] = []
-    for e in engines:
-        try:
-            ok, reason = e.available(sweep)
-        except Exception as ex:  # noqa: BLE001 - a broken optional dependency is a reason to skip, not to crash
-            ok, reason = False, _describe(ex)
-        statuses[e.name] = dict(name=e.name, kind=e.kind, description=e.description, status="ok" if ok else "skipped",
-                                reason=reason)
-        if ok:
-            usable.append(e)
-        else:
-            say(f"skipping {e.name}: {reason}")
-            rows.append(_row(e, None, status="skipped", error=reason))
-
-    notes: list[str] = []
-    interleave = _decide_interleave(sweep, usable, device, notes)
+    run = _Run(sweep, device, progress or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    usable = run.usable([make_engine(name) for name in sweep.engines])
+    interleave = _decide_interleave(sweep, usable, device, run.notes)
     groups = [usable] if interleave else [[e] for e in usable]
     pool = ModelPool(sweep)
-    prompt_ids = _prompt_ids(sweep)
-    runs: dict[tuple[str, tuple], list[Measurement]] = {}
-    failures: dict[tuple[str, tuple], str] = {}
     # On any exit, a stop signal included (the CLI makes SIGTERM a KeyboardInterrupt), every engine's
     # processes and files go: a vLLM engine's EngineCore, a vLLM server's process group.
     try:
+        prompt_ids = _prompt_ids(sweep)
         for group in groups:
-            prepared = []
-            for e in group:
-                say(f"loading {e.name} ...")
-                try:
-                    e.prepare(sweep, pool)
-                    prepared.append(e)
-                except Exception as ex:  # noqa: BLE001 - recorded, the report goes on
-                    error = _describe(ex)
-                    say(f"{e.name} failed to load: {error}")
-                    statuses[e.name].update(status="failed", reason=error)
-                    rows.append(_row(e, None, status="failed", error=error))
-                    e.release()
-            _run_grid(prepared, sweep, prompt_ids, device, runs, failures, say)
+            prepared = run.load(group, pool)
+            run.grid(prepared, prompt_ids)
             if len(groups) > 1:
                 for e in prepared:
                     e.release()
                 pool.clear()
                 _free(device)
-
-        quality_metric, score = _quality_scorer(sweep, pool)
-        for e in usable:
-            if statuses[e.name]["status"] == "failed":
-                continue
-            for config in sweep.configs(e.kind == AUTOREGRESSIVE):
-                key = (e.name, config.key())
-                if key in failures:
-                    rows.append(_row(e, config, status="failed", error=failures[key]))
-                elif key in runs:
-                    rows.append(_aggregate(e, config, runs[key], device, quality_metric, _guarded(score, notes)))
-        _add_ratios(rows, sweep)
-        for role in ("reference", "baseline"):
-            name = getattr(sweep, role)
-            if not any(r["engine"] == name and r["status"] == "ok" for r in rows):
-                notes.append(f"no speed-ups over the {role} engine '{name}': it did not run (see the engines table).")
-        floor = _guarded(_weight_streaming_floor, notes)(sweep, device, dtype) if device.type == "cuda" else None
+        quality_metric = run.collect(usable, pool)
+        floor = _guarded(_weight_streaming_floor, run.notes)(sweep, device, dtype) if device.type == "cuda" else None
     finally:
         for e in usable:
             e.release()
         pool.clear()
     return dict(schema=SCHEMA, created=started.isoformat(timespec="seconds"),
                 duration_s=round(time.perf_counter() - t_start, 1),
-                machine=machine_info(device, dtype), model=_model_info(sweep, dtype), sweep=sweep.to_dict(),
-                engines=list(statuses.values()), rows=rows, floor=floor, peak_memory_kind=peak_memory_kind(device),
-                quality_metric=quality_metric, interleaved=interleave, notes=notes)
+                machine=machine_info(device, dtype), model=_model_info(sweep, dtype), sweep=dataclasses.asdict(sweep),
+                engines=list(run.statuses.values()), rows=run.rows, floor=floor,
+                peak_memory_kind=peak_memory_kind(device), quality_metric=quality_metric, interleaved=interleave,
+                notes=run.notes)
 
 
-# ---- running ----------------------------------------------------------------------------------
-def _run_grid(engines: list[Engine], sweep: Sweep, prompt_ids: list[list[int]], device: torch.device,
-              runs: dict, failures: dict, say: Callable[[str], None]) -> None:
-    keys: dict[tuple, list[tuple[Engine, GridPoint]]] = {}
-    for e in engines:
-        for config in sweep.configs(e.kind == AUTOREGRESSIVE):
-            keys.setdefault(config.key(), []).append((e, config))
-    # Grid points in (entropy bound, steps) order: engines that fix those when they start (vLLM)
-    # restart once per pair rather than at every point. Rows are reported in the sweep's order.
-    for todo in sorted(keys.values(), key=lambda t: _start_key(t[0][1])):
-        label = todo[0][1].label()
-        batch = todo[0][1].batch
-        prompts = Prompts(texts=[sweep.prompts[i % len(sweep.prompts)] for i in range(batch)],
-                          ids=[prompt_ids[i % len(prompt_ids)] for i in range(batch)])
+class _Run:
+    """One benchmark's state: the rows so far, each engine's status, the timed runs and the failures."""
+
+    def __init__(self, sweep: Sweep, device: torch.device, say: Callable[[str], None]) -> None:
+        self.sweep, self.device, self.say = sweep, device, say
+        self.rows: list[dict[str, Any]] = []
+        self.statuses: dict[str, dict[str, str]] = {}
+        self.notes: list[str] = []
+        self.runs: dict[tuple[str, GridPoint], list[Measurement]] = {}
+        self.failures: dict[tuple[str, GridPoint], str] = {}
+
+    def usable(self, engines: list[Engine]) -> list[Engine]:
+        """The engines that can run here; the others get a skipped row with the reason."""
+        usable = []
+        for e in engines:
+            try:
+                ok, reason = e.available(self.sweep)
+            except Exception as ex:  # noqa: BLE001 - a broken optional dependency is a reason to skip, not to crash
+                ok, reason = False, _describe(ex)
+            self.statuses[e.name] = dict(name=e.name, kind=e.kind, description=e.description,
+                                         status="ok" if ok else "skipped", reason=reason)
+            if ok:
+                usable.append(e)
+            else:
+                self.say(f"skipping {e.name}: {reason}")
+                self.rows.append(_row(e, None, status="skipped", error=reason))
+        return usable
+
+    def load(self, engines: list[Engine], pool: ModelPool) -> list[Engine]:
+        """The engines whose prepare() succeeded; a failure is recorded and the rest go on."""
+        prepared = []
+        for e in engines:
+            self.say(f"loading {e.name} ...")
+            try:
+                e.prepare(self.sweep, pool)
+                prepared.append(e)
+            except Exception as ex:  # noqa: BLE001 - recorded, the report goes on
+                error = _describe(ex)
+                self.say(f"{e.name} failed to load: {error}")
+                self.statuses[e.name].update(status="failed", reason=error)
+                self.rows.append(_row(e, None, status="failed", error=error))
+                e.release()
+        return prepared
+
+    def grid(self, engines: list[Engine], prompt_ids: list[list[int]]) -> None:
+        points: dict[GridPoint, list[Engine]] = {}
+        for e in engines:
+            for config in self.sweep.configs(e.kind == AUTOREGRESSIVE):
+                points.setdefault(config, []).append(e)
+        # Grid points in (entropy bound, steps) order: engines that fix those when they start (vLLM)
+        # restart once per pair rather than at every point. Rows are reported in the sweep's order.
+        for config in sorted(points, key=lambda c: tuple((v is None, v or 0) for v in (c.entropy_bound, c.steps))):
+            self._point(points[config], config, prompt_ids)
+
+    def _point(self, engines: list[Engine], config: GridPoint, prompt_ids: list[list[int]]) -> None:
+        s, n = self.sweep, config.batch
+        prompts = Prompts(texts=[s.prompts[i % len(s.prompts)] for i in range(n)],
+                          ids=[prompt_ids[i % len(prompt_ids)] for i in range(n)])
         alive = []
-        for e, config in todo:
+        for e in engines:
             try:
                 e.configure(config)
-                for w in range(sweep.warmup):
-                    e.run(prompts, config, seed=sweep.seed + 1000 + w)
-                alive.append((e, config))
+                for w in range(s.warmup):
+                    e.run(prompts, config, seed=s.seed + 1000 + w)
+                alive.append(e)
             except Exception as ex:  # noqa: BLE001
-                _fail(e, config, ex, failures, device, say)
-        for r in range(sweep.repeats):
-            for e, config in list(alive):
+                self._fail(e, config, ex)
+        for r in range(s.repeats):
+            for e in list(alive):
                 try:
-                    m = _timed_run(e, prompts, config, sweep.seed + r, device)
+                    m = _timed_run(e, prompts, config, s.seed + r, self.device)
                 except Exception as ex:  # noqa: BLE001
-                    _fail(e, config, ex, failures, device, say)
-                    alive.remove((e, config))
+                    self._fail(e, config, ex)
+                    alive.remove(e)
                     continue
-                runs.setdefault((e.name, config.key()), []).append(m)
-        for e, config in alive:
-            ms = runs[(e.name, config.key())]
-            say(f"{e.name:<13} {label:<40} {statistics.median(m.tokens / m.total_s for m in ms):9.1f} tok/s")
+                self.runs.setdefault((e.name, config), []).append(m)
+        for e in alive:
+            tps = statistics.median(m.tokens / m.total_s for m in self.runs[(e.name, config)])
+            self.say(f"{e.name:<13} {config.label():<40} {tps:9.1f} tok/s")
+
+    def _fail(self, engine: Engine, config: GridPoint, ex: BaseException) -> None:
+        error = _describe(ex)
+        self.say(f"{engine.name} failed at {config.label()}: {error}")
+        self.failures[(engine.name, config)] = error
+        _free(self.device)
+
+    def collect(self, engines: list[Engine], pool: ModelPool) -> str:
+        """A row per engine and grid point, scored and compared; returns the quality metric's name."""
+        quality_metric, score = _quality_scorer(self.sweep, pool)
+        for e in engines:
+            if self.statuses[e.name]["status"] == "failed":
+                continue
+            for config in self.sweep.configs(e.kind == AUTOREGRESSIVE):
+                key = (e.name, config)
+                if key in self.failures:
+                    self.rows.append(_row(e, config, status="failed", error=self.failures[key]))
+                elif key in self.runs:
+                    self.rows.append(_aggregate(e, config, self.runs[key], self.device, quality_metric,
+                                                _guarded(score, self.notes)))
+        _add_ratios(self.rows, self.sweep)
+        for role in ("reference", "baseline"):
+            name = getattr(self.sweep, role)
+            if not any(r["engine"] == name and r["status"] == "ok" for r in self.rows):
+                self.notes.append(f"no speed-ups over the {role} engine '{name}': it did not run "
+                                  "(see the engines table).")
+        return quality_metric
 
 
 def _timed_run(engine: Engine, prompts: Prompts, config: GridPoint, seed: int, device: torch.device) -> Measurement:
@@ -177,18 +202,6 @@ def _timed_run(engine: Engine, prompts: Prompts, config: GridPoint, seed: int, d
     m.prompt_ids = prompts.ids
     m.peak_memory_bytes = read_peak_memory(device) if engine.in_process_memory else None
     return m
-
-
-def _start_key(config: GridPoint) -> tuple:
-    return tuple((v is None, v or 0) for v in (config.entropy_bound, config.steps))
-
-
-def _fail(engine: Engine, config: GridPoint, ex: BaseException, failures: dict, device: torch.device,
-          say: Callable[[str], None]) -> None:
-    error = _describe(ex)
-    say(f"{engine.name} failed at {config.label()}: {error}")
-    failures[(engine.name, config.key())] = error
-    _free(device)
 
 
 def _describe(ex: BaseException) -> str:
@@ -204,7 +217,6 @@ def _free(device: torch.device) -> None:
 def _prompt_ids(sweep: Sweep) -> list[list[int]]:
     """Each prompt's ids in the diffusion checkpoint's vocabulary, all cut to the shortest one's
     length (no padding anywhere). Without a tokenizer: fixed pseudo-random ids, 32 per prompt."""
-
     path, config = read_config(sweep.model)
     tokenizer = load_tokenizer(Path(path))
     if tokenizer is None:
@@ -232,27 +244,28 @@ def _row(engine: Engine, config: GridPoint | None, **values: Any) -> dict[str, A
     row = {f: None for f in ROW_FIELDS}
     row.update(engine=engine.name, kind=engine.kind)
     if config is not None:
-        row.update(max_new_tokens=config.max_new_tokens, batch=config.batch, steps=config.steps,
-                   entropy_bound=config.entropy_bound)
+        row.update(dataclasses.asdict(config))
     row.update(values)
     return row
 
 
+def _spread(name: str, values: list[float]) -> dict[str, float | None]:
+    """The median of `values` as `name`, and their range as `name`_min / `name`_max (None if empty)."""
+    return {name: statistics.median(values) if values else None, f"{name}_min": min(values, default=None),
+            f"{name}_max": max(values, default=None)}
+
+
 def _aggregate(engine: Engine, config: GridPoint, ms: list[Measurement], device: torch.device,
                quality_metric: str | None, score) -> dict[str, Any]:
-    tps = [m.tokens / m.total_s for m in ms]
-    step_ms = [1000 * m.step_s / m.forwards for m in ms if m.forwards]
-    first = [1000 * m.first_canvas_s for m in ms]
     med = statistics.median
     texts = [t for m in ms for t in m.texts if t is not None]
     peaks = [m.peak_memory_bytes for m in ms if m.peak_memory_bytes is not None]
     return _row(engine, config, status="ok", repeats=len(ms), tokens=med(m.tokens for m in ms),
-                tokens_per_s=med(tps), tokens_per_s_min=min(tps), tokens_per_s_max=max(tps),
-                ms_per_step=med(step_ms) if step_ms else None, ms_per_step_min=min(step_ms, default=None),
-                ms_per_step_max=max(step_ms, default=None), latency_ms=1000 * med(m.total_s for m in ms),
-                tokens_per_forward=med(m.tokens_per_forward for m in ms),
+                **_spread("tokens_per_s", [m.tokens / m.total_s for m in ms]),
+                **_spread("ms_per_step", [1000 * m.step_s / m.forwards for m in ms if m.forwards]),
+                **_spread("first_canvas_ms", [1000 * m.first_canvas_s for m in ms]),
+                latency_ms=1000 * med(m.total_s for m in ms), tokens_per_forward=med(m.tokens_per_forward for m in ms),
                 steps_per_canvas=None if engine.kind == AUTOREGRESSIVE else med(m.steps_per_canvas for m in ms),
-                first_canvas_ms=med(first), first_canvas_ms_min=min(first), first_canvas_ms_max=max(first),
                 first_token_ms=1000 * med(m.first_token_s for m in ms),
                 peak_mem_mb=max(peaks) / 2**20 if peaks else None,
                 peak_mem_kind=peak_memory_kind(device, short=True) if engine.in_process_memory else "not_measured",
@@ -279,11 +292,9 @@ def _add_ratios(rows: list[dict[str, Any]], sweep: Sweep) -> None:
 def _quality_scorer(sweep: Sweep, pool: ModelPool):
     """Word validity when the model ships its training vocabulary (models/dgemma-tiny does); else
     the generated text's NLL under the checkpoint's own causal encoder (lower is better)."""
-
     if (Path(sweep.model) / VOCABULARY_FILE).exists():
         vocabulary = load_vocabulary(sweep.model)
         return "word_validity", lambda ms: word_validity([t for m in ms for t in m.texts if t], vocabulary)
-
 
     def nll(ms: list[Measurement]) -> float | None:
         rows = [(p, t) for m in ms if m.token_ids is not None for p, t in zip(m.prompt_ids, m.token_ids)]
@@ -328,11 +339,9 @@ def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-            if match:
-                return match.group(1).strip()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        match = None
+    return match.group(1).strip() if match else platform.processor() or platform.machine()
 
 
 def _model_info(sweep: Sweep, dtype: torch.dtype) -> dict[str, Any]:
@@ -345,10 +354,8 @@ def _model_info(sweep: Sweep, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _weight_streaming_floor(sweep: Sweep, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """The least time a denoising step can take on this GPU: reading every weight once (every
-    expert is hit when a canvas of tokens each picks top-k), at the device-to-device copy bandwidth
-    measured now."""
-
+    """The least time a denoising step can take on this GPU: reading every weight once (a canvas of
+    tokens each picking top-k hits every expert), at the copy bandwidth measured now."""
     bandwidth = copy_bandwidth(device)
     weights = weights_bytes(read_config(sweep.model)[1], dtype)
     return dict(bandwidth_gb_s=bandwidth / 1e9, weights_mb=weights / 2**20, floor_ms_per_step=1000 * weights / bandwidth)

@@ -1,14 +1,11 @@
 """The benchmark engines "vllm" (vllm.LLM in this process) and "vllm-server" (a vLLM server on
-127.0.0.1 that the engine starts, queried with streaming through the openai client).
+127.0.0.1, queried with streaming through the openai client).
 
-Both run the sweep's checkpoint, prompts and settings. vLLM fixes the entropy bound, the step count
-(which sets its temperature schedule) and adaptive stopping when it starts, so the engine starts
-once per (entropy bound, steps) pair, in `configure()`, which the harness calls untimed before a
-grid point's warm-up. What vLLM does not report is left empty rather than guessed: ms per step
-(no time inside the denoising passes) and peak memory (its engine runs in other processes).
-Tokens per forward and steps per canvas come from vLLM's own counters. Seeds are not applied:
-vLLM rejects per-request seeds. The prefix cache is off (the kit has none, and the sweep repeats
-its prompts). Skipped, with the reason, where vLLM (or, for the server, openai) is not importable.
+vLLM fixes the entropy bound, the step count and adaptive stopping when it starts, so the engine
+starts once per (entropy bound, steps) pair, in the untimed `configure()`. What vLLM does not report
+is left empty rather than guessed: ms per step and peak memory (its engine runs in other processes).
+Seeds are not applied (vLLM rejects them). The prefix cache is off: the kit has none, and the sweep
+repeats its prompts.
 """
 
 from __future__ import annotations
@@ -20,13 +17,12 @@ import torch
 
 from ..engines.vllm import VLLMEngine, vllm_status
 from ..engines.vllm_server import VLLMServer
-from .engines import DIFFUSION, Engine, Measurement, ModelPool, Prompts, _diffusion_weights_bytes
+from .engines import Engine, Measurement, ModelPool, Prompts, _diffusion_weights_bytes
 from .grid import GridPoint, Sweep
 
 
 class VLLMBenchEngine(Engine):
     name = "vllm"
-    kind = DIFFUSION
     description = "vLLM's DiffusionGemma, in-process vllm.LLM (per-request seeds not supported)"
     in_process_memory = False
 
@@ -66,8 +62,7 @@ class VLLMBenchEngine(Engine):
         steps = r.mean_steps_per_canvas if r.mean_steps_per_canvas is not None else math.nan
         return Measurement(tokens=int((r.token_ids != pad).sum()), forwards=0, step_s=0.0,  # no time per step
                            first_canvas_s=first, first_token_s=first, tokens_per_forward=r.tokens_per_forward,
-                           steps_per_canvas=steps,
-                           texts=r.texts, token_ids=r.token_ids.tolist())
+                           steps_per_canvas=steps, texts=r.texts, token_ids=r.token_ids.tolist())
 
     def release(self) -> None:
         engine, self.engine, self.key = getattr(self, "engine", None), None, None
@@ -101,4 +96,4 @@ class VLLMServerBenchEngine(VLLMBenchEngine):
 
     def _generate(self, prompts: Prompts, config: GridPoint):
         return self.client.generate(input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
-                                        eos_token_ids=() if self.sweep.ignore_eos else None, stream=True)
+                                    eos_token_ids=() if self.sweep.ignore_eos else None, stream=True)

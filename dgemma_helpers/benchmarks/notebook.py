@@ -1,17 +1,10 @@
-"""A shareable report: notebook 05 executed through papermill, then rendered as HTML without code.
-
-    reports/<timestamp>/
-        05_throughput_benchmark.ipynb   the executed notebook (explanations, tables, plots)
-        report.html                     the same, without code cells (nbconvert --no-input)
-        results.json, results.csv       every measurement (written by the notebook, atomically)
-        *.png                           the plots
-
-The sweep is validated here, before a kernel starts; the notebook receives it as papermill
-parameters (the names of the CLI flags), so `papermill -p max_new_tokens 64,128 ...` works too.
-"""
+"""A shareable report: notebook 05 executed through papermill into reports/<timestamp>/ (the executed
+notebook, report.html without code cells, results.json/.csv, the plots). The sweep is checked before
+a kernel starts and reaches the notebook as papermill parameters named as the CLI flags."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -21,7 +14,7 @@ from ..atomic import atomic_write
 from ..errors import DGemmaError
 from ..model_paths import REPO_ROOT
 from .engines import ENGINES
-from .grid import Sweep
+from .grid import Sweep, flag_list
 
 NOTEBOOK = "05_throughput_benchmark.ipynb"
 
@@ -33,16 +26,12 @@ def default_report_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def notebook_parameters(sweep: Sweep, out_dir: str | os.PathLike) -> dict:
-    """The notebook's papermill parameters for `sweep` (lists as "a,b" strings, like the CLI flags)."""
-    csv = lambda values: ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)  # noqa: E731
-    return dict(model_path=str(Path(sweep.model).resolve()), engines=",".join(sweep.engines),
-                max_new_tokens=csv(sweep.max_new_tokens), steps=csv(sweep.steps), batch=csv(sweep.batch),
-                entropy_bounds=csv(sweep.entropy_bounds), repeats=sweep.repeats, warmup=sweep.warmup,
-                reference=sweep.reference, baseline=sweep.baseline,
+    """The notebook's papermill parameters for `sweep`: the Sweep's fields (lists as "a,b", like the flags)."""
+    params = {k: v for k, v in dataclasses.asdict(sweep).items() if k not in ("model", "prompts")}
+    params.update({k: flag_list(params[k]) for k in ("engines", "max_new_tokens", "steps", "batch", "entropy_bounds")})
+    return dict(params, model_path=str(Path(sweep.model).resolve()), out_dir=str(Path(out_dir).resolve()),
                 ar_model=str(Path(sweep.ar_model).resolve()) if sweep.ar_model else None,
-                ignore_eos=sweep.ignore_eos, early_stop=sweep.early_stop, interleave=sweep.interleave,
-                device=sweep.device, dtype=sweep.dtype, threads=sweep.threads, seed=sweep.seed,
-                vllm_args=json.dumps(sweep.vllm_args), out_dir=str(Path(out_dir).resolve()))
+                vllm_args=json.dumps(sweep.vllm_args))
 
 
 def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,
@@ -54,7 +43,7 @@ def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,
         from nbconvert import HTMLExporter
     except ImportError as e:
         raise DGemmaError(f"the report needs papermill and nbconvert ({e}); install the dev extras: "
-                               "pip install -e '.[dev]' (or run `make report`, which does).") from None
+                          "pip install -e '.[dev]' (or run `make report`, which does).") from None
 
     sweep.validate(list(ENGINES))
     source = Path(notebook) if notebook else REPO_ROOT / "notebooks" / NOTEBOOK

@@ -1,10 +1,6 @@
 """Benchmark results on disk (results.json, results.csv), the report directory, and Markdown tables.
-
-Files are written whole or not at all: each goes to a temporary name in the same directory and
-is renamed into place, so an interrupted report never leaves a half-written results file. A whole
-report is built the same way (build_report): in a temporary directory beside its target, moved into
-place only once complete; Ctrl-C, SIGTERM or SIGHUP stops the notebook's kernel and leaves nothing behind.
-"""
+Every file, and a whole report (build_report), is written whole or not at all: a stop signal leaves
+nothing half-written behind."""
 
 from __future__ import annotations
 
@@ -43,9 +39,7 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
     """Read a results.json (or the directory holding one), checking that it is one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
+    path = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -58,7 +52,7 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    """NaN and infinities become None (JSON has neither); floats are rounded to 4 significant places."""
+    """NaN and infinities become None (JSON has neither); floats keep 4 significant places."""
     if isinstance(value, float):
         return None if not math.isfinite(value) else float(f"{value:.4g}")
     if isinstance(value, dict):
@@ -75,10 +69,9 @@ _GIVE_UP_S = 60.0  # after the kill, how long to wait for the notebook runner to
 
 def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
     """Run `build(tmp)` (it writes a report into the empty directory tmp and returns its files) and move tmp
-    into place as `out_dir` only when it returns. On Ctrl-C, SIGTERM or SIGHUP (KeyboardInterrupt,
-    re-raised) the notebook's kernel is stopped (SIGTERM, SIGKILL if it lingers) and tmp is removed:
-    nothing is written. If build fails, what it wrote is kept as <out_dir>.failed, named as such in
-    the error. An existing `out_dir` is replaced whole, so it must be empty or an earlier report."""
+    into place as `out_dir` only when it returns. On a stop signal the notebook's kernel is stopped and
+    nothing is written; if build fails, what it wrote is kept as <out_dir>.failed. An existing `out_dir`
+    is replaced whole, so it must be empty or an earlier report."""
     final = Path(out_dir)
     _check_replaceable(final)
     with stop_on_signals(), atomic_dir(final) as tmp:
@@ -96,7 +89,8 @@ def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, P
             # until the move into place is done (stop_on_signals then puts the handlers back).
             for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_IGN)
-    return {name: final / Path(p).relative_to(tmp) if _inside(Path(p), tmp) else Path(p) for name, p in paths.items()}
+    return {name: final / Path(p).relative_to(tmp) if Path(p).is_relative_to(tmp) else Path(p)
+            for name, p in paths.items()}
 
 
 def shown(path: str | os.PathLike) -> str:
@@ -145,12 +139,10 @@ def _interruptible(build: Callable[[Path], dict[str, Path]], tmp: Path) -> dict[
 
 
 def _stop(done: threading.Event) -> None:
-    """End the kernel(s) this process started and all they started: SIGTERM to the process group of each
-    (a vLLM server the notebook started leads one of its own), SIGKILL after KILL_AFTER_S, or at once on
-    a second Ctrl-C. Not SIGINT, Jupyter's 'interrupt': ipykernel ignores it between cells, and one
-    landing in the kernel's own code leaves a reply unsent that the notebook runner then waits for. The
-    report is discarded anyway, and the runner sees a dead kernel at once. Returns once the worker is
-    done (or after _GIVE_UP_S more)."""
+    """End the kernel(s) this process started and all they started: SIGTERM, SIGKILL after KILL_AFTER_S
+    or at once on a second Ctrl-C. Not SIGINT, Jupyter's 'interrupt': ipykernel ignores it between
+    cells, and one landing in the kernel's own code leaves a reply unsent that the runner waits for.
+    Returns once the worker is done (or after _GIVE_UP_S more)."""
     start = time.monotonic()
     kill_at, give_up = start + KILL_AFTER_S, start + KILL_AFTER_S + _GIVE_UP_S
     # papermill's notebook client logs "Kernel died while waiting for execute reply" about the kernel
@@ -171,8 +163,7 @@ def _stop(done: threading.Event) -> None:
 
 
 def _descendant_pids() -> list[int]:
-    """The processes below this one: the notebook's kernel (it starts its own session) and what it started,
-    a vLLM server included (which leads a process group of its own, so it is named here by itself)."""
+    """The processes below this one: the notebook's kernel and what it started (a vLLM server too)."""
     parents: dict[int, int] = {}
     if os.path.isdir("/proc"):
         for entry in os.listdir("/proc"):
@@ -212,8 +203,8 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _retarget(directory: Path, written_in: Path, shown_as: Path) -> None:
-    """The executed notebook and its HTML print the directory they were written in (a temporary one):
-    make them name the directory they are moved to."""
+    """The executed notebook and its HTML name the (temporary) directory they were written in: make
+    them name the one they are moved to."""
     for path in directory.iterdir():
         if path.suffix in (".ipynb", ".html"):
             text = path.read_text(encoding="utf-8")
@@ -236,14 +227,6 @@ def _keep_failed(tmp: Path, final: Path) -> Path | None:
     make_readable(tmp)
     tmp.rename(failed)
     return failed
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    try:
-        path.relative_to(directory)
-        return True
-    except ValueError:
-        return False
 
 
 # ---- tables -----------------------------------------------------------------------------------

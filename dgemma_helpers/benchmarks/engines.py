@@ -1,20 +1,8 @@
-"""Benchmark engines: one interface, one object per way of generating text.
-
-    engine.available(sweep) -> (ok, reason)   cheap: nothing is loaded
-    engine.prepare(sweep, pool)               load weights (once per benchmark)
-    engine.configure(config)                  untimed, before each grid point (vLLM restarts here)
-    engine.run(prompts, config, seed) -> Measurement
-    engine.release()                          drop the weights
-
-Engines: "kit" (this kit's engine, PyTorch path), "kit-cuda" (the same generate() on its fused
-CUDA path: a KitEngine with path="fast", skipped where it cannot run), "transformers"
-(DiffusionGemmaForBlockDiffusion on the same checkpoint), "ar" (the checkpoint's own encoder
-writing one token per forward pass) and "ar-hf" (an autoregressive checkpoint through
-transformers, when --ar-model is given); "vllm" and "vllm-server" (vLLM's DiffusionGemma, in
-bench/vllm_bench.py, registered by the package). More join with `register_engine(name, factory)`.
-
-The harness times each run() from outside (synchronised); an engine reports what only it can
-see: tokens, forward passes and the time inside them, and when its first output appeared.
+"""Benchmark engines: one interface (the Engine class), one object per way of generating text:
+"kit" and "kit-cuda" (generate() on its PyTorch and fused CUDA paths), "transformers" (the
+reference), "ar" and "ar-hf" (autoregressive baselines); "vllm" and "vllm-server" are in
+vllm_bench.py. More join with `register_engine(name, factory)`. The harness times each run() from
+outside; an engine reports what only it can see: tokens, forward passes and the time inside them.
 """
 
 from __future__ import annotations
@@ -85,28 +73,29 @@ class Engine:
     name = "engine"
     kind = DIFFUSION
     description = ""
-
     # False for engines that run in other processes (vLLM): this process cannot see their memory.
     in_process_memory = True
 
     def available(self, sweep: Sweep) -> tuple[bool, str]:
+        """(ok, why not): cheap, nothing is loaded."""
         return True, ""
 
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
-        raise NotImplementedError
+        """Load the weights, once per benchmark (shared ones from the pool)."""
+        self.sweep, self.model = sweep, pool.kit_model()
 
     def configure(self, config: GridPoint) -> None:
-        """Called untimed before each grid point's warm-up: engines whose settings are fixed when they
-        start (vLLM's entropy bound) restart here, so no timed run pays for it."""
+        """Untimed, before each grid point's warm-up: an engine whose settings are fixed when it starts
+        (vLLM's entropy bound) restarts here, so no timed run pays for it."""
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         raise NotImplementedError
 
     def release(self) -> None:
-        pass
+        self.model = None
 
     def weights_bytes(self, sweep: Sweep) -> int:
-        """Memory its weights take (for deciding whether every engine fits at once); 0 if shared or unknown."""
+        """Memory its weights take (does every engine fit at once?); 0 if shared or unknown."""
         return 0
 
 
@@ -117,7 +106,6 @@ class KitEngine(Engine):
     user gets by default, and a run that did not end on the fast path (a fallback) is a failed run
     with its reason, never PyTorch timings under the fast path's name."""
 
-    kind = DIFFUSION
     PATH_NAMES = {"torch": "PyTorch path", "fast": "fused-kernel CUDA path"}
 
     def __init__(self, name: str = "kit", path: str = "torch") -> None:
@@ -125,9 +113,6 @@ class KitEngine(Engine):
         self.description = f"this kit's engine, {self.PATH_NAMES.get(path, path)}"
         self.model = None
         self.generate_path = path if path == "torch" else None
-
-    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
-        self.sweep, self.model = sweep, pool.kit_model()
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         s = self.sweep
@@ -143,9 +128,6 @@ class KitEngine(Engine):
                            first_canvas_s=r.timings.first_canvas_s, first_token_s=r.timings.first_canvas_s,
                            tokens_per_forward=r.tokens_per_forward, steps_per_canvas=statistics.mean(steps),
                            texts=r.texts, token_ids=r.token_ids.tolist())
-
-    def release(self) -> None:
-        self.model = None
 
     def weights_bytes(self, sweep: Sweep) -> int:
         return _diffusion_weights_bytes(sweep)
@@ -188,9 +170,9 @@ def _start_transformers(engine: Engine, sweep: Sweep) -> torch.dtype:
     engine.device = resolve_device(sweep.device)
     return resolve_dtype(sweep.dtype, engine.device)
 
+
 class TransformersEngine(Engine):
     name = "transformers"
-    kind = DIFFUSION
     description = 'transformers DiffusionGemmaForBlockDiffusion, experts_implementation="grouped_mm"'
 
     def available(self, sweep: Sweep) -> tuple[bool, str]:
@@ -254,9 +236,6 @@ class TransformersEngine(Engine):
                            steps_per_canvas=self._forwards / max(self._canvases, 1),
                            texts=texts, token_ids=new.tolist())
 
-    def release(self) -> None:
-        self.model = None
-
     def weights_bytes(self, sweep: Sweep) -> int:
         return _diffusion_weights_bytes(sweep)
 
@@ -266,9 +245,6 @@ class AREngine(Engine):
     name = "ar"
     kind = AUTOREGRESSIVE
     description = "the checkpoint's own causal encoder, one token per forward pass, KV cache, greedy"
-
-    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
-        self.sweep, self.model = sweep, pool.kit_model()
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         r = generate_autoregressive(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
@@ -281,9 +257,6 @@ class AREngine(Engine):
                            first_canvas_s=r.timings.first_canvas_s, first_token_s=r.timings.first_token_s,
                            tokens_per_forward=tpf, steps_per_canvas=None, texts=r.texts,
                            token_ids=r.token_ids.tolist())
-
-    def release(self) -> None:
-        self.model = None
 
 
 class HFAutoregressiveEngine(Engine):
@@ -305,7 +278,7 @@ class HFAutoregressiveEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(sweep.ar_model, dtype=dtype, local_files_only=True)
         self.model = model.to(self.device).eval()
-        self.canvas_length = _canvas_length(sweep)  # "first canvas" = as many tokens as one diffusion canvas
+        self.canvas_length = read_config(sweep.model)[1].canvas_length  # its "first canvas": as many tokens
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         batch = self.tokenizer(prompts.texts, return_tensors="pt", padding=True).to(self.device)
@@ -324,9 +297,6 @@ class HFAutoregressiveEngine(Engine):
                            first_canvas_s=clock.first_canvas_s or clock.last_s, first_token_s=clock.first_token_s or 0.0,
                            tokens_per_forward=float((row_tokens.float() / max(clock.tokens, 1)).mean()),
                            steps_per_canvas=None, texts=self.tokenizer.batch_decode(new, skip_special_tokens=True))
-
-    def release(self) -> None:
-        self.model = None
 
 
 class _TokenClock:
@@ -352,10 +322,6 @@ class _TokenClock:
 
     def decode_s(self) -> float:
         return self.last_s - (self.first_token_s or 0.0)
-
-
-def _canvas_length(sweep: Sweep) -> int:
-    return read_config(sweep.model)[1].canvas_length
 
 
 def _diffusion_weights_bytes(sweep: Sweep) -> int:
