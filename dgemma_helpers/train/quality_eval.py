@@ -20,10 +20,10 @@ import torch
 from ..checkpoint import load_model
 from ..generation import generate
 from ..model import DiffusionGemma, init_weights
-from .word_validity import load_vocabulary, word_validity, words
 from .corpus import DEFAULT_CACHE, Corpus, load_corpus, speeches
 from .data import TokenData
-from .objective import diffusion_loss
+from .objective import heldout_losses
+from .word_validity import load_vocabulary, word_validity, words
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -128,20 +128,9 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     corpus = corpus or load_corpus(cache)
     texts = heldout_prompts(prompts, corpus=corpus)
 
-    # Held-out denoising cross-entropy on fixed batches of the held-out works.
     data = TokenData(corpus, model.tokenizer, seq_len=256, canvas=model.config.canvas_length, chat_fraction=0.0)
     g = torch.Generator().manual_seed(seed)
-    batches = [data.sample(8, g, heldout=True) for _ in range(6)]
-    ce = {}
-    with torch.no_grad():
-        for t in NOISE_LEVELS:
-            vals, lm = [], []
-            for b in batches:
-                parts = diffusion_loss(model, b.tokens, b.block_start, t=torch.full((8,), t),
-                                       generator=torch.Generator().manual_seed(1))
-                vals.append(parts.diffusion.item())
-                lm.append(parts.lm.item())
-            ce[t] = sum(vals) / len(vals)
+    ce, lm = heldout_losses(model, [data.sample(8, g, heldout=True) for _ in range(6)], NOISE_LEVELS, seed=1)
     counts = torch.bincount(data.train.long(), minlength=model.config.vocab_size).double() + 1  # add-one
     logp = (counts / counts.sum()).log()
     unigram = -logp[data.heldout.long()].mean().item()
@@ -161,7 +150,7 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
         validity_hf = word_validity(_transformers_continuations(model_dir, model, texts, max_new_tokens, seed),
                                     vocabulary)
     return QualityReport(
-        heldout_ce=ce, unigram_ce=unigram, lm_ce=sum(lm) / len(lm),
+        heldout_ce=ce, unigram_ce=unigram, lm_ce=lm,
         validity=word_validity(trained.texts, vocabulary),
         validity_other_seeds=word_validity(reseeded.texts, vocabulary), words_per_token=trained.words_per_token(),
         heldout_words_per_token=heldout_words / len(data.heldout),
@@ -185,7 +174,6 @@ def _transformers_continuations(model_dir, model: DiffusionGemma, texts: list[st
         torch.manual_seed(seed + i)
         with torch.no_grad():
             new = ref.generate(ids, max_new_tokens=max_new_tokens).sequences[0, ids.shape[1]:].tolist()
-        new = new[:max_new_tokens]
         cut = next((j for j, t in enumerate(new) if t in eos), len(new))
         outs.append(tok.decode(new[:cut], skip_special_tokens=True))
     return outs
