@@ -32,6 +32,7 @@ from .lora import (
     train_everything,
 )
 
+
 def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, config: FinetuneConfig | None = None,
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              **settings) -> tuple[DiffusionGemma, list[dict]]:

@@ -1,13 +1,8 @@
-"""Measure a trained small model on held-out text (the judge behind bench/tiny_quality.py).
-
-  - held-out denoising cross-entropy at several noise levels, against a unigram baseline;
-  - word validity of generated text against the training vocabulary, for the trained model and for
-    an untrained model of the same shape, with the words per generated token beside it: validity
-    alone rewards a sampler that collapses into newlines, commas and "the", which a word density
-    far below held-out text's (0.52 words per token for the tiny model's tokenizer) exposes;
-  - tokens per forward and denoising steps per canvas with the default adaptive stopping;
-  - the same checkpoint generating through transformers' `generate`, scored the same way.
-"""
+"""Measure a trained small model on held-out text (the judge behind bench/tiny_quality.py): held-out
+denoising cross-entropy against a unigram baseline; word validity of generated text for the model, an
+untrained one of its shape and transformers' `generate` on the same checkpoint, with the words per
+token beside it (validity alone rewards a sampler that collapses into newlines, commas and "the");
+tokens per forward and steps per canvas."""
 
 from __future__ import annotations
 
@@ -132,10 +127,7 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     g = torch.Generator().manual_seed(seed)
     ce, lm = heldout_losses(model, [data.sample(8, g, heldout=True) for _ in range(6)], NOISE_LEVELS, seed=1)
     counts = torch.bincount(data.train.long(), minlength=model.config.vocab_size).double() + 1  # add-one
-    logp = (counts / counts.sum()).log()
-    unigram = -logp[data.heldout.long()].mean().item()
-
-    heldout_words = sum(len(words(w.text)) for w in corpus.heldout)
+    unigram = -(counts / counts.sum()).log()[data.heldout.long()].mean().item()
 
     trained = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed)
     reseeded = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed + 100)
@@ -153,7 +145,7 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
         heldout_ce=ce, unigram_ce=unigram, lm_ce=lm,
         validity=word_validity(trained.texts, vocabulary),
         validity_other_seeds=word_validity(reseeded.texts, vocabulary), words_per_token=trained.words_per_token(),
-        heldout_words_per_token=heldout_words / len(data.heldout),
+        heldout_words_per_token=sum(len(words(w.text)) for w in corpus.heldout) / len(data.heldout),
         validity_untrained=word_validity(outs_untrained, vocabulary),
         validity_transformers=validity_hf, tokens_per_forward=trained.tokens_per_forward,
         mean_steps_per_canvas=trained.steps_per_canvas,
