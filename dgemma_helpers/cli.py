@@ -1,6 +1,6 @@
 """Command line: python -m dgemma_helpers generate | info | memory | make-random | train | finetune | bench |
-report | vllm-serve. `--help` lists them with an example each; `SUBCOMMAND --help`, a subcommand's options.
-One function per subcommand runs it (its parser's `func`); `run` turns the kit's errors into one line."""
+report | vllm-serve (`--help`: an example of each). Each parser's `func` runs its subcommand; `run` turns
+an error into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -264,23 +264,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stop_on_signals():  # SIGTERM and SIGHUP end a command as Ctrl-C does: its cleanup runs
             args.func(args)
-    except DGemmaError as e:  # the kit's own errors name the problem and the fix: one line says it all
+        return 0
+    except (Exception, KeyboardInterrupt) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        if args.debug:
-            raise
-        print(f"interrupted{f' ({e})' if isinstance(e, Stopped) else ''}", file=sys.stderr)
-        return exit_code(e)
-    except Exception as e:  # noqa: BLE001 - not the kit's error: a bug, said in one line unless --debug
-        if args.debug:
-            raise
+        if isinstance(e, KeyboardInterrupt):
+            print(f"interrupted{f' ({e})' if isinstance(e, Stopped) else ''}", file=sys.stderr)
+            return exit_code(e)
+        if isinstance(e, DGemmaError):  # the kit's own errors name the problem and the fix: one line says it all
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"error: unexpected {type(e).__name__}: {e} (a bug in the kit: rerun with --debug for the traceback "
               "and report it)", file=sys.stderr)
         return 1
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

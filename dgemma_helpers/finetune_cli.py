@@ -6,14 +6,12 @@ commands work without it."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from .checkpoint import load_model
 from .errors import MissingToolError
+from .train.trainer import FinetuneConfig
 
-# FinetuneConfig's numbers, with its defaults (named here: reading them would import peft at start-up).
-NUMBERS = (("steps", int, 200), ("batch_size", int, 4), ("lr", float, 2e-4), ("warmup", int, 10), ("rank", int, 16),
-           ("lm_weight", float, 1.0), ("max_tokens", int, "the model's context"), ("eval_every", int, 50),
-           ("save_every", int, 50), ("seed", int, 0))
+NUMBERS = ("steps", "batch_size", "lr", "warmup", "rank", "lm_weight", "max_tokens", "eval_every", "save_every", "seed")
 
 
 def add_finetune_parser(sub) -> None:
@@ -24,8 +22,12 @@ def add_finetune_parser(sub) -> None:
     f.add_argument("--out", required=True, help="run directory: adapter/ (peft's format), state/ (for --resume)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
     f.add_argument("--merge", metavar="DIR", help="at the end, also write base + adapter as a full checkpoint")
-    for name, kind, default in NUMBERS:
-        f.add_argument("--" + name.replace("_", "-"), type=kind, help=f"(default: {default})")
+    defaults = FinetuneConfig()
+    for name in NUMBERS:
+        default = getattr(defaults, name)
+        shown = "the model's context" if default is None else default
+        f.add_argument("--" + name.replace("_", "-"), type=float if isinstance(default, float) else int,
+                       help=f"(default: {shown})")
     f.add_argument("--experts", action="store_true", help="also adapt the expert weights (peft target_parameters)")
     f.add_argument("--full", action="store_true", help="train every weight but the router's instead of LoRA")
     f.add_argument("--no-gradient-checkpointing", action="store_true", help="keep every activation (faster, more memory)")
@@ -34,25 +36,17 @@ def add_finetune_parser(sub) -> None:
     f.set_defaults(func=run_finetune)
 
 
-def _config():
+def run_finetune(args: argparse.Namespace) -> None:
     try:
-        from .sft.loop import FinetuneConfig
+        from .sft.loop import finetune, merge_checkpoint  # peft: only this command needs it
     except ImportError as e:
         raise MissingToolError(f"fine-tuning needs peft ({e}): pip install 'dgemma-helpers[dev]' (or pip install peft).") from e
-    return FinetuneConfig
 
-
-def run_finetune(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model
-    from .sft.loop import finetune, merge_checkpoint
-
-    config = _config()
-    names = {f.name for f in dataclasses.fields(config)}
-    settings = {k: v for k, v in vars(args).items() if k in names and v is not None and k not in ("experts", "full")}
-    settings.update(experts=args.experts, full=args.full, gradient_checkpointing=not args.no_gradient_checkpointing)
+    settings = {k: v for k, v in vars(args).items() if k in NUMBERS and v is not None}
+    config = FinetuneConfig(**settings, experts=args.experts, full=args.full,
+                            gradient_checkpointing=not args.no_gradient_checkpointing)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    model, history = finetune(model, args.data, heldout=args.heldout, out=args.out, resume=args.resume,
-                              config=config(**settings))
+    model, history = finetune(model, args.data, heldout=args.heldout, out=args.out, resume=args.resume, config=config)
     last = history[-1] if history else {}
     scores = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("heldout"))
     print(f"fine-tuned {last.get('step', 0)} steps: loss {last.get('loss', float('nan')):.3f}"

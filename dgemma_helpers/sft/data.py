@@ -1,16 +1,12 @@
 """Chat data for fine-tuning: OpenAI chat-messages JSONL (or the same as Python lists) -> token ids and
-the span the loss supervises.
+the span the loss supervises: the final assistant turn, its content and the end-of-turn token.
 
-Only the final assistant turn is supervised: its content and the end-of-turn token that closes it.
 The span is found with the checkpoint's own chat template, rendered twice: the conversation without
-its last turn plus the generation prompt (the assistant header), and the whole conversation. The
-first is a prefix of the second; what follows it, up to the first of the model's end tokens, is the
-reply. So the header is never supervised, and no generation tags are needed (the released template
-has none).
-
-A reply longer than one canvas trains on any one of its canvases, the earlier ones as clean context,
-exactly as inference commits them. The canvas' positions after the end of turn are padding, and not
-supervised.
+its last turn plus the generation prompt (the assistant header), and the whole conversation. What
+the second adds, up to the first of the model's end tokens, is the reply: so the header is never
+supervised, and no generation tags are needed (the released template has none). A reply longer than
+one canvas trains on any one of its canvases, the earlier ones as clean context, as inference
+commits them.
 """
 
 from __future__ import annotations
@@ -26,6 +22,8 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import InputError
+from ..train.data import Batch, chat_ids
+from ..validate import shown
 
 Conversation = list[dict[str, Any]]
 
@@ -34,23 +32,10 @@ Conversation = list[dict[str, Any]]
 class Example:
     ids: list[int]  # the rendered conversation (without anything after the reply's end of turn)
     reply_start: int  # first supervised token: right after the assistant header
-    where: str  # "line 3 of chats.jsonl", for messages about it
 
     @property
     def reply_end(self) -> int:
         return len(self.ids)
-
-
-@dataclass
-class Batch:
-    tokens: torch.Tensor  # [B, S] clean sequences, padded
-    block_start: torch.Tensor  # [B] the canvas trained on: reply_start + k * canvas
-    lm_mask: torch.Tensor  # [B, S-1] next-token targets in the supervised reply
-    block_mask: torch.Tensor  # [B, canvas] canvas positions in the supervised reply
-
-    @property
-    def supervised_tokens(self) -> int:
-        return int(self.block_mask.sum())
 
 
 def read_conversations(data: str | os.PathLike | list) -> list[tuple[str, Conversation]]:
@@ -85,10 +70,10 @@ def read_conversations(data: str | os.PathLike | list) -> list[tuple[str, Conver
 def _messages(where: str, row: Any) -> Conversation:
     messages = row.get("messages") if isinstance(row, dict) else row
     if not isinstance(messages, list) or not messages:
-        raise InputError(f'{where}: expected {{"messages": [...]}} with at least one message, got {_short(row)}.')
+        raise InputError(f'{where}: expected {{"messages": [...]}} with at least one message, got {shown(row)}.')
     for m, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InputError(f'{where}: message {m} needs a "role" (system, user or assistant); got {_short(message)}.')
+            raise InputError(f'{where}: message {m} needs a "role" (system, user or assistant); got {shown(message)}.')
         content = message.get("content")
         if isinstance(content, list):
             for part in content:
@@ -120,8 +105,8 @@ def encode_examples(conversations: list[tuple[str, Conversation]], tokenizer, co
     ends = set(config.eos_token_ids)
     out = []
     for where, messages in conversations:
-        head = _render(tokenizer, messages[:-1], add_generation_prompt=True)
-        full = _render(tokenizer, messages, add_generation_prompt=False)
+        head = chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+        full = chat_ids(tokenizer, messages, add_generation_prompt=False)
         if full[: len(head)] != head:
             raise InputError(f"{where}: the chat template does not render the conversation as its earlier turns "
                              "plus the assistant header, then the reply, so the reply cannot be told apart: use a "
@@ -132,7 +117,7 @@ def encode_examples(conversations: list[tuple[str, Conversation]], tokenizer, co
             raise InputError(f"{where}: the chat template does not close the assistant turn with one of the "
                              f"model's end tokens {sorted(ends)}: fix eos_token_id in generation_config.json or the "
                              "template.")
-        example = Example(ids=head + reply[: stop + 1], reply_start=len(head), where=where)
+        example = Example(ids=head + reply[: stop + 1], reply_start=len(head))
         needed = padded_length(example, config.canvas_length)
         if needed > limit:
             raise InputError(f"{where}: the example takes {needed:,} tokens (prompt {len(head):,} + a reply of "
@@ -141,11 +126,6 @@ def encode_examples(conversations: list[tuple[str, Conversation]], tokenizer, co
                              f"{config.max_position_embeddings:,}).")
         out.append(example)
     return out
-
-
-def _render(tokenizer, messages: Conversation, add_generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def canvases(example: Example, canvas: int) -> int:
@@ -175,7 +155,3 @@ def make_batch(examples: list[Example], canvas: int, pad: int, generator: torch.
         block_mask[i, : max(0, min(canvas, e.reply_end - int(block_start[i])))] = 1
     return Batch(tokens, block_start, lm_mask, block_mask)
 
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

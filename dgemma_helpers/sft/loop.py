@@ -1,22 +1,15 @@
 """dg.finetune: supervised fine-tuning of a trained DiffusionGemma on chat data, with the model's own
-diffusion objective (dgemma_helpers/train/objective.py) over the supervised reply.
-
-    model = dg.load_model("models/dgemma-tiny")
-    model, history = dg.finetune(model, "chats.jsonl", out="runs/my-adapter")
+diffusion objective (train/objective.py) over the supervised reply, in training's loop (train/trainer.py).
 
 A run directory (`out`) holds the adapter in peft's format (adapter/), the resumable state (state/:
-the adapters, AdamW's moments and the generators, so a resumed run equals an uninterrupted one bit
-for bit) and the settings. Ctrl-C saves the last finished step before it stops.
+the adapters, AdamW's moments and the generators) and the settings.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,9 +18,8 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import InputError
 from ..memory import check_fits, estimate_memory
 from ..model import DiffusionGemma
-from ..signals import stop_on_signals
-from ..train.objective import diffusion_loss
-from ..train.trainer import TrainConfig, load_state, save_state
+from ..train.objective import batch_loss
+from ..train.trainer import FinetuneConfig, load_state, optimizer_step, run_steps, save_state, seeded_generators
 from .data import Example, encode_examples, make_batch, padded_length, read_conversations
 from .lora import (
     add_lora,
@@ -39,31 +31,6 @@ from .lora import (
     save_adapter,
     train_everything,
 )
-
-
-@dataclass
-class FinetuneConfig:
-    steps: int = 200
-    batch_size: int = 4
-    lr: float = 2e-4
-    min_lr_ratio: float = 0.1
-    warmup: int = 10
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    clip: float = 1.0
-    rank: int = 16  # LoRA rank (alpha = 2 x rank unless set)
-    alpha: int | None = None
-    experts: bool = False  # also adapt the expert weights
-    full: bool = False  # full fine-tuning instead of LoRA (small models): every weight but the router's
-    lm_weight: float = 1.0  # the encoder's causal-LM loss on the clean sequence
-    self_conditioning_p: float = 0.5
-    max_tokens: int | None = None  # longest example (default: the model's context)
-    gradient_checkpointing: bool = True
-    eval_every: int = 50
-    save_every: int = 50
-    seed: int = 0
-
-    lr_at = TrainConfig.lr_at  # the same warm-up and cosine decay as training from scratch
 
 
 def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, config: FinetuneConfig | None = None,
@@ -80,93 +47,71 @@ def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, c
     held = [] if heldout is None else encode_examples(read_conversations(heldout), model.tokenizer, model.config,
                                                       config.max_tokens)
     out = None if out is None else _run_directory(out, resume)
+    _prepare(model, examples, config)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, betas=config.betas,
+                            weight_decay=config.weight_decay)
+    generators = seeded_generators(config.seed, model.device)
+    start, seconds, history = load_state(out, model, opt, generators) if out and resume else (0, 0.0, [])
+    if out is not None:
+        (out / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    def one_step(step: int) -> dict:
+        batches, noise = generators
+        picked = torch.randint(len(examples), (config.batch_size,), generator=batches).tolist()
+        batch = make_batch([examples[i] for i in picked], model.config.canvas_length, model.config.pad_token_id,
+                           batches)
+        row = optimizer_step(model, opt, config, step, batch, noise)
+        row["tokens"] = int(batch.tokens.numel())
+        if held and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+            row.update(evaluate(model, held, config.batch_size))
+        return row
+
+    def save(step: int, seconds: float) -> None:
+        save_state(out, model, opt, generators, step, seconds, history)
+        if has_lora(model):
+            save_adapter(model, out / "adapter", base=str(model.path) if model.path else None)
+        elif step == config.steps:
+            save_checkpoint(model, out / "model", tokenizer=model.tokenizer)
+
+    model.train()
+    try:
+        run_steps(config, one_step, history, generators, start=start, seconds=seconds, save=save if out else None,
+                  desc="finetune", progress=progress,
+                  stop_note=f"the state is saved in {out}/state (continue with resume=True, or --resume)")
+    finally:
+        model.eval()
+    return model, history
+
+
+def _prepare(model: DiffusionGemma, examples: list[Example], config: FinetuneConfig) -> None:
+    """Refuse a run the device cannot hold (before the adapters and the optimizer exist), then add the
+    adapters (or unfreeze every weight but the router's) and gradient checkpointing."""
     longest = max(padded_length(e, model.config.canvas_length) for e in examples)
     need = estimate_memory(model, longest, batch_size=config.batch_size,
                            training="full" if config.full else ("lora+experts" if config.experts else "lora"),
                            rank=config.rank)
-    check_fits(need, model.device, "this fine-tuning run")  # before the adapters and the optimizer exist
-
+    check_fits(need, model.device, "this fine-tuning run")
     if config.full:
         train_everything(model)
     elif not has_lora(model):
         add_lora(model, lora_config(config.rank, config.alpha, config.experts), seed=config.seed)
     if config.gradient_checkpointing:
         checkpoint_layers(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    dev = model.device
-    batches = torch.Generator().manual_seed(config.seed)
-    noise = torch.Generator(device=dev).manual_seed(config.seed + 1)
-    generators = [batches, noise]
-    start, elapsed, history = 0, 0.0, []
-    if out is not None and resume and (out / "state" / "state.json").exists():
-        start, elapsed, history = load_state(out, model, opt, generators)
-    if out is not None:
-        (out / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-    from tqdm.auto import tqdm  # the bar's module picks the notebook or terminal bar at import
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    C, pad = model.config.canvas_length, model.config.pad_token_id
-    model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="finetune")
-    t0 = time.perf_counter() - elapsed
-    finished, before = start, None  # steps whose update is applied; the generators before the current one
-    try:
-        with stop_on_signals():  # SIGTERM and SIGHUP take Ctrl-C's path (signals.py), wherever this runs
-            for step in bar:
-                before = [g.get_state() for g in generators]
-                for group in opt.param_groups:
-                    group["lr"] = config.lr_at(step)
-                picked = torch.randint(len(examples), (config.batch_size,), generator=batches).tolist()
-                batch = make_batch([examples[i] for i in picked], C, pad, batches)
-                with autocast:
-                    parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
-                                           self_conditioning_p=config.self_conditioning_p, lm_weight=config.lm_weight,
-                                           lm_mask=batch.lm_mask.to(dev), block_mask=batch.block_mask.to(dev))
-                opt.zero_grad(set_to_none=True)
-                parts.total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-                opt.step()
-                finished = step + 1
-                row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(),
-                       "lm": parts.lm.item(), "grad_norm": float(grad_norm), "lr": config.lr_at(step),
-                       "tokens": int(batch.tokens.numel()), "seconds": time.perf_counter() - t0}
-                history.append(row)
-                if held and (finished % config.eval_every == 0 or finished == config.steps):
-                    row.update(evaluate(model, held, config.batch_size))
-                bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}")
-                if out is not None and (finished % config.save_every == 0 or finished == config.steps):
-                    _save(out, model, opt, generators, finished, time.perf_counter() - t0, history, config)
-    except KeyboardInterrupt:
-        if out is not None and finished > start:
-            if finished == step:  # stopped inside a step before its update: undo its random draws
-                for g, state in zip(generators, before):
-                    g.set_state(state)
-            _save(out, model, opt, generators, finished, time.perf_counter() - t0, history, config)
-            bar.write(f"interrupted: saved step {finished} to {out} (continue with resume=True, or --resume)")
-        raise
-    finally:
-        bar.close()
-        model.eval()
-    return model, history
 
 
 def evaluate(model: DiffusionGemma, examples: list[Example], batch_size: int = 4) -> dict:
     """Held-out losses (the objective's two terms) with fixed draws: every example's first canvas, the
     same noise levels, corruption and self-conditioning coins at every call."""
     noise = torch.Generator(device=model.device).manual_seed(1234)
-    C, pad = model.config.canvas_length, model.config.pad_token_id
     was_training = model.training
     model.eval()
     diffusion = lm = weight = 0.0
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             chunk = examples[i: i + batch_size]
-            b = make_batch(chunk, C, pad, canvas_index=[0] * len(chunk))
-            parts = diffusion_loss(model, b.tokens.to(model.device), b.block_start.to(model.device), generator=noise,
-                                   lm_mask=b.lm_mask.to(model.device), block_mask=b.block_mask.to(model.device))
-            n = b.supervised_tokens
+            b = make_batch(chunk, model.config.canvas_length, model.config.pad_token_id, canvas_index=[0] * len(chunk))
+            parts = batch_loss(model, b, generator=noise)
+            n = int(b.block_mask.sum())
             diffusion, lm, weight = diffusion + parts.diffusion.item() * n, lm + parts.lm.item() * n, weight + n
     model.train(was_training)
     return {"heldout_diffusion": diffusion / weight, "heldout_lm": lm / weight}
@@ -204,11 +149,3 @@ def _run_directory(out: str | os.PathLike, resume: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     return out
 
-
-def _save(out: Path, model, opt, generators, step: int, seconds: float, history: list[dict],
-          config: FinetuneConfig) -> None:
-    save_state(out, model, opt, generators, step, seconds, history)
-    if has_lora(model):
-        save_adapter(model, out / "adapter", base=str(model.path) if model.path else None)
-    elif step == config.steps:
-        save_checkpoint(model, out / "model", tokenizer=model.tokenizer)

@@ -1,14 +1,11 @@
 """LoRA adapters on the kit's model through peft, saved in peft's own format for transformers' model.
 
-peft injects its LoRA layers into the kit's DiffusionGemma directly: its module names are the
-checkpoint's without `model.decoder.`, so the same regular expression selects the same linears in
-both. transformers' model holds the text layers twice (the encoder's are tied copies of the
-denoiser's), so a saved adapter carries each LoRA matrix twice, once per copy: loaded with
+The kit's module names are the checkpoint's without `model.decoder.`, so one regular expression selects
+the same linears in both. transformers' model holds the text layers twice (the encoder's are tied
+copies of the denoiser's), so a saved adapter carries each LoRA matrix once per copy: loaded with
 `PeftModel.from_pretrained(DiffusionGemmaForBlockDiffusion...)` it computes what the kit computes.
-
-The defaults follow NeMo AutoModel's DiffusionGemma LoRA recipe: rank 16 on the attention (q/k/v/o)
-and dense-MLP linears; the router and the experts stay frozen. `experts=True` also adapts the expert
-weights (peft's target_parameters); `full=True` trains every weight but the router's.
+The defaults follow NeMo AutoModel's DiffusionGemma LoRA recipe: rank 16 on attention (q/k/v/o) and
+the dense MLP; the router and the experts stay frozen.
 """
 
 from __future__ import annotations
@@ -111,16 +108,15 @@ def load_adapter(model: DiffusionGemma, path: str | os.PathLike) -> DiffusionGem
 
 def merge(model: DiffusionGemma) -> DiffusionGemma:
     """Fold the adapters into the weights (in place) and remove peft's layers: a plain DiffusionGemma."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-    for name, module in list(model.named_modules()):  # outermost first: a wrapped wrapper goes in one step
-        if isinstance(module, BaseTunerLayer):
-            parent, _, child = name.rpartition(".")
-            base = module.get_base_layer()
-            while isinstance(base, BaseTunerLayer):
-                base = base.get_base_layer()
-            setattr(model.get_submodule(parent) if parent else model, child, base)
+    tuned = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for _, module in tuned:
+        module.merge()
+    for name, module in tuned:  # outermost first: a wrapped wrapper goes in one step
+        parent, _, child = name.rpartition(".")
+        base = module.get_base_layer()
+        while isinstance(base, BaseTunerLayer):
+            base = base.get_base_layer()
+        setattr(model.get_submodule(parent) if parent else model, child, base)
     if hasattr(model, "peft_config"):
         del model.peft_config
     for p in model.parameters():

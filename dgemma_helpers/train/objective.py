@@ -5,14 +5,12 @@ For each sequence x (clean tokens [B, S]) and a block start b (one per example):
      the context the denoiser reads (exactly what the KV cache holds at inference);
   2. the block x[b : b + C] is corrupted: with t ~ U(0.001, 1) per example, each position is
      replaced by a uniform random token with probability t (no mask token);
-  3. pass 1 (no gradient) denoises the noisy block with a zero self-conditioning signal;
-  4. pass 2 denoises it again, with pass 1's soft prediction as self-conditioning input for a
-     random half of the examples (the others get an explicit zero signal);
-  5. loss = cross-entropy of pass 2 over every block position (noisy and clean alike, no 1/t
+  3. pass 1 (no gradient) denoises the noisy block; pass 2 denoises it again, with pass 1's soft
+     prediction as self-conditioning input for a random share p of the examples;
+  4. loss = cross-entropy of pass 2 over every block position (noisy and clean alike, no 1/t
      weight; fine-tuning counts only the supervised ones) + the causal-LM cross-entropy.
-The denoiser sees its block bidirectionally and earlier text only through the encoder's
-keys/values, restricted per example to positions < b (and, in sliding layers, to the last
-sliding_window - 1 of them, as the inference cache's ring keeps).
+The denoiser sees earlier text only through the encoder's keys/values, restricted per example to
+positions < b (in sliding layers to the last sliding_window - 1 of them, as the inference ring keeps).
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 
 from ..config import FULL, SLIDING, ModelConfig
 from ..model import DiffusionGemma
+from .data import Batch
 
 
 class TrainingContext:
@@ -103,13 +102,9 @@ def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: tor
                    generator: torch.Generator | None = None, t: torch.Tensor | None = None,
                    self_conditioning_p: float = 0.5, lm_weight: float = 1.0,
                    lm_mask: torch.Tensor | None = None, block_mask: torch.Tensor | None = None) -> LossParts:
-    """The objective above for clean `tokens` [B, S] and per-example `block_start` [B].
-
-    `t` fixes the noise level per example (evaluation); `lm_mask` [B, S-1] selects which next-token
-    targets count in the causal-LM loss (default: all); `block_mask` [B, C] which block positions count
-    in the diffusion cross-entropy, one flat mean over all of them (default: every position; fine-tuning
-    counts only the supervised reply).
-    """
+    """The objective above for clean `tokens` [B, S] and per-example `block_start` [B]. `t` fixes the
+    noise level per example (evaluation); `lm_mask` [B, S-1] and `block_mask` [B, C] select the targets
+    that count in the causal-LM loss and in the diffusion loss's flat mean (default: all)."""
     config = model.config
     B, S = tokens.shape
     C, V = config.canvas_length, config.vocab_size
@@ -139,3 +134,27 @@ def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: tor
         terms = F.cross_entropy(logits.reshape(-1, V), clean.reshape(-1), reduction="none")
         diffusion = (terms * block_mask.reshape(-1)).sum() / block_mask.sum().clamp(min=1)
     return LossParts(total=diffusion + lm_weight * lm, diffusion=diffusion, lm=lm, noise_level=t)
+
+
+def batch_loss(model: DiffusionGemma, batch: Batch, **kwargs) -> LossParts:
+    """diffusion_loss on a Batch, moved to the model's device."""
+    dev = model.device
+    block_mask = None if batch.block_mask is None else batch.block_mask.to(dev)
+    return diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), lm_mask=batch.lm_mask.to(dev),
+                          block_mask=block_mask, **kwargs)
+
+
+def heldout_losses(model: DiffusionGemma, batches: list[Batch], noise_levels, seed: int) -> tuple[dict, float]:
+    """The mean diffusion cross-entropy per noise level, and the causal-LM loss, with the same draws at
+    every call (a fresh generator from `seed` per batch)."""
+    was_training = model.training
+    model.eval()
+    ce, lm = {}, float("nan")
+    with torch.no_grad():
+        for t in noise_levels:
+            parts = [batch_loss(model, b, generator=torch.Generator(device=model.device).manual_seed(seed),
+                                t=torch.full((len(b.tokens),), t, device=model.device)) for b in batches]
+            ce[t] = sum(p.diffusion.item() for p in parts) / len(parts)
+            lm = sum(p.lm.item() for p in parts) / len(parts)  # the same at every t: the encoder reads clean text
+    model.train(was_training)
+    return ce, lm

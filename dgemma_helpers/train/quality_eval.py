@@ -1,13 +1,8 @@
-"""Measure a trained small model on held-out text (the judge behind bench/tiny_quality.py).
-
-  - held-out denoising cross-entropy at several noise levels, against a unigram baseline;
-  - word validity of generated text against the training vocabulary, for the trained model and for
-    an untrained model of the same shape, with the words per generated token beside it: validity
-    alone rewards a sampler that collapses into newlines, commas and "the", which a word density
-    far below held-out text's (0.52 words per token for the tiny model's tokenizer) exposes;
-  - tokens per forward and denoising steps per canvas with the default adaptive stopping;
-  - the same checkpoint generating through transformers' `generate`, scored the same way.
-"""
+"""Measure a trained small model on held-out text (the judge behind bench/tiny_quality.py): held-out
+denoising cross-entropy against a unigram baseline; word validity of generated text for the model, an
+untrained one of its shape and transformers' `generate` on the same checkpoint, with the words per
+token beside it (validity alone rewards a sampler that collapses into newlines, commas and "the");
+tokens per forward and steps per canvas."""
 
 from __future__ import annotations
 
@@ -20,10 +15,10 @@ import torch
 from ..checkpoint import load_model
 from ..generation import generate
 from ..model import DiffusionGemma, init_weights
-from .word_validity import load_vocabulary, word_validity, words
 from .corpus import DEFAULT_CACHE, Corpus, load_corpus, speeches
 from .data import TokenData
-from .objective import diffusion_loss
+from .objective import heldout_losses
+from .word_validity import load_vocabulary, word_validity, words
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -128,25 +123,11 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     corpus = corpus or load_corpus(cache)
     texts = heldout_prompts(prompts, corpus=corpus)
 
-    # Held-out denoising cross-entropy on fixed batches of the held-out works.
     data = TokenData(corpus, model.tokenizer, seq_len=256, canvas=model.config.canvas_length, chat_fraction=0.0)
     g = torch.Generator().manual_seed(seed)
-    batches = [data.sample(8, g, heldout=True) for _ in range(6)]
-    ce = {}
-    with torch.no_grad():
-        for t in NOISE_LEVELS:
-            vals, lm = [], []
-            for b in batches:
-                parts = diffusion_loss(model, b.tokens, b.block_start, t=torch.full((8,), t),
-                                       generator=torch.Generator().manual_seed(1))
-                vals.append(parts.diffusion.item())
-                lm.append(parts.lm.item())
-            ce[t] = sum(vals) / len(vals)
+    ce, lm = heldout_losses(model, [data.sample(8, g, heldout=True) for _ in range(6)], NOISE_LEVELS, seed=1)
     counts = torch.bincount(data.train.long(), minlength=model.config.vocab_size).double() + 1  # add-one
-    logp = (counts / counts.sum()).log()
-    unigram = -logp[data.heldout.long()].mean().item()
-
-    heldout_words = sum(len(words(w.text)) for w in corpus.heldout)
+    unigram = -(counts / counts.sum()).log()[data.heldout.long()].mean().item()
 
     trained = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed)
     reseeded = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed + 100)
@@ -161,10 +142,10 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
         validity_hf = word_validity(_transformers_continuations(model_dir, model, texts, max_new_tokens, seed),
                                     vocabulary)
     return QualityReport(
-        heldout_ce=ce, unigram_ce=unigram, lm_ce=sum(lm) / len(lm),
+        heldout_ce=ce, unigram_ce=unigram, lm_ce=lm,
         validity=word_validity(trained.texts, vocabulary),
         validity_other_seeds=word_validity(reseeded.texts, vocabulary), words_per_token=trained.words_per_token(),
-        heldout_words_per_token=heldout_words / len(data.heldout),
+        heldout_words_per_token=sum(len(words(w.text)) for w in corpus.heldout) / len(data.heldout),
         validity_untrained=word_validity(outs_untrained, vocabulary),
         validity_transformers=validity_hf, tokens_per_forward=trained.tokens_per_forward,
         mean_steps_per_canvas=trained.steps_per_canvas,
@@ -185,7 +166,6 @@ def _transformers_continuations(model_dir, model: DiffusionGemma, texts: list[st
         torch.manual_seed(seed + i)
         with torch.no_grad():
             new = ref.generate(ids, max_new_tokens=max_new_tokens).sequences[0, ids.shape[1]:].tolist()
-        new = new[:max_new_tokens]
         cut = next((j for j, t in enumerate(new) if t in eos), len(new))
         outs.append(tok.decode(new[:cut], skip_special_tokens=True))
     return outs

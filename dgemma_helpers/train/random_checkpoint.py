@@ -55,19 +55,14 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
                            dtype: torch.dtype = torch.float32, **overrides: Any) -> Path:
     """Write an untrained checkpoint with transformers' `save_pretrained`, atomically.
 
-    `embed_std` widens the tied embedding so that the random model is confident (large logit gaps),
-    which makes near-greedy sampling decisions robust to float rounding in comparisons.
-    `shared_layer_scalars` gives the encoder's layer scalars the denoiser's values, as trained
-    checkpoints have them: vLLM loads one per layer for both passes (the kit and transformers keep two).
-    `vision_config` (a gemma4_vision config dict) gives it a real random vision tower instead of the
-    TINY_VISION_CONFIG placeholder, as the official checkpoint has it: the image token ids point at the
-    tokenizer's image tokens, text_config.use_bidirectional_attention is "vision" (the official value),
-    the tower's output projection is as wide as the text embeddings (so images sway the logits), and a
-    processor_config.json like the official one (with `max_soft_tokens` soft tokens per image) is written.
-    `dtype`: the weights' dtype, built in it directly (the official-width preset in bfloat16 needs half
-    the memory of float32 to build).
+    `embed_std` widens the tied embedding so that the random model is confident (large logit gaps):
+    near-greedy decisions then survive float rounding in comparisons. `shared_layer_scalars` gives the
+    encoder's layer scalars the denoiser's values, as trained checkpoints have them (vLLM loads one per
+    layer for both passes). `vision_config` (gemma4_vision) gives it a random vision tower in the
+    official layout (image token ids, bidirectional attention "vision", a processor_config.json with
+    `max_soft_tokens` per image) instead of the placeholder. `dtype`: the weights are built in it.
     """
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion  # seconds to import: on use
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -82,29 +77,11 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
                                   canvas_length=canvas_length, **image_ids)
     torch.manual_seed(seed)
     model = DiffusionGemmaForBlockDiffusion._from_config(config, dtype=dtype).eval()
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        # Random norm weights and layer scalars (transformers initialises them to 1), so that a
-        # mix-up between any two of them shows in a comparison.
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and "vision" not in name:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        buffers = dict(model.named_buffers())
-        for name, b in buffers.items():
-            if name.endswith("layer_scalar"):
-                b.copy_(1 + 0.2 * torch.randn(b.shape, generator=g))
-        if shared_layer_scalars:
-            for name, b in buffers.items():
-                if name.endswith("layer_scalar") and "encoder" in name:
-                    b.copy_(buffers[name.replace("encoder.language_model.", "decoder.")])
-        if embed_std is not None:
-            model.model.decoder.embed_tokens.weight.normal_(0.0, embed_std, generator=g)
-        if vision_config is not None:
-            model.model.encoder.embed_vision.embedding_projection.weight.normal_(0.0, 1.0, generator=g)
+    _randomize(model, seed, embed_std, shared_layer_scalars, vision=vision_config is not None)
     path = Path(path)
     with atomic_dir(path) as tmp:
-        # transformers draws a "Writing model shards" bar even for one small file: in a notebook it is
-        # left frozen at 0%. Off while saving, then as it was.
+        # transformers draws a "Writing model shards" bar even for one small file, left frozen at 0% in a
+        # notebook: off while saving.
         bars_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
@@ -116,8 +93,7 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         settings = GenerationSettings(eos_token_ids=tuple(text["eos_token_id"]), pad_token_id=0)
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
         if tokenizer:
-            vocab = text["vocab_size"]
-            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(vocab, 400),
+            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(text["vocab_size"], 400),
                                   image_tokens=vision_config is not None)
             tok.save_pretrained(tmp)
         if vision_config is not None:
@@ -128,6 +104,27 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
             "`python -m dgemma_helpers make-random` to exercise the engine without a download.\n")
         (tmp / "dgemma_random.json").write_text(json.dumps({"preset": preset, "seed": seed, "untrained": True}))
     return path
+
+
+def _randomize(model, seed: int, embed_std: float | None, shared_layer_scalars: bool, vision: bool) -> None:
+    """Random norm weights and layer scalars (transformers initialises them to 1), so that a mix-up
+    between any two of them shows in a comparison; the options' embeddings and scalars."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "vision" not in name:
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+        scalars = {name: b for name, b in model.named_buffers() if name.endswith("layer_scalar")}
+        for b in scalars.values():
+            b.copy_(1 + 0.2 * torch.randn(b.shape, generator=g))
+        if shared_layer_scalars:
+            for name, b in scalars.items():
+                if "encoder" in name:
+                    b.copy_(scalars[name.replace("encoder.language_model.", "decoder.")])
+        if embed_std is not None:
+            model.model.decoder.embed_tokens.weight.normal_(0.0, embed_std, generator=g)
+        if vision:
+            model.model.encoder.embed_vision.embedding_projection.weight.normal_(0.0, 1.0, generator=g)
 
 
 def processor_json(vision_config: dict[str, Any], max_soft_tokens: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from datetime import date
 from pathlib import Path
@@ -10,11 +11,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
+from ..config import FULL, SLIDING
 from .corpus import DEFAULT_CACHE, HELD_OUT, SDIST, SDIST_SHA256, load_corpus
 from .quality_eval import measure_quality
 from .trainer import TrainConfig, TrainResult, export, train
 from .word_validity import VOCABULARY_FILE, words
-
 
 # The shipped checkpoint's sampler defaults (its generation_config.json); every other setting keeps the
 # published default. Chosen with `python bench/tiny_quality.py --sweep` on held-out prompts other
@@ -54,9 +55,7 @@ def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "ru
     corpus = load_corpus(DEFAULT_CACHE)
     vocabulary = sorted({w for work in corpus.train for w in words(work.text)})
     out = export(result, out, extra_files={VOCABULARY_FILE: "\n".join(vocabulary) + "\n"}, sampler=TINY_SAMPLER)
-    report = None
-    if measure:
-        report = measure_quality(out)
+    report = measure_quality(out) if measure else None
     (Path(out) / "MODEL_CARD.md").write_text(model_card(result, config, report, device_name(device)))
     return out
 
@@ -64,9 +63,6 @@ def train_tiny(out: str | Path = "models/dgemma-tiny", run_dir: str | Path = "ru
 def result_from_run(out: str | Path, run_dir: str | Path) -> tuple[TrainResult, TrainConfig]:
     """A finished run's result (the exported model, the log, the wall time) and its config, read back
     from disk: to write the card of a model trained earlier."""
-    import json
-
-
     run_dir = Path(run_dir)
     state = json.loads((run_dir / "state" / "state.json").read_text())
     log = [json.loads(line) for line in (run_dir / "state" / "log.jsonl").read_text().splitlines() if line]
@@ -162,33 +158,28 @@ accepts it; the kit recognises it, skips it, and refuses images (the official ch
 
 def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, sampler_sweep: str = "") -> str:
     """The MODEL_CARD.md text; `sampler_sweep` is the table `bench/tiny_quality.py --sweep` prints."""
-    m = result.model
-    c = m.config
-    last = result.log[-1]
-    evals = [r for r in result.log if "heldout_lm" in r]
-    final_eval = evals[-1] if evals else {}
-    minutes = result.seconds / 60
-    quality = report.table() if report is not None else "(not measured: run `python bench/tiny_quality.py`)"
-    samples = ""
-    if report is not None:
-        fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
-        samples = "\n\n".join(f"**{p}** …\n\n{fence}text\n{s[:300].strip(chr(10))}\n{fence}"
-                                for p, s in report.samples)
-    origin = ("This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
-              if "CPU" in hardware else "On a 2-core CPU the same command takes about 70 minutes (float32).")
+    m, c = result.model, result.model.config
+    final_eval = next((r for r in reversed(result.log) if "heldout_lm" in r), {})
+    on_cpu = "CPU" in hardware
+    fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
+    pairs = report.samples if report is not None else []
+    samples = [f"**{p}** …\n\n{fence}text\n{s[:300].strip(chr(10))}\n{fence}" for p, s in pairs]
+    sweep = "The sweep behind them: `python bench/tiny_quality.py --sweep`."
+    if sampler_sweep:
+        sweep = ("The sweep behind them (`python bench/tiny_quality.py --sweep`: 16 held-out prompts other than the "
+                 f"evaluation's, 128 new tokens each):\n\n{sampler_sweep}")
     return MODEL_CARD.format(
-        m=m, c=c, config=config, last=last, hardware=hardware, minutes=minutes, origin=origin, quality=quality,
-        samples=samples, SDIST=SDIST, VOCABULARY_FILE=VOCABULARY_FILE, SAMPLER_NOTE=SAMPLER_NOTE,
-        params_m=m.num_parameters() / 1e6,
-        active_m=m.num_parameters(active=True) / 1e6,
-        n_sliding=sum(t == "sliding_attention" for t in c.layer_types),
-        n_full=sum(t == "full_attention" for t in c.layer_types),
-        sdist_sha=SDIST_SHA256[:16],
-        held_out=", ".join(HELD_OUT),
-        precision="bf16 autocast" if "CPU" not in hardware else "float32",
+        c=c, config=config, last=result.log[-1], hardware=hardware, minutes=result.seconds / 60,
+        origin="This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
+        if on_cpu else "On a 2-core CPU the same command takes about 70 minutes (float32).",
+        precision="float32" if on_cpu else "bf16 autocast",
+        quality=report.table() if report is not None else "(not measured: run `python bench/tiny_quality.py`)",
+        samples="\n\n".join(samples), sweep_text=sweep, SDIST=SDIST, sdist_sha=SDIST_SHA256[:16],
+        held_out=", ".join(HELD_OUT), VOCABULARY_FILE=VOCABULARY_FILE, SAMPLER_NOTE=SAMPLER_NOTE,
+        params_m=m.num_parameters() / 1e6, active_m=m.num_parameters(active=True) / 1e6,
+        n_sliding=c.layer_types.count(SLIDING), n_full=c.layer_types.count(FULL),
         eval_lm=final_eval.get("heldout_lm", float("nan")),
         eval_t05=final_eval.get("heldout_diffusion_t0.5", float("nan")),
         eval_t10=final_eval.get("heldout_diffusion_t1.0", float("nan")),
         today=date.today().isoformat(),
-        sweep_text="The sweep behind them (`python bench/tiny_quality.py --sweep`: 16 held-out prompts other than the evaluation's, 128 new tokens each):" + chr(10) + chr(10) + sampler_sweep if sampler_sweep else "The sweep behind them: `python bench/tiny_quality.py --sweep`.",
     )

@@ -1,7 +1,7 @@
-"""Train a small DiffusionGemma from scratch: AdamW, warm-up + cosine, gradient clipping, bf16
-autocast on GPU (float32 on CPU), periodic held-out evaluation, a tqdm bar, and resumable state
-(safetensors + JSON: nothing is pickled). The result is saved as a DiffusionGemmaForBlockDiffusion
-checkpoint that transformers loads too."""
+"""Train a small DiffusionGemma from scratch, and the loop fine-tuning (sft/loop.py) shares: AdamW,
+warm-up + cosine, gradient clipping, bf16 autocast on GPU (float32 on CPU), a tqdm bar, and resumable
+state (safetensors + JSON: nothing is pickled). The settings of both loops live here, so that the CLI
+reads their defaults without importing peft."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir
 from ..checkpoint import save_checkpoint
@@ -24,10 +26,10 @@ from ..devices import resolve_device
 from ..errors import CheckpointError
 from ..model import DiffusionGemma, init_weights
 from ..signals import deferred, stop_on_signals
-from ..tokenizer import train_tokenizer
+from ..tokenizer import load_tokenizer, train_tokenizer
 from .corpus import DEFAULT_CACHE, Corpus, load_corpus
-from .data import TokenData
-from .objective import diffusion_loss
+from .data import Batch, TokenData
+from .objective import batch_loss, heldout_losses
 
 
 def tiny_model_config(vocab_size: int = 4096, **overrides) -> ModelConfig:
@@ -54,6 +56,7 @@ class TrainConfig:
     clip: float = 1.0
     chat_fraction: float = 0.25
     self_conditioning_p: float = 0.5
+    lm_weight: float = 1.0  # the encoder's causal-LM loss beside the diffusion loss
     vocab_size: int = 4096
     eval_every: int = 500
     eval_batches: int = 4
@@ -69,6 +72,31 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    clip: float = 1.0
+    rank: int = 16  # LoRA rank (alpha = 2 x rank unless set)
+    alpha: int | None = None
+    experts: bool = False  # also adapt the expert weights
+    full: bool = False  # full fine-tuning instead of LoRA (small models): every weight but the router's
+    lm_weight: float = 1.0
+    self_conditioning_p: float = 0.5
+    max_tokens: int | None = None  # longest example (default: the model's context)
+    gradient_checkpointing: bool = True
+    eval_every: int = 50
+    save_every: int = 50
+    seed: int = 0
+
+    lr_at = TrainConfig.lr_at
+
+
+@dataclass
 class TrainResult:
     model: DiffusionGemma
     tokenizer: object
@@ -80,106 +108,53 @@ def evaluate(model: DiffusionGemma, data: TokenData, config: TrainConfig, noise_
     """Held-out losses on fixed batches: the diffusion cross-entropy per noise level, and the LM's."""
     g = torch.Generator().manual_seed(1234)
     batches = [data.sample(config.batch_size, g, heldout=True) for _ in range(config.eval_batches)]
-    was_training = model.training
-    model.eval()
-    out = {}
-    with torch.no_grad():
-        for t in noise_levels:
-            losses, lms = [], []
-            for b in batches:
-                tt = torch.full((len(b.tokens),), t)
-                parts = diffusion_loss(model, b.tokens.to(model.device), b.block_start.to(model.device),
-                                       generator=torch.Generator().manual_seed(7), t=tt.to(model.device),
-                                       lm_mask=b.lm_mask.to(model.device))
-                losses.append(parts.diffusion.item())
-                lms.append(parts.lm.item())
-            out[f"heldout_diffusion_t{t}"] = sum(losses) / len(losses)
-            out["heldout_lm"] = sum(lms) / len(lms)
-    model.train(was_training)
-    return out
+    ce, lm = heldout_losses(model, batches, noise_levels, seed=7)
+    return {**{f"heldout_diffusion_t{t}": v for t, v in ce.items()}, "heldout_lm": lm}
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None, corpus_cache: Path = DEFAULT_CACHE,
           corpus: Corpus | None = None, progress: bool = True, resume: bool = True) -> TrainResult:
     """Train with `config`; state and logs go to `run_dir`, which a later call resumes from.
     `corpus` replaces the Shakespeare corpus (tests use a small synthetic one)."""
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     corpus = corpus or load_corpus(corpus_cache)
-    tok_dir = run_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    else:
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    if tokenizer is None:
         tokenizer = train_tokenizer([w.text for w in corpus.train], config.vocab_size, model_max_length=8192)
-        tokenizer.save_pretrained(tok_dir)
+        tokenizer.save_pretrained(run_dir / "tokenizer")
     model_config = tiny_model_config(vocab_size=len(tokenizer), **config.model)
     data = TokenData(corpus, tokenizer, config.seq_len, model_config.canvas_length, config.chat_fraction)
 
     model = DiffusionGemma(model_config)
     init_weights(model, generator=torch.Generator().manual_seed(config.seed))
-    model.to(dev).train()
+    model.to(resolve_device(device)).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
-    g = torch.Generator().manual_seed(config.seed)  # batches
-    noise = torch.Generator(device=dev).manual_seed(config.seed + 1)  # noise levels, corruption, SC coin flips
-    log: list[dict] = []
-    start, elapsed = 0, 0.0
-    if resume and (run_dir / "state" / "state.json").exists():
-        start, elapsed, log = load_state(run_dir, model, opt, [g, noise])
+    generators = seeded_generators(config.seed, model.device)
+    start, seconds, log = load_state(run_dir, model, opt, generators) if resume else (0, 0.0, [])
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="train")
-    t0 = time.perf_counter() - elapsed
-    # A stop signal (Ctrl-C, SIGTERM, SIGHUP) waits for the step under way to finish; then the state is
-    # saved as it stands (atomically: the previous one stays whole until the new one is) and the
-    # signal goes on. A later call resumes from that step.
-    done_steps = saved_steps = start
-    try:
-        with stop_on_signals():
-            for step in bar:
-                with deferred():
-                    _train_step(model, opt, data, config, step, g, noise, dev, autocast, bar, log, t0)
-                    done_steps = step + 1
-                    if done_steps % config.save_every == 0 or done_steps == config.steps:
-                        save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
-                        saved_steps = done_steps
-    except KeyboardInterrupt:
-        if done_steps != saved_steps:
-            save_state(run_dir, model, opt, [g, noise], done_steps, time.perf_counter() - t0, log)
-        bar.write(f"stopped after step {done_steps}; the state is saved in {run_dir / 'state'} (run again to resume)")
-        raise
+    def save(step: int, seconds: float) -> None:
+        save_state(run_dir, model, opt, generators, step, seconds, log)
+
+    seconds = run_steps(config, lambda step: _train_step(model, opt, data, config, step, generators), log,
+                        generators, start=start, seconds=seconds, save=save, desc="train", progress=progress,
+                        stop_note=f"the state is saved in {run_dir / 'state'} (run again to resume)")
     model.eval()
-    return TrainResult(model, tokenizer, log, time.perf_counter() - t0)
+    return TrainResult(model, tokenizer, log, seconds)
 
 
-def _train_step(model, opt, data, config: TrainConfig, step: int, g, noise, dev, autocast, bar, log: list[dict],
-                t0: float) -> None:
-    """One optimizer step, its log row (appended to `log`) and, when due, the held-out evaluation."""
-    for group in opt.param_groups:
-        group["lr"] = config.lr_at(step)
-    batch = data.sample(config.batch_size, g)
-    with autocast:
-        parts = diffusion_loss(model, batch.tokens.to(dev), batch.block_start.to(dev), generator=noise,
-                               self_conditioning_p=config.self_conditioning_p, lm_mask=batch.lm_mask.to(dev))
-    opt.zero_grad(set_to_none=True)
-    parts.total.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-    opt.step()
-    row = {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(), "lm": parts.lm.item(),
-           "grad_norm": float(grad_norm), "lr": config.lr_at(step), "seconds": time.perf_counter() - t0}
-    bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}", lm=f"{row['lm']:.3f}")
+def _train_step(model, opt, data, config: TrainConfig, step: int, generators: list[torch.Generator]) -> dict:
+    """One optimizer step and its log row, with the held-out evaluation when it is due."""
+    batches, noise = generators
+    row = optimizer_step(model, opt, config, step, data.sample(config.batch_size, batches), noise)
     if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
         row.update(evaluate(model, data, config))
-        bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("heldout")))
-    log.append(row)
+        tqdm.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("heldout")))
+    return row
 
 
 def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bfloat16, extra_files=None,
@@ -192,12 +167,76 @@ def export(result: TrainResult, out: str | Path, dtype: torch.dtype = torch.bflo
     return save_checkpoint(model, out, tokenizer=result.tokenizer, generation_settings=settings, extra_files=extra_files)
 
 
+# ---- the loop both training and fine-tuning run ----------------------------------------------------
+def seeded_generators(seed: int, device: torch.device) -> list[torch.Generator]:
+    """The batches' generator and the noise's (noise levels, corruption, self-conditioning coins)."""
+    return [torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1)]
+
+
+def optimizer_step(model: DiffusionGemma, opt: torch.optim.Optimizer, config: TrainConfig | FinetuneConfig,
+                   step: int, batch: Batch, noise: torch.Generator) -> dict:
+    """One AdamW step on `batch` at the schedule's learning rate; returns the log row's figures."""
+    lr = config.lr_at(step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    on_gpu = model.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext():
+        parts = batch_loss(model, batch, generator=noise, self_conditioning_p=config.self_conditioning_p,
+                           lm_weight=config.lm_weight)
+    opt.zero_grad(set_to_none=True)
+    parts.total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.clip)
+    opt.step()
+    return {"step": step + 1, "loss": parts.total.item(), "diffusion": parts.diffusion.item(), "lm": parts.lm.item(),
+            "grad_norm": float(grad_norm), "lr": lr}
+
+
+def run_steps(config: TrainConfig | FinetuneConfig, one_step: Callable[[int], dict], log: list[dict],
+              generators: list[torch.Generator], *, start: int, seconds: float,
+              save: Callable[[int, float], None] | None, desc: str, progress: bool, stop_note: str) -> float:
+    """Steps start..config.steps, each `one_step(step)` adding its row to `log`, with `save(step, seconds)`
+    every save_every steps and at the end; returns the run's seconds.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) waits for the step under way to finish; a KeyboardInterrupt
+    raised by a step's own code undoes the step's random draws. Either way the state is then saved as it
+    stands (atomically: the previous one stays whole until the new one is), so that a resumed run equals
+    an uninterrupted one bit for bit, and the interrupt goes on."""
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc=desc)
+    t0 = time.perf_counter() - seconds
+    done = saved = start
+    try:
+        with stop_on_signals():
+            for step in bar:
+                with deferred():
+                    before = [g.get_state() for g in generators]
+                    try:
+                        row = one_step(step)
+                    except KeyboardInterrupt:
+                        for g, state in zip(generators, before):
+                            g.set_state(state)
+                        raise
+                    done = step + 1
+                    log.append(dict(row, seconds=time.perf_counter() - t0))
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", diff=f"{row['diffusion']:.3f}", lm=f"{row['lm']:.3f}")
+                    if save is not None and (done % config.save_every == 0 or done == config.steps):
+                        save(done, time.perf_counter() - t0)
+                        saved = done
+    except KeyboardInterrupt:
+        if save is not None:
+            if done != saved:
+                save(done, time.perf_counter() - t0)
+            bar.write(f"stopped after step {done}; {stop_note}")
+        raise
+    finally:
+        bar.close()
+    return time.perf_counter() - t0
+
+
 # ---- resumable state: tensors in safetensors, the rest in JSON ------------------------------------
 def save_state(run_dir: Path, model, opt, generators: list[torch.Generator], step: int, seconds: float,
-                log: list[dict]) -> None:
-    """Write run_dir/state/ atomically (an interrupted save leaves the previous state as it was): the
-    weights that train (a fine-tuning run's adapters, not the frozen model), the optimizer's state,
-    the generators', the step and the log."""
+               log: list[dict]) -> None:
+    """Write run_dir/state/ atomically: the weights that train (a fine-tuning run's adapters, not the
+    frozen model), the optimizer's state, the generators', the step and the log."""
     tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}
     scalars = {}
@@ -216,7 +255,10 @@ def save_state(run_dir: Path, model, opt, generators: list[torch.Generator], ste
 
 
 def load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> tuple[int, float, list[dict]]:
+    """Restore what save_state wrote; returns the step, the seconds and the log ((0, 0.0, []) for a new run)."""
     state_dir = run_dir / "state"
+    if not (state_dir / "state.json").exists():
+        return 0, 0.0, []
     meta = json.loads((state_dir / "state.json").read_text())
     tensors = load_file(state_dir / "state.safetensors")
     saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -240,4 +282,3 @@ def load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> 
         gen.set_state(tensors[f"generator.{i}"])
     log = [json.loads(line) for line in (state_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return meta["step"], meta["seconds"], log
-

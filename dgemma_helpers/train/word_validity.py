@@ -1,14 +1,7 @@
-"""Text-quality measures for small models: word validity against a training vocabulary, and the
-repetition check beside it.
-
-Word validity is the share of generated words that occur in the training corpus. An untrained
-model strings random sub-word pieces together and scores near zero; a model that has learned to
-spell scores near one. Coarse, but honest and cheap: no judge model, no download.
-
-Word validity rewards repetition: one well-spelt line written five times scores a perfect 1.0.
-distinct_ngrams is the check beside it: the share of a text's word n-grams that are distinct (1.0: no
-n-gram repeats; the same line five times: about 0.2).
-"""
+"""Text-quality measures for small models, cheap and with no judge model: word validity (the share of
+generated words found in the training corpus: near 0 for an untrained model, near 1 for one that
+spells) and, since validity rewards repetition, distinct_ngrams beside it (the same line five times:
+about 0.2)."""
 
 from __future__ import annotations
 
