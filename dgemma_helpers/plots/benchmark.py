@@ -13,7 +13,7 @@ from ..atomic import atomic_write
 from . import style
 from .style import figure
 
-AUTOREGRESSIVE = "autoregressive"  # a row's "kind" in results.json (bench/engines.py writes it)
+AUTOREGRESSIVE = "autoregressive"  # a row's "kind" in results.json (benchmarks/engines.py writes it)
 SETTING_AXIS = "setting (output tokens, batch; denoising steps, entropy bound)"
 
 Rows = list[dict[str, Any]]
