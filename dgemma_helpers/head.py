@@ -26,7 +26,7 @@ from dgemma_kernels.denoise_head_ref import LOG_PROB_FLOOR
 from .model import DiffusionGemma
 
 FLOAT = 4
-ROW_BLOCK_BYTES = 8 << 20  # float32 logits per block of rows: a few of these fit a CPU's L3 cache
+ROW_BLOCK_BYTES = 2 << 20  # float32 logits per block of rows: each thread's share stays in its core's L2
 TILE_BYTES = 4 << 20  # float32 logits per vocabulary tile of the tiled head
 # Vocabulary columns per logits GEMM call: a few calls beat one on CPUs (the output stays in its
 # native row-major layout either way).

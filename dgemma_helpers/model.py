@@ -89,9 +89,10 @@ def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dt
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1) is done as one matmul
-    with a signed permutation matrix: exact (one +-1 term per output), and fewer ops than slicing."""
-    return x * cos + (x @ _rotate_half_matrix(x.shape[-1], x.dtype, x.device)) * sin
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1), as transformers writes it (a
+    matmul with a signed permutation gives the same bits but took 2-5x as long on a CPU)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def key_rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor,
@@ -131,25 +132,6 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     x1, x2 = x[..., :a], x[..., half:half + a]
     # rotate_half pairs dim i with i + half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
     return torch.cat([x1 * cos - x2 * sin, x[..., a:half], x2 * cos + x1 * sin, x[..., half + a:]], dim=-1)
-
-
-_ROTATIONS: dict[tuple, torch.Tensor] = {}
-
-
-def _rotate_half_matrix(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dim, dtype, device)
-    if key not in _ROTATIONS:
-        with torch.inference_mode(False):  # a cached tensor must also serve training's autograd
-            _ROTATIONS[key] = _signed_permutation(dim, dtype, device)
-    return _ROTATIONS[key]
-
-
-def _signed_permutation(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    half = dim // 2
-    m = torch.zeros(dim, dim, dtype=dtype, device=device)
-    m[torch.arange(half, dim), torch.arange(half)] = -1  # first half of the output: -x2
-    m[torch.arange(half), torch.arange(half, dim)] = 1  # second half: x1
-    return m
 
 
 # ---- attention --------------------------------------------------------------------------------
