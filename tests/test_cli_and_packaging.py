@@ -140,3 +140,29 @@ def test_import_loads_the_engine_only():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["[]", "True True"]
+
+
+def test_the_wheel_holds_every_module_of_the_tree(tmp_path):
+    """A non-editable install gets what pyproject.toml lists: build the wheel (setuptools, no network)
+    and check that every .py of dgemma_helpers/ and kernels/ and the player's static files are in it."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: a build/ folder left in the checkout would hide a missing package
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for name in ("dgemma_helpers", "kernels"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PIP_NO_INDEX": "1"})
+    assert proc.returncode == 0, proc.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {p.relative_to(root).as_posix() for p in (root / "dgemma_helpers").rglob("*")
+              if p.is_file() and (p.suffix == ".py" or "static" in p.parts) and "__pycache__" not in p.parts}
+    wanted |= {"dgemma_kernels/" + p.relative_to(root / "kernels").as_posix() for p in (root / "kernels").glob("*.py")}
+    assert not wanted - inside, f"missing from the wheel: {sorted(wanted - inside)[:10]} (pyproject's packages list)"
