@@ -149,9 +149,11 @@ def head_bytes(head: str, rows: int, vocab: int, hidden: int, item: int, probabi
     dtype (`item` bytes each), the float32 tempered logits, the soft probabilities kept for the next
     round, float32 probabilities if asked for, and a block of rows' temporaries. Tiled: a vocabulary
     tile's temporaries and the float32 running sums."""
+    logits = rows * vocab * FLOAT  # a block or tile never holds more than all of them
     if head == "tiled":
-        return 4 * TILE_BYTES + rows * (2 * hidden + 8) * FLOAT
-    return rows * vocab * (2 * item + FLOAT + (FLOAT if probabilities else 0)) + 4 * ROW_BLOCK_BYTES
+        return 4 * min(max(TILE_BYTES, rows * 256 * FLOAT), logits) + rows * (2 * hidden + 8) * FLOAT
+    return rows * vocab * (2 * item + FLOAT + (FLOAT if probabilities else 0)) + 4 * min(
+        max(ROW_BLOCK_BYTES, vocab * FLOAT), logits)
 
 
 def fitting_head(config: ModelConfig, prompt_tokens: int, *, max_new_tokens: int, batch_size: int,
