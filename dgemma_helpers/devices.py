@@ -57,6 +57,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[key]
 
 
+def proc_kib(path: str, key: str) -> int | None:
+    """A "key: N kB" line of a Linux /proc file (meminfo, status), in bytes; None where there is none."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_memory(device: torch.device) -> int | None:
     """Free bytes on the device, or None where it cannot be read."""
     if device.type == "cuda":
@@ -65,13 +77,9 @@ def available_memory(device: torch.device) -> int | None:
         # free for the next allocation too, though the driver counts it as taken.
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        available = proc_kib("/proc/meminfo", "MemAvailable")
+        if available is not None:
+            return available
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..devices import proc_kib
 from .gpu import time_it
 
 try:
@@ -19,17 +20,13 @@ except ImportError:
 def resident_peak(reset: bool = False) -> int | None:
     """This process's peak resident memory in bytes (Linux: VmHWM), or None where it cannot be read.
     `reset=True` starts a new peak from the current size (ru_maxrss cannot be reset)."""
-    try:
-        if reset:
+    if reset:
+        try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        except OSError:
+            pass
+    return proc_kib("/proc/self/status", "VmHWM")
 
 
 def resident_now() -> int | None:
