@@ -202,7 +202,7 @@ def test_cli_refuses_vllm_where_it_cannot_run(monkeypatch, capsys):
 
 # ---- the benchmark ----------------------------------------------------------------------------
 def test_vllm_engines_are_skipped_with_the_reason_where_vllm_is_missing(monkeypatch):
-    monkeypatch.setattr("dgemma_helpers.benchmarks.vllm_bench.vllm_status", lambda: (False, "no vLLM: make setup-vllm"))
+    monkeypatch.setattr("dgemma_helpers.benchmarks.engines.vllm_status", lambda: (False, "no vLLM: make setup-vllm"))
     sweep = bench.make_sweep(str(TINY), "vllm,vllm-server", "64", "2", "1", "1000", repeats=1, warmup=0)
     results = bench.run_benchmark(sweep, progress=lambda msg: None)
     assert [(e["name"], e["status"], e["reason"]) for e in results["engines"]] == [

@@ -6,22 +6,17 @@
 
 from ..plots.benchmark import PLOTS, save_plots
 from .command import make_sweep
-from .engines import ENGINES, Engine, Measurement, ModelPool, Prompts, register_engine
+from .engines import (ENGINES, Engine, Measurement, ModelPool, Prompts, VLLMBenchEngine, VLLMServerBenchEngine,
+                      register_engine)
 from .grid import GridPoint, Sweep, parse_list
 from .harness import ROW_FIELDS, machine_info, run_benchmark
 from .notebook import default_report_dir, make_report
 from .report import engines_table, load_results, machine_summary, markdown_table, results_table, write_results
 from .shapes import SHAPES, shape_checkpoint
-from .vllm_bench import VLLMBenchEngine, VLLMServerBenchEngine
-
-# vllm_bench builds on engines.py (its Engine base), so engines.py cannot list these without an import
-# cycle: they are registered here, after the built-in engines, and so are listed last.
-register_engine("vllm", VLLMBenchEngine)
-register_engine("vllm-server", VLLMServerBenchEngine)
 
 __all__ = [
     "GridPoint", "ENGINES", "Engine", "Measurement", "ModelPool", "PLOTS", "Prompts", "ROW_FIELDS", "Sweep",
     "default_report_dir", "engines_table", "load_results", "machine_info", "machine_summary", "make_report",
-    "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots", "SHAPES", "shape_checkpoint",
-    "VLLMBenchEngine", "VLLMServerBenchEngine", "write_results",
+    "make_sweep", "markdown_table", "parse_list", "register_engine", "results_table", "run_benchmark", "save_plots",
+    "SHAPES", "shape_checkpoint", "VLLMBenchEngine", "VLLMServerBenchEngine", "write_results",
 ]

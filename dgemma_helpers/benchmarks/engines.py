@@ -1,12 +1,14 @@
 """Benchmark engines: one interface (the Engine class), one object per way of generating text:
 "kit" and "kit-cuda" (generate() on its PyTorch and fused CUDA paths), "transformers" (the
-reference), "ar" and "ar-hf" (autoregressive baselines); "vllm" and "vllm-server" are in
-vllm_bench.py. More join with `register_engine(name, factory)`. The harness times each run() from
-outside; an engine reports what only it can see: tokens, forward passes and the time inside them.
+reference), "ar" and "ar-hf" (autoregressive baselines), "vllm" and "vllm-server". More join with
+`register_engine(name, factory)`. The harness times each run() from outside; an engine reports what
+only it can see: tokens, forward passes and the time inside them.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +20,8 @@ import torch
 from ..checkpoint import load_model, read_config, weights_bytes
 from ..devices import resolve_device, resolve_dtype, synchronize, triton_support
 from ..engines.autoregressive import generate_autoregressive
+from ..engines.vllm import VLLMEngine, vllm_status
+from ..engines.vllm_server import VLLMServer
 from ..generation import generate
 from ..tokenizer import decode, load_tokenizer
 from .grid import GridPoint, Sweep
@@ -57,8 +61,7 @@ class ModelPool:
     """Loaded weights shared by engines in one benchmark: "kit" and "ar" run the same model."""
 
     def __init__(self, sweep: Sweep) -> None:
-        self.sweep = sweep
-        self._kit = None
+        self.sweep, self._kit = sweep, None
 
     def kit_model(self):
         if self._kit is None:
@@ -101,44 +104,35 @@ class Engine:
 
 # ---- the kit ----------------------------------------------------------------------------------
 class KitEngine(Engine):
-    """dgemma_helpers.generate on one code path: "torch" (PyTorch, any device) or "fast" (fused
-    kernels + a CUDA graph, the "kit-cuda" engine). The kit-cuda engine asks for path=None, what a
-    user gets by default, and a run that did not end on the fast path (a fallback) is a failed run
-    with its reason, never PyTorch timings under the fast path's name."""
+    """dgemma_helpers.generate on its PyTorch path (any device)."""
 
-    PATH_NAMES = {"torch": "PyTorch path", "fast": "fused-kernel CUDA path"}
-
-    def __init__(self, name: str = "kit", path: str = "torch") -> None:
-        self.name, self.path = name, path
-        self.description = f"this kit's engine, {self.PATH_NAMES.get(path, path)}"
-        self.model = None
-        self.generate_path = path if path == "torch" else None
+    name, path = "kit", "torch"
+    description = "this kit's engine, PyTorch path"
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
         s = self.sweep
         r = generate(self.model, input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
                      max_denoising_steps=config.steps, entropy_bound=config.entropy_bound, seed=seed,
                      eos_token_ids=() if s.ignore_eos else None, confidence_threshold=None if s.early_stop else 0.0,
-                     path=self.generate_path)
+                     path=self.path if self.path == "torch" else None)
         if r.path != self.path:
             raise RuntimeError(f"generate() ran the {r.path} path instead of the {self.path} path: {r.fallback_reason}")
-        pad = r.settings.pad_token_id
         steps = [n for canvas in r.steps_per_canvas for n in canvas]
-        return Measurement(tokens=int((r.token_ids != pad).sum()), forwards=r.num_forwards, step_s=r.timings.denoise_s,
-                           first_canvas_s=r.timings.first_canvas_s, first_token_s=r.timings.first_canvas_s,
-                           tokens_per_forward=r.tokens_per_forward, steps_per_canvas=statistics.mean(steps),
-                           texts=r.texts, token_ids=r.token_ids.tolist())
+        first = r.timings.first_canvas_s
+        return _measured(r, forwards=r.num_forwards, step_s=r.timings.denoise_s, first_canvas_s=first,
+                         first_token_s=first, steps_per_canvas=statistics.mean(steps))
 
     def weights_bytes(self, sweep: Sweep) -> int:
         return _diffusion_weights_bytes(sweep)
 
 
 class KitCudaEngine(KitEngine):
-    """The kit's optimised GPU path: the same generate() with path="fast". Skipped, with the reason,
-    where it cannot run (no CUDA GPU, no Triton)."""
+    """The kit's optimised GPU path: generate() with path=None, what a user gets by default. A run that did
+    not end on the fast path (a fallback) is a failed run with its reason, never PyTorch timings under the
+    fast path's name. Skipped, with the reason, where it cannot run (no CUDA GPU, no Triton)."""
 
-    def __init__(self) -> None:
-        super().__init__(name="kit-cuda", path="fast")
+    name, path = "kit-cuda", "fast"
+    description = "this kit's engine, fused-kernel CUDA path"
 
     def available(self, sweep: Sweep) -> tuple[bool, str]:
         if not torch.cuda.is_available():
@@ -148,6 +142,12 @@ class KitCudaEngine(KitEngine):
             return False, f"runs on a CUDA GPU; this benchmark runs on {device} (--device)"
         usable, why = triton_support(device)
         return usable, "" if usable else why
+
+
+def _measured(r, **values) -> Measurement:
+    """A Measurement from a kit-style result (generate()'s, a vLLM engine's): its tokens, texts and ids."""
+    return Measurement(tokens=int((r.token_ids != r.settings.pad_token_id).sum()),
+                       tokens_per_forward=r.tokens_per_forward, texts=r.texts, token_ids=r.token_ids.tolist(), **values)
 
 
 # ---- transformers' reference ------------------------------------------------------------------
@@ -161,14 +161,14 @@ def _transformers_available(cls_name: str, what: str = "") -> tuple[bool, str]:
     return True, ""
 
 
-def _start_transformers(engine: Engine, sweep: Sweep) -> torch.dtype:
-    """Common start of a transformers engine's prepare(): quiet progress bars, device and dtype."""
+def _load_transformers(engine: Engine, sweep: Sweep, cls, path: str, **kwargs):
+    """A transformers engine's model, on the sweep's device and dtype, progress bars quiet."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    engine.sweep = sweep
-    engine.device = resolve_device(sweep.device)
-    return resolve_dtype(sweep.dtype, engine.device)
+    engine.sweep, engine.device = sweep, resolve_device(sweep.device)
+    model = cls.from_pretrained(path, dtype=resolve_dtype(sweep.dtype, engine.device), **kwargs)
+    return model.to(engine.device).eval()  # (device_map= would need the accelerate package)
 
 
 class TransformersEngine(Engine):
@@ -181,10 +181,8 @@ class TransformersEngine(Engine):
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         from transformers import DiffusionGemmaForBlockDiffusion
 
-        dtype = _start_transformers(self, sweep)
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(sweep.model, dtype=dtype,
-                                                                experts_implementation="grouped_mm")
-        self.model = model.to(self.device).eval()  # (device_map= would need the accelerate package)
+        self.model = _load_transformers(self, sweep, DiffusionGemmaForBlockDiffusion, sweep.model,
+                                        experts_implementation="grouped_mm")
         self.tokenizer = load_tokenizer(Path(sweep.model))
         self._instrument()
 
@@ -272,12 +270,10 @@ class HFAutoregressiveEngine(Engine):
     def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = _start_transformers(self, sweep)
         self.tokenizer = AutoTokenizer.from_pretrained(sweep.ar_model, local_files_only=True, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(sweep.ar_model, dtype=dtype, local_files_only=True)
-        self.model = model.to(self.device).eval()
+        self.model = _load_transformers(self, sweep, AutoModelForCausalLM, sweep.ar_model, local_files_only=True)
         self.canvas_length = read_config(sweep.model)[1].canvas_length  # its "first canvas": as many tokens
 
     def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
@@ -293,7 +289,8 @@ class HFAutoregressiveEngine(Engine):
         pad = self.tokenizer.pad_token_id
         row_tokens = (new != pad).sum(dim=1) if pad is not None else torch.full((len(new),), new.shape[1])
         steps = max(clock.tokens - 1, 0)
-        return Measurement(tokens=int(row_tokens.sum()), forwards=steps, step_s=clock.decode_s(),
+        return Measurement(tokens=int(row_tokens.sum()), forwards=steps,
+                           step_s=clock.last_s - (clock.first_token_s or 0.0),
                            first_canvas_s=clock.first_canvas_s or clock.last_s, first_token_s=clock.first_token_s or 0.0,
                            tokens_per_forward=float((row_tokens.float() / max(clock.tokens, 1)).mean()),
                            steps_per_canvas=None, texts=self.tokenizer.batch_decode(new, skip_special_tokens=True))
@@ -320,13 +317,86 @@ class _TokenClock:
     def end(self) -> None:
         pass
 
-    def decode_s(self) -> float:
-        return self.last_s - (self.first_token_s or 0.0)
-
 
 def _diffusion_weights_bytes(sweep: Sweep) -> int:
     device = resolve_device(sweep.device)
     return weights_bytes(read_config(sweep.model)[1], resolve_dtype(sweep.dtype, device))
+
+
+# ---- vLLM -------------------------------------------------------------------------------------
+class VLLMBenchEngine(Engine):
+    """vllm.LLM in this process. vLLM fixes the entropy bound, the step count and adaptive stopping when it
+    starts, so the engine starts once per (entropy bound, steps) pair, in the untimed `configure()`. What
+    vLLM does not report is left empty rather than guessed: ms per step and peak memory (its engine runs in
+    other processes). Seeds are not applied (vLLM rejects them). The prefix cache is off: the kit has none,
+    and the sweep repeats its prompts."""
+
+    name = "vllm"
+    description = "vLLM's DiffusionGemma, in-process vllm.LLM (per-request seeds not supported)"
+    in_process_memory = False
+    stream = False
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        usable, why = vllm_status()
+        return usable, "" if usable else why  # when usable the engines table shows the description
+
+    def prepare(self, sweep: Sweep, pool: ModelPool) -> None:
+        self.sweep, self.engine, self.key = sweep, None, None
+
+    def configure(self, config: GridPoint) -> None:
+        if (config.entropy_bound, config.steps) == self.key:
+            return
+        self.release()
+        settings = dict(enable_prefix_caching=False, **self.sweep.vllm_args)  # (the sweep refuses sampler keys there)
+        settings.update(max_denoising_steps=config.steps, entropy_bound=config.entropy_bound)
+        if not self.sweep.early_stop:
+            settings.update(confidence_threshold=0.0)
+        self.engine, self.client = self._start(settings)
+        self.key = (config.entropy_bound, config.steps)
+
+    def _start(self, settings: dict):
+        """(what release() closes, what generates)."""
+        engine = VLLMEngine(self.sweep.model, **settings)
+        return engine, engine
+
+    def run(self, prompts: Prompts, config: GridPoint, seed: int) -> Measurement:
+        self.configure(config)  # a no-op after the harness's own call; starts an engine if run alone
+        r = self.client.generate(input_ids=prompts.ids, max_new_tokens=config.max_new_tokens,
+                                 eos_token_ids=() if self.sweep.ignore_eos else None, stream=self.stream)
+        first = r.timings.first_canvas_s
+        steps = r.mean_steps_per_canvas if r.mean_steps_per_canvas is not None else math.nan
+        return _measured(r, forwards=0, step_s=0.0,  # no time per step
+                         first_canvas_s=first, first_token_s=first, steps_per_canvas=steps)
+
+    def release(self) -> None:
+        engine, self.engine, self.key = getattr(self, "engine", None), None, None
+        if engine is not None:
+            engine.close()
+
+    def weights_bytes(self, sweep: Sweep) -> int:
+        # On a GPU vLLM claims gpu_memory_utilization of it (0.9 unless set): it never fits beside another
+        # engine, so the harness runs it on its own. On a CPU its share of RAM is small.
+        if torch.cuda.is_available():
+            share = sweep.vllm_args.get("gpu_memory_utilization", 0.9)
+            return int(share * torch.cuda.get_device_properties(0).total_memory)
+        return _diffusion_weights_bytes(sweep)
+
+
+class VLLMServerBenchEngine(VLLMBenchEngine):
+    name = "vllm-server"
+    description = ("a vLLM server on 127.0.0.1 started for the run, queried with streaming via the openai client "
+                   "(first token = first streamed chunk)")
+    stream = True
+
+    def available(self, sweep: Sweep) -> tuple[bool, str]:
+        usable, why = super().available(sweep)
+        if usable and importlib.util.find_spec("openai") is None:
+            return False, "the openai package is not installed: pip install openai (`make setup-vllm` has it)"
+        return usable, why
+
+    def _start(self, settings: dict):
+        server = VLLMServer(self.sweep.model, **settings).start()
+        return server, server.client()
 
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -336,6 +406,8 @@ ENGINES: dict[str, Callable[[], Engine]] = {
     "transformers": TransformersEngine,
     "ar": AREngine,
     "ar-hf": HFAutoregressiveEngine,
+    "vllm": VLLMBenchEngine,
+    "vllm-server": VLLMServerBenchEngine,
 }
 
 
