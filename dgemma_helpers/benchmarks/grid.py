@@ -75,12 +75,8 @@ class Sweep:
 
     def configs(self, autoregressive: bool) -> Iterator[GridPoint]:
         """The grid, as an engine sees it: autoregressive engines have no steps or entropy bound."""
-        if autoregressive:
-            for n, b in itertools.product(self.max_new_tokens, self.batch):
-                yield GridPoint(n, b)
-        else:
-            for n, b, s, e in itertools.product(self.max_new_tokens, self.batch, self.steps, self.entropy_bounds):
-                yield GridPoint(n, b, s, e)
+        steps, bounds = ([None], [None]) if autoregressive else (self.steps, self.entropy_bounds)
+        return (GridPoint(*p) for p in itertools.product(self.max_new_tokens, self.batch, steps, bounds))
 
     def validate(self, known_engines: Sequence[str]) -> Sweep:
         """Raise InputError on the first bad value; return self."""
@@ -101,36 +97,29 @@ class Sweep:
             _check_list(name, getattr(self, name), lambda v: is_int(v) and v > 0, "a positive integer")
         _check_list("entropy_bounds", self.entropy_bounds, lambda v: is_number(v) and math.isfinite(v) and v > 0,
                     "a number > 0 (e.g. 0.1)")
+        if not is_int(self.repeats) or self.repeats < 1:
+            raise InputError(f"repeats must be an integer >= 1 (got {self.repeats!r}); 3 or more gives a median.")
+        if not is_int(self.warmup) or self.warmup < 0:
+            raise InputError(f"warmup must be an integer >= 0 (got {self.warmup!r}).")
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
+            raise InputError(f"threads must be a positive integer or None (got {self.threads!r}).")
+        if (not isinstance(self.prompts, (list, tuple)) or not self.prompts
+                or not all(isinstance(p, str) and p.strip() for p in self.prompts)):
+            raise InputError("prompts must be a non-empty list of non-empty strings.")
         args = self.vllm_args
-        mapping = isinstance(args, dict) and all(isinstance(k, str) and k.isidentifier() for k in args)
-        sampler = sorted(set(args) & VLLM_SAMPLER_KEYS) if mapping else []
-        _refuse_first([
-            (not is_int(self.repeats) or self.repeats < 1,
-             f"repeats must be an integer >= 1 (got {self.repeats!r}); 3 or more gives a median."),
-            (not is_int(self.warmup) or self.warmup < 0, f"warmup must be an integer >= 0 (got {self.warmup!r})."),
-            (self.threads is not None and (not is_int(self.threads) or self.threads < 1),
-             f"threads must be a positive integer or None (got {self.threads!r})."),
-            (not isinstance(self.prompts, (list, tuple)) or not self.prompts
-             or not all(isinstance(p, str) and p.strip() for p in self.prompts),
-             "prompts must be a non-empty list of non-empty strings."),
-            (not mapping, ("vllm_args must map vLLM engine argument names to values, e.g. "
-                           f'{{"tensor_parallel_size": 2}} (got {args!r}).')),
-            (sampler, (f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike (--steps, "
-                       "--entropy-bounds, --no-early-stop); leave them out of --vllm-args.")),
-        ])
+        if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+            raise InputError("vllm_args must map vLLM engine argument names to values, e.g. "
+                             f'{{"tensor_parallel_size": 2}} (got {args!r}).')
+        sampler = sorted(set(args) & VLLM_SAMPLER_KEYS)
+        if sampler:
+            raise InputError(f"vllm_args sets {sampler}: the sweep sets the sampler for every engine alike (--steps, "
+                             "--entropy-bounds, --no-early-stop); leave them out of --vllm-args.")
         check_engine_kwargs(args)
         if self.ar_model is not None and not Path(self.ar_model).expanduser().is_dir():
             raise InputError(f"--ar-model {self.ar_model!r} is not a directory: give the path of an autoregressive "
                              "checkpoint (config.json + safetensors), or leave it out to skip the ar-hf engine.")
         read_config(self.model)  # a missing or foreign model directory fails here, with how to get one
         return self
-
-
-def _refuse_first(checks: Sequence[tuple[Any, str]]) -> None:
-    """InputError with the message of the first check whose condition holds."""
-    for bad, message in checks:
-        if bad:
-            raise InputError(message)
 
 
 def _check_list(name: str, values: Sequence[Any], ok, what: str) -> None:
