@@ -1,9 +1,9 @@
-"""Benchmark results on disk (results.json, results.csv), the report directory, and Markdown tables.
-Every file, and a whole report (build_report), is written whole or not at all: a stop signal leaves
-nothing half-written behind."""
+"""Benchmark results on disk (results.json, results.csv), the report directory, and Markdown tables,
+each file and a whole report written whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,6 +22,7 @@ from typing import Any
 from ..atomic import atomic_dir, atomic_write, make_readable
 from ..errors import DGemmaError, InputError
 from ..signals import STOP_SIGNALS, stop_on_signals
+from .grid import GridPoint
 from .harness import ROW_FIELDS, SCHEMA
 
 
@@ -32,8 +33,7 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in results["rows"]:
-        writer.writerow({k: "" if v is None else v for k, v in _jsonable(row).items()})
+    writer.writerows({k: "" if v is None else v for k, v in _jsonable(row).items()} for row in results["rows"])
     return atomic_write(out / "results.json", text), atomic_write(out / "results.csv", buf.getvalue())
 
 
@@ -83,7 +83,7 @@ def build_report(out_dir: str | os.PathLike, build: Callable[[Path], dict[str, P
                 raise
             raise type(e)(f"{_moved(str(e), tmp, failed)} (what it wrote is kept in {shown(failed)}, "
                           "named as incomplete)") from None
-        _retarget(tmp, tmp, final)
+        _retarget(tmp, final)
         if threading.current_thread() is threading.main_thread():
             # The report is complete: a stop signal from here on could only lose it, so none is heeded
             # until the move into place is done (stop_on_signals then puts the handlers back).
@@ -153,7 +153,10 @@ def _stop(done: threading.Event) -> None:
         while not done.is_set() and time.monotonic() < give_up:
             sig = signal.SIGKILL if time.monotonic() >= kill_at else signal.SIGTERM
             for pid in _descendant_pids():  # each time round: a kernel still starting is caught too
-                _signal_group(pid, sig)
+                # A kernel and a vLLM server each lead their own process group (with their children in it);
+                # any other process gets the signal alone, so this process's own group is never signalled.
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+                    (os.killpg if os.getpgid(pid) == pid else os.kill)(pid, sig)
             try:
                 done.wait(0.5)
             except KeyboardInterrupt:
@@ -190,25 +193,13 @@ def _descendant_pids() -> list[int]:
     return found
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        # A kernel and a vLLM server each lead their own process group (with their children in it); any
-        # other process gets the signal alone, so this process's own group is never signalled.
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone
-
-
-def _retarget(directory: Path, written_in: Path, shown_as: Path) -> None:
-    """The executed notebook and its HTML name the (temporary) directory they were written in: make
-    them name the one they are moved to."""
-    for path in directory.iterdir():
+def _retarget(tmp: Path, new: Path) -> None:
+    """The executed notebook and its HTML name the temporary directory they were written in: make them
+    name the one they are moved to."""
+    for path in tmp.iterdir():
         if path.suffix in (".ipynb", ".html"):
             text = path.read_text(encoding="utf-8")
-            changed = _moved(text, written_in, shown_as)
+            changed = _moved(text, tmp, new)
             if changed != text:
                 atomic_write(path, changed)
 
@@ -222,7 +213,7 @@ def _keep_failed(tmp: Path, final: Path) -> Path | None:
     if not any(tmp.iterdir()):
         return None
     failed = final.with_name(final.name + ".failed")
-    _retarget(tmp, tmp, failed)
+    _retarget(tmp, failed)
     shutil.rmtree(failed, ignore_errors=True)
     make_readable(tmp)
     tmp.rename(failed)
@@ -243,8 +234,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] | 
     columns = columns or SUMMARY_COLUMNS
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "|".join("---" if key == "engine" else "---:" for key, _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+    lines += ["| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -257,9 +247,8 @@ def results_table(results: dict[str, Any]) -> str:
     ok = [r for r in results["rows"] if r["status"] == "ok"]
     if not ok:
         return "_no successful runs_"
-    noisy = [f"- **noisy, re-run**: {r['engine']}, {r['max_new_tokens']} tokens, batch {r['batch']}"
-             + (f", {r['steps']} steps, bound {r['entropy_bound']:g}" if r["steps"] is not None else "")
-             + f": its runs gave {r['tokens_per_s_min']:.3g} to {r['tokens_per_s_max']:.3g} tokens/s"
+    noisy = [f"- **noisy, re-run**: {r['engine']}, {_setting(r)}: its runs gave {r['tokens_per_s_min']:.3g} to "
+             f"{r['tokens_per_s_max']:.3g} tokens/s"
              for r in ok if r["tokens_per_s_min"] and r["tokens_per_s_max"] / r["tokens_per_s_min"] > NOISY_SPREAD]
     if noisy:
         noisy.insert(0, f"\nThe timed runs of these settings spread more than {NOISY_SPREAD:g}x (something else "
@@ -274,9 +263,7 @@ def engines_table(results: dict[str, Any]) -> str:
         lines.append(f"| {e['name']} | {e['kind']} | {e['status']} | {_escape(e['reason'] or e['description'])} |")
     for r in results["rows"]:
         if r["status"] == "failed" and r["max_new_tokens"] is not None:
-            where = ", ".join(f"{k} {r[k]}" for k in ("max_new_tokens", "batch", "steps", "entropy_bound")
-                              if r[k] is not None)
-            lines.append(f"| {r['engine']} | {r['kind']} | run failed ({where}) | {_escape(r['error'])} |")
+            lines.append(f"| {r['engine']} | {r['kind']} | run failed ({_setting(r)}) | {_escape(r['error'])} |")
     notes = results.get("notes") or []
     return "\n".join(lines + ([""] + [f"- note: {n}" for n in notes] if notes else []))
 
@@ -289,12 +276,14 @@ def machine_summary(results: dict[str, Any]) -> str:
             f"{m['date']}. Model {model['path']}: {model['summary']}{trained}.")
 
 
+def _setting(row: dict[str, Any]) -> str:
+    return GridPoint(row["max_new_tokens"], row["batch"], row["steps"], row["entropy_bound"]).label()
+
+
 def _cell(v: Any) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     if isinstance(v, float):
-        if not math.isfinite(v):
-            return ""
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     return _escape(str(v))
 
