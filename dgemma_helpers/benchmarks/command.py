@@ -104,11 +104,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
 def run_bench(args: argparse.Namespace) -> None:
     sweep = sweep_from_args(args)
     results = run_benchmark(sweep)
-    print(machine_summary(results))
-    print()
-    print(engines_table(results))
-    print()
-    print(results_table(results))
+    print(machine_summary(results), engines_table(results), results_table(results), sep="\n\n")
     if args.out:
         json_path, csv_path = write_results(results, args.out)
         save_plots(results, args.out)

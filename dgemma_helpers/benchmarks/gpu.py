@@ -22,12 +22,10 @@ REAL_HF = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_
                num_global_key_value_heads=2, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
                sliding_window=1024, max_position_embeddings=262144, final_logit_softcapping=30.0,
                attention_k_eq_v=True, enable_moe_block=True)
-TINY_HF = dict(REAL_HF, vocab_size=4096, hidden_size=256, intermediate_size=256, num_hidden_layers=6,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=64, global_head_dim=128,
-               num_global_key_value_heads=1, num_experts=16, top_k_experts=4, moe_intermediate_size=64)
-# Smaller than tiny, for the interpreter (it runs a kernel's program instances one by one in numpy).
-CPU_HF = dict(TINY_HF, vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
-              head_dim=16, global_head_dim=32, num_experts=8, top_k_experts=2, moe_intermediate_size=32)
+# Small enough for the Triton interpreter (it runs a kernel's program instances one by one in numpy).
+CPU_HF = dict(REAL_HF, vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+              num_global_key_value_heads=1, num_experts=8, top_k_experts=2, moe_intermediate_size=32)
 
 
 def setup_cpu_interpreter() -> None:
@@ -36,10 +34,9 @@ def setup_cpu_interpreter() -> None:
 
 
 def model_config(hf: dict, canvas: int, layers: int | None = None) -> ModelConfig:
-    n = layers or hf["num_hidden_layers"]
-    text = dict(hf, num_hidden_layers=n)
-    return ModelConfig.from_hf({"model_type": "diffusion_gemma", "canvas_length": canvas,
-                                "text_config": text})  # canvas_length lives at the top level
+    text = dict(hf, num_hidden_layers=layers or hf["num_hidden_layers"])
+    return ModelConfig.from_hf({"model_type": "diffusion_gemma", "canvas_length": canvas,  # at the top level
+                                "text_config": text})
 
 
 def random_model(config: ModelConfig, device: str, dtype: torch.dtype, seed: int = 0) -> DiffusionGemma:

@@ -3,7 +3,7 @@ device's copy bandwidth (the floor a weight-streaming step cannot beat)."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 
 import torch
@@ -21,21 +21,14 @@ def resident_peak(reset: bool = False) -> int | None:
     """This process's peak resident memory in bytes (Linux: VmHWM), or None where it cannot be read.
     `reset=True` starts a new peak from the current size (ru_maxrss cannot be reset)."""
     if reset:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     return proc_kib("/proc/self/status", "VmHWM")
 
 
 def resident_now() -> int | None:
-    """This process's resident memory in bytes now (Linux), or None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
+    """This process's resident memory in bytes now (Linux: VmRSS), or None."""
+    return proc_kib("/proc/self/status", "VmRSS")
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20, reps: int = 10) -> float:

@@ -64,8 +64,6 @@ def make_report(sweep: Sweep, out_dir: str | os.PathLike | None = None,
     if error is not None:
         raise DGemmaError(f"the benchmark notebook failed ({error.ename}: {error.evalue}); see {executed} and "
                           f"{paths['html']}.")
-    for name in ("results.json", "results.csv"):
-        paths[name] = out / name
-    for png in sorted(out.glob("*.png")):
-        paths[png.name] = png
+    paths.update({name: out / name for name in ("results.json", "results.csv")})
+    paths.update({png.name: png for png in sorted(out.glob("*.png"))})
     return paths

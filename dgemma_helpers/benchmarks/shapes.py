@@ -1,11 +1,10 @@
 """Built-in benchmark shapes: random checkpoints built once by transformers and cached, so that speed
 is measured at a named shape. A toy hides what the official width shows (the head over 262,144
-tokens, 128 experts): every speed claim names its shape. The cache is $DGEMMA_CACHE, else
-$XDG_CACHE_HOME/dgemma_helpers, else ~/.cache/dgemma_helpers.
-"""
+tokens, 128 experts): every speed claim names its shape."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from ..train.random_checkpoint import make_random_checkpoint
 
 @dataclass(frozen=True)
 class Shape:
-    preset: str
     dtype: torch.dtype  # what the weights are saved in
     disk_bytes: int  # what the checkpoint takes on disk
     build_bytes: int  # memory the build needs
@@ -29,9 +27,9 @@ class Shape:
 
 
 GB = 10**9
-SHAPES = {
-    "toy": Shape("toy", torch.float32, GB // 20, GB, "hidden 256, 6 layers, 16 experts top-4, vocab 4,096"),
-    "official-2layer": Shape("official-2layer", torch.bfloat16, 5 * GB, 11 * GB,
+SHAPES = {  # keyed by make_random_checkpoint's preset
+    "toy": Shape(torch.float32, GB // 20, GB, "hidden 256, 6 layers, 16 experts top-4, vocab 4,096"),
+    "official-2layer": Shape(torch.bfloat16, 5 * GB, 11 * GB,
                              "the official width (hidden 2,816, 128 experts top-8, vocab 262,144), "
                              "1 sliding + 1 full-attention layer"),
 }
@@ -52,12 +50,10 @@ def shape_checkpoint(name: str, cache: str | os.PathLike | None = None) -> Path:
         raise InputError(f"unknown shape {name!r}: choose one of {', '.join(SHAPES)}.")
     shape = SHAPES[name]
     path = Path(cache or cache_dir()) / "shapes" / name
-    stamp = {"preset": shape.preset, "seed": 0, "untrained": True}
-    try:
+    stamp = {"preset": name, "seed": 0, "untrained": True}
+    with contextlib.suppress(OSError, ValueError):
         if json.loads((path / "dgemma_random.json").read_text()) == stamp:
             return path
-    except (OSError, ValueError):
-        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(path.parent).free
     if free_disk < shape.disk_bytes * 1.1:
@@ -70,4 +66,4 @@ def shape_checkpoint(name: str, cache: str | os.PathLike | None = None) -> Path:
                          f"{free_memory / GB:.1f} GB is available: close other programs or build it on a larger "
                          "machine (then copy the directory into place).")
     print(f"building the {name} checkpoint ({shape.description}) in {path}; it is reused after", flush=True)
-    return make_random_checkpoint(path, preset=shape.preset, canvas_length=CANVAS, dtype=shape.dtype)
+    return make_random_checkpoint(path, preset=name, canvas_length=CANVAS, dtype=shape.dtype)
