@@ -5,9 +5,8 @@
     trace.finish(result)            # optional: the run's exact prompt ids and settings, checked
     trace.save("trace.json.gz")     # versioned gzip JSON (trace_file.py); DenoisingTrace.load refuses bad files
 
-A trace follows ONE batch row (`row=`, default 0). A round in which that row was frozen (its adaptive
-stop had fired while other rows went on) is not recorded. A file keeps the text of only the ids that
-occur (its `vocab`), never the tokenizer.
+A trace follows ONE batch row (`row=`); rounds in which that row was frozen (its adaptive stop had fired
+while other rows went on) are not recorded. A file keeps the text of the ids that occur, not the tokenizer.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ from ..errors import InputError
 from ..sampler import finalize_canvas
 from ..tokenizer import readable
 from .player_html import write_player_html
-from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, SETTING_KEYS, VERSION, checked_settings,
-                         encode_array, parse_document, read_document)
+from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, VERSION, checked_settings, encode_array,
+                         parse_document, read_document)
 
 
 @dataclass
@@ -70,7 +69,7 @@ class DenoisingTrace:
         self.vocab_size = vocab_size
         self.prompt = prompt
         self.prompt_ids = list(prompt_ids) if prompt_ids is not None else None
-        self.settings = _settings_dict(settings)
+        self.settings = checked_settings(settings)
         self.row = row
         self.title = title
         self.complete = False  # set by finish(): no more rounds will come
@@ -120,9 +119,8 @@ class DenoisingTrace:
                              "record each generation into a new DenoisingTrace.")
         if not bool(record.active[self.row]):
             return False
-        r = self.row
         scalars = {name: (float if name == "temperature" else int)(getattr(record, name)) for name in SCALAR_FIELDS}
-        arrays = {name: None if getattr(record, name) is None else _np(getattr(record, name)[r], dtype)
+        arrays = {name: None if (t := getattr(record, name)) is None else np.array(t[self.row].detach().cpu(), dtype)
                   for name, dtype in ARRAY_DTYPES.items()}
         if arrays["pinned"] is None:  # generate ran without pins
             arrays["pinned"] = np.zeros(L, dtype=bool)
@@ -139,7 +137,7 @@ class DenoisingTrace:
             self.prompt_ids = list(result.prompt_ids[self.row])
             if self.prompt is None and self.tokenizer is not None:
                 self.prompt = self.tokenizer.decode(self.prompt_ids, skip_special_tokens=True)
-            self.settings = _settings_dict(result.settings)
+            self.settings = checked_settings(result.settings)
             ours = self.tokens()
             theirs = result.token_ids[self.row].tolist()
             if ours != theirs:
@@ -198,11 +196,9 @@ class DenoisingTrace:
         return ids[:limit] if limit else ids
 
     def accepted_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per round: tokens accepted this round [R], and of those the ones not accepted in the round before
-        (newly accepted) [R]."""
+        """Per round [R]: tokens accepted, and of those the newly accepted (not accepted the round before)."""
         accepted = self.stack("accepted")
-        before = self.previous_accepted()
-        return accepted.sum(-1), (accepted & ~before).sum(-1)
+        return accepted.sum(-1), (accepted & ~self.previous_accepted()).sum(-1)
 
     def previous_accepted(self) -> np.ndarray:
         """[R, L]: each round's view of the round before it in the same canvas (False on a canvas's first)."""
@@ -213,9 +209,8 @@ class DenoisingTrace:
         return before
 
     def lock_in_steps(self) -> np.ndarray:
-        """[C, L] int: the round (1-based, within its canvas) from which each position stayed accepted to the
-        canvas's last round; 0 where the last round did not accept it (committed from the argmax), -1 where
-        it is pinned."""
+        """[C, L]: the round (1-based) from which each position stayed accepted to its canvas's last round; 0
+        where the last round did not accept it (committed from the argmax), -1 where it is pinned."""
         out = np.zeros((self.num_canvases, self.canvas_length or 0), dtype=np.int32)
         for c, (_, start, end) in enumerate(self.canvas_ranges()):
             since = out[c]
@@ -248,13 +243,12 @@ class DenoisingTrace:
             self.vocab.update(zip(missing, texts))
         return {i: self.vocab[i] for i in wanted}
 
-    def _round_ids(self, rd: TraceRound) -> list[np.ndarray]:
-        return [a for a in (rd.canvas_ids, rd.argmax_ids, rd.top_ids) if a is not None]
-
-    def used_ids(self) -> np.ndarray:
-        parts = [a.ravel() for rd in self.rounds for a in self._round_ids(rd)]
+    def used_ids(self, start: int = 0) -> np.ndarray:
+        """The ids in the rounds from `start` on, the committed canvases and the prompt."""
+        parts = [a.ravel() for rd in self.rounds[start:] for a in (rd.canvas_ids, rd.argmax_ids, rd.top_ids)
+                 if a is not None]
         parts += self.committed() + [np.asarray(self.prompt_ids or [], dtype=np.int32)]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
+        return np.unique(np.concatenate(parts))
 
     # ---- the player's data --------------------------------------------------------------------------
     def round_payload(self, i: int) -> dict[str, Any]:
@@ -269,13 +263,10 @@ class DenoisingTrace:
 
     def rounds_message(self, start: int) -> dict[str, Any]:
         """Rounds from `start` on, with the text of their ids and the canvases committed so far."""
-        rounds = [self.round_payload(i) for i in range(start, len(self.rounds))]
-        committed = self.committed()
-        ids = [a.ravel() for rd in self.rounds[start:] for a in self._round_ids(rd)] + committed
-        vocab = self.token_text(np.concatenate(ids)) if ids else {}
-        return {"type": "rounds", "trace_id": self.trace_id, "start": start, "rounds": rounds,
-                "vocab": {str(k): v for k, v in vocab.items()},
-                "committed": {str(c): canvas.tolist() for c, canvas in enumerate(committed)}}
+        return {"type": "rounds", "trace_id": self.trace_id, "start": start,
+                "rounds": [self.round_payload(i) for i in range(start, len(self.rounds))],
+                "vocab": {str(k): v for k, v in self.token_text(self.used_ids(start)).items()},
+                "committed": {str(c): canvas.tolist() for c, canvas in enumerate(self.committed())}}
 
     def to_payload(self) -> dict[str, Any]:
         """Everything the player shows, as JSON-ready data (also what save_html embeds)."""
@@ -283,19 +274,15 @@ class DenoisingTrace:
         meta = dict(self._meta(), pad_token_id=int(self.settings.get("pad_token_id", 0)),
                     entropy_max=float(entropy.max()) if entropy.size else 0.0)
         message = self.rounds_message(0)
-        message["vocab"].update({str(k): v for k, v in self.token_text(self.prompt_ids or []).items()})
         return {"format": FORMAT, "version": VERSION, "trace_id": self.trace_id, "meta": meta,
                 "vocab": message["vocab"], "rounds": message["rounds"], "committed": message["committed"]}
 
     # ---- files --------------------------------------------------------------------------------------
     def to_document(self) -> dict[str, Any]:
-        self.token_text(self.used_ids())
-        rounds: dict[str, Any] = {name: self.stack(name).tolist() for name in SCALAR_FIELDS}
-        for name, dtype in ARRAY_DTYPES.items():
-            arr = self.stack(name)
-            rounds[name] = None if arr is None else encode_array(arr, dtype)
-        used = {int(i) for i in self.used_ids()}
-        vocab = {str(k): v for k, v in sorted(self.vocab.items()) if k in used}
+        rounds = {name: self.stack(name).tolist() for name in SCALAR_FIELDS}
+        rounds.update({name: None if (arr := self.stack(name)) is None else encode_array(arr, dtype)
+                       for name, dtype in ARRAY_DTYPES.items()})
+        vocab = {str(k): v for k, v in sorted(self.token_text(self.used_ids()).items())}
         return {"format": FORMAT, "version": VERSION, "meta": self._meta(), "vocab": vocab, "rounds": rounds}
 
     def _meta(self) -> dict[str, Any]:
@@ -308,32 +295,25 @@ class DenoisingTrace:
         path = _out_path(path)
         data = json.dumps(self.to_document(), ensure_ascii=False, separators=(",", ":")).encode()
         with atomic_file(path) as tmp:
-            if path.name.endswith(".json"):
-                tmp.write_bytes(data)
-            else:
-                with gzip.open(tmp, "wb", compresslevel=6) as f:
-                    f.write(data)
+            with open(tmp, "wb") if path.name.endswith(".json") else gzip.open(tmp, "wb", compresslevel=6) as f:
+                f.write(data)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> DenoisingTrace:
-        """Read a trace saved by `save`; refuses a corrupt, truncated, other-version, oversized or inconsistent
-        file, and any field of the wrong type or range, with a TraceError naming it. `max_bytes` raises
-        the limit on the inflated JSON (default: trace_file.inflate_limit of the file's size)."""
+        """Read a trace saved by `save`; a bad file or field is a TraceError naming it. `max_bytes` raises the
+        limit on the inflated JSON (default: trace_file.inflate_limit of the file's size)."""
         return cls.from_document(read_document(path, max_bytes), source=str(path))
 
     @classmethod
     def from_document(cls, doc: Any, source: str = "the trace") -> DenoisingTrace:
         """A trace from its document (the JSON value of a file), every field checked first."""
-        f = parse_document(doc, source)
-        trace = cls(f.canvas_length, vocab_size=f.vocab_size, prompt=f.prompt, prompt_ids=f.prompt_ids,
-                    settings=f.settings, row=f.row, title=f.title)
-        trace.complete = f.complete
-        trace.vocab = dict(f.vocab)
-        for i in range(f.num_rounds):
-            trace.rounds.append(TraceRound(
-                **{name: f.scalars[name][i] for name in SCALAR_FIELDS},
-                **{name: None if f.arrays[name] is None else f.arrays[name][i] for name in ARRAY_DTYPES}))
+        meta, vocab, rounds = parse_document(doc, source)
+        complete = meta.pop("complete")
+        trace = cls(**meta)
+        trace.complete, trace.vocab = complete, vocab
+        trace.rounds = [TraceRound(**{name: None if column is None else column[i] for name, column in rounds.items()})
+                        for i in range(len(rounds["canvas_index"]))]
         return trace
 
     # ---- exports (the drawing lives in plots/denoising.py and player_html.py) ---------------------------------
@@ -372,19 +352,3 @@ def _canvases(canvases: Any) -> list[int] | None:
             type(c) is not int for c in canvases)):
         raise InputError(f"canvases must be a list of canvas indices, or None for all (got {canvases!r:.80}).")
     return None if canvases is None else list(canvases)
-
-
-def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(dtype)
-
-
-def _settings_dict(settings: Any) -> dict[str, Any]:
-    if settings is None:
-        return {}
-    if not isinstance(settings, dict):  # GenerationSettings
-        settings = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
-    # Checked as a file's settings are, so that what save writes, load reads back.
-    out, problem = checked_settings({key: settings[key] for key in SETTING_KEYS if key in settings})
-    if problem:
-        raise InputError(f"trace settings: {problem}. Pass the run's GenerationSettings (result.settings).")
-    return out

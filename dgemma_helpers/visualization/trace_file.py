@@ -1,12 +1,7 @@
-"""The denoising-trace file (format version 1): read within a memory bound, every field checked.
-
-`read_document(path)` gives the JSON value of a gzip or plain file; `parse_document(doc, source)` types
-and checks every field into TraceFields, so a file that passes is safe for all a trace does later (plots,
-save_html, committed canvases). DenoisingTrace.load is built on both; this module knows nothing of it.
-
-Memory: the inflated size is capped before parsing (INFLATE_RATIO times the compressed size, at least
-INFLATE_FLOOR, at most MAX_TRACE_BYTES), so a gzip bomb stops at the cap; declared array shapes are
-checked against their data with Python ints (nothing wraps) before any base64 is decoded.
+"""The denoising-trace file (format version 1): `read_document(path)` reads a gzip or plain JSON file
+within a memory bound (a gzip bomb stops at inflate_limit); `parse_document(doc, source)` types and checks
+every field, so a file that passes is safe for all a trace does later. Declared array shapes are checked
+against their data with Python ints (nothing wraps) before any base64 is decoded.
 """
 
 from __future__ import annotations
@@ -20,13 +15,12 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import TraceError
+from ..errors import InputError, TraceError
 from ..validate import clip, is_int, is_number, short_repr
 
 FORMAT = "dgemma-denoising-trace"
@@ -43,7 +37,6 @@ INFLATE_FLOOR = 32 << 20
 MAX_TRACE_BYTES = 1 << 30
 _CHUNK = 1 << 20
 INT32_MAX = 2**31 - 1  # ids, counts and sizes are stored as int32 (stack() makes int32 arrays of them)
-TOKEN_ID = f"a token id (an integer in 0..{INT32_MAX})"
 FIX = "record and save the trace again with this version of dgemma_helpers"
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
@@ -70,7 +63,7 @@ def _int(value: Any, field: str, *, low: int = 0, high: int | None = INT32_MAX, 
 
 
 def _token(value: Any, field: str) -> int:
-    return _int(value, field, want=TOKEN_ID)
+    return _int(value, field, want=f"a token id (an integer in 0..{INT32_MAX})")
 
 
 def _number(value: Any, field: str) -> float:
@@ -98,16 +91,11 @@ def _list(value: Any, field: str, item: Callable[[Any, str], Any]) -> list:
     return [item(v, f"{field}[{i}]") for i, v in enumerate(value)]
 
 
-def _step(value: Any, field: str) -> int:
-    return _int(value, field, low=1)
-
-
 def _count(low: int) -> Callable[[Any, str], int]:
     return lambda value, field: _int(value, field, low=low, high=None)
 
 
-# The settings a trace keeps from a run (enough to explain it and to derive the committed canvases), each
-# with its check.
+# The settings a trace keeps from a run (enough to explain it and derive its committed canvases), and their checks.
 SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "max_new_tokens": _count(1), "max_denoising_steps": _count(1), "entropy_bound": _number, "t_min": _number,
     "t_max": _number, "stability_threshold": _count(0), "confidence_threshold": _number,
@@ -115,35 +103,13 @@ SETTINGS: dict[str, Callable[[Any, str], Any]] = {
     "pad_token_id": _token,
 }
 SETTING_KEYS = tuple(SETTINGS)
-
-
-@dataclass
-class TraceFields:
-    """A checked trace file: every field typed, every array decoded, all of them consistent."""
-
-    canvas_length: int | None
-    vocab_size: int | None
-    row: int
-    prompt: str | None
-    prompt_ids: list[int] | None
-    settings: dict[str, Any]
-    title: str | None
-    complete: bool
-    vocab: dict[int, str | None]
-    scalars: dict[str, list]  # SCALAR_FIELDS, R entries each (ints; temperature floats)
-    arrays: dict[str, np.ndarray | None]  # ARRAY_DTYPES, [R, L] or [R, L, k] (top-k fields may be None)
-
-    @property
-    def num_rounds(self) -> int:
-        return len(self.scalars["canvas_index"])
+Parsed = tuple[dict[str, Any], dict[int, str | None], dict[str, Any]]  # meta, vocab, rounds (see parse_document)
 
 
 # ---- reading the bytes -------------------------------------------------------------------------------
 def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
     """The most bytes a file of `compressed_size` may inflate to (`max_bytes` overrides)."""
-    if max_bytes is not None:
-        return max_bytes
-    return min(MAX_TRACE_BYTES, max(INFLATE_FLOOR, INFLATE_RATIO * compressed_size))
+    return min(MAX_TRACE_BYTES, max(INFLATE_FLOOR, INFLATE_RATIO * compressed_size)) if max_bytes is None else max_bytes
 
 
 def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
@@ -213,8 +179,9 @@ def _too_big(path: Path, what: str, limit: int) -> str:
 
 
 # ---- checking the fields -----------------------------------------------------------------------------
-def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
-    """Check every field of a trace document (the JSON value of a file) and decode its arrays."""
+def parse_document(doc: Any, source: str = "the trace") -> Parsed:
+    """A trace document (the JSON value of a file), every field checked: (meta, as DenoisingTrace keeps it;
+    vocab; rounds: SCALAR_FIELDS as lists, ARRAY_DTYPES decoded to [R, L] or [R, L, k] arrays or None)."""
     if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
         raise TraceError(f"{source} is not a dgemma denoising trace (no \"format\": \"{FORMAT}\"): "
                          "load a file written by DenoisingTrace.save.")
@@ -227,7 +194,7 @@ def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
             raise TraceError(f"{source} is missing or has malformed fields ({key!r} is missing): {FIX}.")
     try:
         fields = _parse(doc)
-        problem = _consistency(fields)
+        problem = _consistency(*fields)
     except _Invalid as e:
         raise TraceError(f"{source} has a malformed field: {e}. The file was edited or damaged: {FIX}.") from None
     except _Missing as e:
@@ -237,12 +204,15 @@ def parse_document(doc: Any, source: str = "the trace") -> TraceFields:
     return fields
 
 
-def checked_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """A trace's settings typed as a file's are (lists, ints, floats), and why they are not valid ("" when they are)."""
+def checked_settings(settings: Any) -> dict[str, Any]:
+    """The SETTINGS of a dict or a GenerationSettings (None: none), checked as a file's are, so that what a
+    trace saves it loads back."""
+    if not isinstance(settings, dict):
+        settings = {key: getattr(settings, key) for key in SETTING_KEYS if hasattr(settings, key)}
     try:
-        return _settings(settings, "settings"), ""
+        return _settings({key: settings[key] for key in SETTING_KEYS if key in settings}, "settings")
     except _Invalid as e:
-        return {}, str(e)
+        raise InputError(f"trace settings: {e}. Pass the run's GenerationSettings (result.settings).") from None
 
 
 def _required(mapping: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> None:
@@ -251,14 +221,15 @@ def _required(mapping: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> 
             raise _Missing(f"{where}{key}")
 
 
-def _parse(doc: Mapping[str, Any]) -> TraceFields:
+def _parse(doc: Mapping[str, Any]) -> Parsed:
     meta = _mapping(doc["meta"], "meta")
     _required(meta, "meta.", ("canvas_length",))
     rounds = _mapping(doc["rounds"], "rounds")
     _required(rounds, "rounds.", SCALAR_FIELDS)
-    scalars = {name: _list(rounds[name], f"rounds.{name}", check) for name, check in (
-        ("canvas_index", _int), ("step", _step), ("remaining", _int), ("temperature", _number))}
-    no_rounds = not scalars["canvas_index"]
+    columns = {name: _list(rounds[name], f"rounds.{name}", check) for name, check in (
+        ("canvas_index", _int), ("step", lambda v, f: _int(v, f, low=1)), ("remaining", _int),
+        ("temperature", _number))}
+    no_rounds = not columns["canvas_index"]
     length = meta["canvas_length"]
     if length is not None or not no_rounds:
         length = _int(length, "meta.canvas_length", low=1, want=f"an integer in 1..{INT32_MAX} (the canvas length)"
@@ -278,15 +249,15 @@ def _parse(doc: Mapping[str, Any]) -> TraceFields:
             raise _Invalid(f"vocab has the key {short_repr(key)}, but its keys must be token ids in 0..{INT32_MAX} "
                            "written in decimal")
         vocab[int(key)] = _text(text, f"vocab[{key!r}]")
-    arrays = {name: None if rounds.get(name) is None else _array(rounds[name], name) for name in ARRAY_DTYPES}
+    columns.update({name: None if rounds.get(name) is None else _array(rounds[name], name) for name in ARRAY_DTYPES})
     _required(rounds, "rounds.", REQUIRED_ARRAYS)
     complete = meta.get("complete", False)
     _need(isinstance(complete, bool), "meta.complete", complete, "true or false")
-    return TraceFields(
-        canvas_length=length, vocab_size=vocab_size,
-        row=_int(meta.get("row", 0), "meta.row", want="a batch row index >= 0"),
-        prompt=_text(meta.get("prompt"), "meta.prompt"), prompt_ids=prompt_ids, settings=settings,
-        title=_text(meta.get("title"), "meta.title"), complete=complete, vocab=vocab, scalars=scalars, arrays=arrays)
+    checked = dict(canvas_length=length, vocab_size=vocab_size,
+                   row=_int(meta.get("row", 0), "meta.row", want="a batch row index >= 0"),
+                   prompt=_text(meta.get("prompt"), "meta.prompt"), prompt_ids=prompt_ids, settings=settings,
+                   title=_text(meta.get("title"), "meta.title"), complete=complete)
+    return checked, vocab, columns
 
 
 def _settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -328,41 +299,40 @@ def _array(spec: Any, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).astype(dtype)
 
 
-def _consistency(f: TraceFields) -> str:
+def _consistency(meta: dict[str, Any], vocab: dict[int, str | None], rounds: dict[str, Any]) -> str:
     """What does not fit together (shapes, id ranges, order), as a phrase; "" when all does."""
-    R, L, V = f.num_rounds, f.canvas_length or 0, f.vocab_size
-    for name, values in f.scalars.items():
-        if len(values) != R:
-            return f"{name} has {len(values)} entries but canvas_index has {R}"
-    arrays = f.arrays
+    R, L, V = len(rounds["canvas_index"]), meta["canvas_length"] or 0, meta["vocab_size"]
+    for name in SCALAR_FIELDS:
+        if len(rounds[name]) != R:
+            return f"{name} has {len(rounds[name])} entries but canvas_index has {R}"
     for name in REQUIRED_ARRAYS:
-        if arrays[name] is None or arrays[name].shape != (R, L):
-            got = None if arrays[name] is None else list(arrays[name].shape)
+        if rounds[name] is None or rounds[name].shape != (R, L):
+            got = None if rounds[name] is None else list(rounds[name].shape)
             return f"{name} has shape {got}, expected [{R}, {L}] (rounds x canvas_length)"
-    top_ids, top_probs = arrays["top_ids"], arrays["top_probs"]
+    top_ids, top_probs = rounds["top_ids"], rounds["top_probs"]
     if (top_ids is None) != (top_probs is None):
         return "top_ids and top_probs must both be present or both be null"
     if top_ids is not None and (top_ids.ndim != 3 or top_ids.shape[:2] != (R, L) or top_ids.shape != top_probs.shape
                                 or (R * L and top_ids.shape[2] < 1)):
         return f"top_ids {list(top_ids.shape)} / top_probs {list(top_probs.shape)} must both be [{R}, {L}, k], k >= 1"
-    ids = [a for a in (arrays["canvas_ids"], arrays["argmax_ids"], top_ids) if a is not None and a.size]
+    ids = [a for a in (rounds["canvas_ids"], rounds["argmax_ids"], top_ids) if a is not None and a.size]
     if ids:
         low, high = min(int(a.min()) for a in ids), max(int(a.max()) for a in ids)
         if low < 0 or (V is not None and high >= V):
             return f"token ids span {low}..{high}, outside the vocabulary 0..{(V or 0) - 1}"
     if V is not None:
-        eos = f.settings.get("eos_token_ids") or []
-        for field, values in (("meta.prompt_ids", f.prompt_ids or []), ("vocab", list(f.vocab)),
-                              ("meta.settings.eos_token_ids", eos),
-                              ("meta.settings.pad_token_id", [f.settings.get("pad_token_id", 0)])):
+        settings = meta["settings"]
+        for field, values in (("meta.prompt_ids", meta["prompt_ids"] or []), ("vocab", list(vocab)),
+                              ("meta.settings.eos_token_ids", settings.get("eos_token_ids") or []),
+                              ("meta.settings.pad_token_id", [settings.get("pad_token_id", 0)])):
             outside = [t for t in values if t >= V]
             if outside:
                 return f"{field} holds token id {outside[0]}, outside the vocabulary 0..{V - 1} (meta.vocab_size)"
-    if not np.isfinite(arrays["entropy"]).all():
+    if not np.isfinite(rounds["entropy"]).all():
         return "entropy holds NaN or infinite values (entropies are finite)"
     if top_probs is not None and not (np.isfinite(top_probs).all() and ((top_probs >= 0) & (top_probs <= 1.001)).all()):
         return "top_probs holds values outside 0..1 (or NaN): they are probabilities"
-    if any(b < a for a, b in zip(f.scalars["canvas_index"], f.scalars["canvas_index"][1:])):
+    if any(b < a for a, b in zip(rounds["canvas_index"], rounds["canvas_index"][1:])):
         return "canvas_index goes backwards"
     return ""
 
