@@ -11,10 +11,9 @@ def __getattr__(name: str):
     # use, so that the trace works without them.
     import importlib
 
-    if name == "DenoisingPlayer":
-        return importlib.import_module(".player", __name__).DenoisingPlayer
-    if name == "player":
-        return importlib.import_module(".player", __name__)
+    if name in ("DenoisingPlayer", "player"):
+        player = importlib.import_module(".player", __name__)
+        return player if name == "player" else player.DenoisingPlayer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

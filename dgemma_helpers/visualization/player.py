@@ -52,7 +52,6 @@ class DenoisingPlayer(anywidget.AnyWidget):
         live = not trace.complete and len(trace) == 0
         super().__init__(speed=float(speed), autoplay=live if autoplay is None else bool(autoplay), **kwargs)
         self.trace = trace
-        self._synced = 0  # rounds in the last `_data` snapshot
         self._outputs: list[DisplayHandle] = []  # where this player was displayed: finish() updates them
         self.on_msg(self._on_front_end_message)
         self._snapshot()
@@ -108,7 +107,6 @@ class DenoisingPlayer(anywidget.AnyWidget):
     def load(self, trace: DenoisingTrace) -> None:
         """Show another trace in this player."""
         self.trace = trace
-        self._synced = 0
         self._snapshot()
 
     def save_html(self, path: str | os.PathLike) -> Path:
@@ -117,7 +115,7 @@ class DenoisingPlayer(anywidget.AnyWidget):
 
     def _snapshot(self) -> None:
         self._data = self.trace.to_payload()
-        self._synced = len(self.trace)
+        self._synced = len(self.trace)  # rounds in the last `_data` snapshot
 
     def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "sync":

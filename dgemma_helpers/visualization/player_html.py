@@ -9,11 +9,8 @@ import base64
 import hashlib
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
-
-from ..atomic import atomic_file
 
 STATIC = Path(__file__).parent / "static"
 
@@ -67,12 +64,3 @@ def player_html(payload: dict[str, Any], *, speed: float = 4.0) -> str:
     title = (payload.get("meta") or {}).get("title") or "DiffusionGemma denoising trace"
     return PAGE.format(script_hash=f"sha256-{digest}", title=html.escape(str(title)), css=css,
                        data=json_for_script(payload), script=script)
-
-
-def write_player_html(payload: dict[str, Any], path: str | os.PathLike, *, speed: float = 4.0) -> Path:
-    """Write the player page for `payload` (DenoisingTrace.to_payload()) to `path`, atomically."""
-    path = Path(path)
-    page = player_html(payload, speed=speed)
-    with atomic_file(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return path

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, atomic_write
 from ..errors import InputError
 from ..sampler import finalize_canvas
 from ..tokenizer import readable
-from .player_html import write_player_html
+from .player_html import player_html
 from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, VERSION, checked_settings, encode_array,
                          parse_document, read_document)
 
@@ -319,7 +319,7 @@ class DenoisingTrace:
     # ---- exports (the drawing lives in plots/denoising.py and player_html.py) ---------------------------------
     def save_html(self, path: str | os.PathLike, *, speed: float = 4.0) -> Path:
         """One self-contained HTML file that plays this trace offline (no network, no CDN)."""
-        return write_player_html(self.to_payload(), _out_path(path), speed=_rate(speed, "speed"))
+        return atomic_write(_out_path(path), player_html(self.to_payload(), speed=_rate(speed, "speed")))
 
     def save_gif(self, path: str | os.PathLike, *, fps: float = 4.0, canvases: list[int] | None = None) -> Path:
         """An animated GIF of the rounds (matplotlib + Pillow), one frame per round."""
