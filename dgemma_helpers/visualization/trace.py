@@ -27,6 +27,7 @@ from ..atomic import atomic_file, atomic_write
 from ..errors import InputError
 from ..sampler import finalize_canvas
 from ..tokenizer import readable
+from ..validate import check
 from .player_html import player_html
 from .trace_file import (ARRAY_DTYPES, FORMAT, INT32_MAX, SCALAR_FIELDS, VERSION, checked_settings, encode_array,
                          parse_document, read_document)
@@ -55,12 +56,11 @@ class DenoisingTrace:
     def __init__(self, canvas_length: int | None = None, *, tokenizer: Any = None, vocab_size: int | None = None,
                  prompt: str | None = None, prompt_ids: list[int] | None = None,
                  settings: dict[str, Any] | Any = None, row: int = 0, title: str | None = None) -> None:
-        if type(row) is not int or row < 0:
-            raise InputError(f"row must be a batch row index >= 0 (got {row!r}).")
+        check(type(row) is int and row >= 0, InputError, f"row must be a batch row index >= 0 (got {row!r}).")
         for name, value in (("canvas_length", canvas_length), ("vocab_size", vocab_size)):
-            if value is not None and (type(value) is not int or not 1 <= value <= INT32_MAX + 1):
-                raise InputError(f"{name} must be a positive integer or None (got {value!r}): take it from the "
-                                 "model (DenoisingTrace.from_model(model)).")
+            check(value is None or (type(value) is int and 1 <= value <= INT32_MAX + 1), InputError,
+                  f"{name} must be a positive integer or None (got {value!r}): take it from the model "
+                  "(DenoisingTrace.from_model(model)).")
         if prompt_ids is not None and (not isinstance(prompt_ids, (list, tuple)) or any(
                 type(t) is not int or not 0 <= t <= INT32_MAX for t in prompt_ids)):
             raise InputError(f"prompt_ids must be a list of token ids (got {prompt_ids!r:.80}).")
@@ -98,25 +98,21 @@ class DenoisingTrace:
     def record(self, record: Any) -> bool:
         """Add one StepRecord (pass `on_step=trace.record` to generate). Returns False when the round
         is skipped because this trace's row was frozen in it."""
-        if self.complete:
-            raise InputError("this trace is finished (finish() was called): record a new generation into a new "
-                             "DenoisingTrace.")
+        check(not self.complete, InputError, "this trace is finished (finish() was called): record a new generation "
+              "into a new DenoisingTrace.")
         canvas = record.canvas_ids
-        if canvas.ndim != 2:
-            raise InputError(f"expected a StepRecord with canvas_ids of shape [batch, canvas] (got "
-                             f"{list(canvas.shape)}): pass on_step=trace.record to generate().")
+        check(canvas.ndim == 2, InputError, f"expected a StepRecord with canvas_ids of shape [batch, canvas] (got "
+              f"{list(canvas.shape)}): pass on_step=trace.record to generate().")
         B, L = canvas.shape
-        if self.row >= B:
-            raise InputError(f"this trace follows batch row {self.row}, but the batch has {B} row(s): "
-                             f"make the trace with row= in 0..{B - 1}.")
+        check(self.row < B, InputError, f"this trace follows batch row {self.row}, but the batch has {B} row(s): "
+              f"make the trace with row= in 0..{B - 1}.")
         if self.canvas_length is None:
             self.canvas_length = L
-        if L != self.canvas_length:
-            raise InputError(f"the record's canvas has {L} tokens but this trace's has {self.canvas_length}: "
-                             "make the trace from the model that generates (DenoisingTrace.from_model(model)).")
-        if self.rounds and record.canvas_index < self.rounds[-1].canvas_index:
-            raise InputError("this record starts a new generation but the trace already holds one: "
-                             "record each generation into a new DenoisingTrace.")
+        check(L == self.canvas_length, InputError, f"the record's canvas has {L} tokens but this trace's has "
+              f"{self.canvas_length}: make the trace from the model that generates (DenoisingTrace.from_model(model)).")
+        check(not self.rounds or record.canvas_index >= self.rounds[-1].canvas_index, InputError,
+              "this record starts a new generation but the trace already holds one: record each generation into a "
+              "new DenoisingTrace.")
         if not bool(record.active[self.row]):
             return False
         scalars = {name: (float if name == "temperature" else int)(getattr(record, name)) for name in SCALAR_FIELDS}
@@ -131,19 +127,17 @@ class DenoisingTrace:
         """Mark the trace complete. With the GenerationResult of the run, also take its exact prompt ids
         and settings, and check that the committed canvases are the result's tokens."""
         if result is not None:
-            if self.row >= len(result.prompt_ids):
-                raise InputError(f"this trace follows row {self.row} but the result has {len(result.prompt_ids)} "
-                                 "row(s): pass the result of the generate call that fed this trace.")
+            check(self.row < len(result.prompt_ids), InputError, f"this trace follows row {self.row} but the result "
+                  f"has {len(result.prompt_ids)} row(s): pass the result of the generate call that fed this trace.")
             self.prompt_ids = list(result.prompt_ids[self.row])
             if self.prompt is None and self.tokenizer is not None:
                 self.prompt = self.tokenizer.decode(self.prompt_ids, skip_special_tokens=True)
             self.settings = checked_settings(result.settings)
             ours = self.tokens()
             theirs = result.token_ids[self.row].tolist()
-            if ours != theirs:
-                raise InputError(f"the result's tokens differ from the canvases this trace recorded (first "
-                                 f"{min(len(ours), len(theirs))} tokens compared): pass the result of the generate "
-                                 "call whose on_step fed this trace.")
+            check(ours == theirs, InputError, f"the result's tokens differ from the canvases this trace recorded "
+                  f"(first {min(len(ours), len(theirs))} tokens compared): pass the result of the generate call whose "
+                  "on_step fed this trace.")
         self.complete = True
         return self
 
@@ -168,8 +162,8 @@ class DenoisingTrace:
         if name in SCALAR_FIELDS:
             return np.array([getattr(rd, name) for rd in self.rounds], dtype=np.float64 if name == "temperature"
                             else np.int32)
-        if name not in ARRAY_DTYPES:
-            raise InputError(f"unknown trace field {name!r}; fields: {list(SCALAR_FIELDS) + list(ARRAY_DTYPES)}")
+        check(name in ARRAY_DTYPES, InputError,
+              f"unknown trace field {name!r}; fields: {list(SCALAR_FIELDS) + list(ARRAY_DTYPES)}")
         if not self.rounds:
             return None if name.startswith("top_") else np.zeros((0, self.canvas_length or 0), ARRAY_DTYPES[name])
         values = [getattr(rd, name) for rd in self.rounds]
@@ -336,14 +330,14 @@ class DenoisingTrace:
 
 # ---- helpers ----------------------------------------------------------------------------------------
 def _out_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise InputError(f"an output path must be a non-empty str or pathlib.Path (got {path!r:.80}).")
+    check(isinstance(path, (str, os.PathLike)) and str(path), InputError,
+          f"an output path must be a non-empty str or pathlib.Path (got {path!r:.80}).")
     return Path(path)
 
 
 def _rate(value: Any, name: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a finite number > 0, in rounds per second (got {value!r:.80}).")
+    check(type(value) in (int, float) and math.isfinite(value) and value > 0, InputError,
+          f"{name} must be a finite number > 0, in rounds per second (got {value!r:.80}).")
     return float(value)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, TraceError
-from ..validate import clip, is_int, is_number, short_repr
+from ..validate import check, clip, is_int, is_number, short_repr
 
 FORMAT = "dgemma-denoising-trace"
 VERSION = 1
@@ -114,15 +114,13 @@ def inflate_limit(compressed_size: int, max_bytes: int | None = None) -> int:
 
 def read_document(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """The JSON value in a trace file (gzip, or plain JSON), read within inflate_limit()."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TraceError(f"a trace path must be a str or a pathlib.Path (got {short_repr(path)}): pass the file's "
-                         "path, e.g. DenoisingTrace.load(\"trace.json.gz\").")
-    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
-        raise TraceError(f"max_bytes must be a positive integer number of bytes (got {short_repr(max_bytes)}), or None "
-                         "for the default limit.")
+    check(isinstance(path, (str, os.PathLike)), TraceError, f"a trace path must be a str or a pathlib.Path (got "
+          f"{short_repr(path)}): pass the file's path, e.g. DenoisingTrace.load(\"trace.json.gz\").")
+    check(max_bytes is None or (is_int(max_bytes) and max_bytes >= 1), TraceError, "max_bytes must be a positive "
+          f"integer number of bytes (got {short_repr(max_bytes)}), or None for the default limit.")
     path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"no trace file at {str(path)!r}: save one with trace.save(path) first, or check the path.")
+    check(path.is_file(), TraceError, f"no trace file at {str(path)!r}: save one with trace.save(path) first, or "
+          "check the path.")
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -163,11 +161,9 @@ def _inflate(f: Any, path: Path, size: int, limit: int) -> bytearray:
 
 
 def _read_plain(f: Any, path: Path, size: int, limit: int) -> bytes:
-    if size > limit:
-        raise TraceError(_too_big(path, f"is {size:,} bytes", limit))
+    check(size <= limit, TraceError, _too_big(path, f"is {size:,} bytes", limit))
     raw = f.read(limit + 1)  # the file may have grown since the size was taken
-    if len(raw) > limit:
-        raise TraceError(_too_big(path, f"is more than {limit:,} bytes", limit))
+    check(len(raw) <= limit, TraceError, _too_big(path, f"is more than {limit:,} bytes", limit))
     return raw
 
 
@@ -182,16 +178,13 @@ def _too_big(path: Path, what: str, limit: int) -> str:
 def parse_document(doc: Any, source: str = "the trace") -> Parsed:
     """A trace document (the JSON value of a file), every field checked: (meta, as DenoisingTrace keeps it;
     vocab; rounds: SCALAR_FIELDS as lists, ARRAY_DTYPES decoded to [R, L] or [R, L, k] arrays or None)."""
-    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
-        raise TraceError(f"{source} is not a dgemma denoising trace (no \"format\": \"{FORMAT}\"): "
-                         "load a file written by DenoisingTrace.save.")
+    check(isinstance(doc, Mapping) and doc.get("format") == FORMAT, TraceError, f"{source} is not a dgemma "
+          f"denoising trace (no \"format\": \"{FORMAT}\"): load a file written by DenoisingTrace.save.")
     version = doc.get("version")
-    if type(version) is not int or version != VERSION:
-        raise TraceError(f"{source} is trace format version {version!r}, but this dgemma_helpers reads version "
-                         f"{VERSION}: {FIX}, or use the dgemma_helpers version that wrote it.")
+    check(is_int(version) and version == VERSION, TraceError, f"{source} is trace format version {version!r}, but "
+          f"this dgemma_helpers reads version {VERSION}: {FIX}, or use the dgemma_helpers version that wrote it.")
     for key in ("meta", "vocab", "rounds"):
-        if key not in doc:
-            raise TraceError(f"{source} is missing or has malformed fields ({key!r} is missing): {FIX}.")
+        check(key in doc, TraceError, f"{source} is missing or has malformed fields ({key!r} is missing): {FIX}.")
     try:
         fields = _parse(doc)
         problem = _consistency(*fields)
@@ -199,8 +192,7 @@ def parse_document(doc: Any, source: str = "the trace") -> Parsed:
         raise TraceError(f"{source} has a malformed field: {e}. The file was edited or damaged: {FIX}.") from None
     except _Missing as e:
         raise TraceError(f"{source} is missing or has malformed fields ({e} is missing): {FIX}.") from None
-    if problem:
-        raise TraceError(f"{source} is inconsistent: {problem}. The file was edited or damaged: {FIX}.")
+    check(not problem, TraceError, f"{source} is inconsistent: {problem}. The file was edited or damaged: {FIX}.")
     return fields
 
 
