@@ -342,7 +342,6 @@ def _rate(value: Any, name: str) -> float:
 
 
 def _canvases(canvases: Any) -> list[int] | None:
-    if canvases is not None and (not isinstance(canvases, (list, tuple, range)) or any(
-            type(c) is not int for c in canvases)):
-        raise InputError(f"canvases must be a list of canvas indices, or None for all (got {canvases!r:.80}).")
+    check(canvases is None or (isinstance(canvases, (list, tuple, range)) and all(type(c) is int for c in canvases)),
+          InputError, f"canvases must be a list of canvas indices, or None for all (got {canvases!r:.80}).")
     return None if canvases is None else list(canvases)
