@@ -66,7 +66,8 @@ def generate_autoregressive(
     t_start = time.perf_counter()
     if seed is not None and not is_int(seed):
         raise InputError(f"seed must be an int or None (got {type(seed).__name__}).")
-    pick = token_picker(temperature, seed, model.device)
+    device = model.device
+    pick = token_picker(temperature, seed, device)
     settings = resolve_settings(model, dict(max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids))
     pad, n_new = settings.pad_token_id, settings.max_new_tokens
     ids, valid, prompt_ids = prompt_batch(model, prompt, messages, input_ids, thinking, pad)
@@ -75,42 +76,16 @@ def generate_autoregressive(
         raise InputError(f"the prompt ({P} tokens) plus {n_new} new tokens exceeds the model's context of "
                          f"{model.config.max_position_embeddings} tokens: shorten the prompt or max_new_tokens.")
     # The last new token is never encoded: nothing reads its keys.
-    cache = KVCache(model.config, B, P + n_new - 1, device=model.device, dtype=model.dtype)
+    cache = KVCache(model.config, B, P + n_new - 1, device=device, dtype=model.dtype)
     timings = ARTimings()
     logits = model.logits(prefill(model, ids, cache, valid)[:, -1:])[:, 0]
-    synchronize(model.device)
+    synchronize(device)
     timings.prefill_s = time.perf_counter() - t_start
-    tokens, forwards = decode_tokens(model, cache, logits, pick, settings, timings, t_start)
-    texts = [decode(model.tokenizer, [t for t in row if t != pad]) for row in tokens.tolist()]
-    timings.total_s = time.perf_counter() - t_start
-    return ARResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids, num_forwards=forwards, timings=timings)
-
-
-def token_picker(temperature: float, seed: int | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Greedy at temperature 0; above it, samples from softmax(logits / temperature) with a private
-    generator (seeded, or fresh entropy: the global RNG stays untouched)."""
-    if not is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
-        raise InputError(f"temperature must be a finite number >= 0, 0 meaning greedy (got {temperature!r}).")
-    if temperature == 0:
-        return lambda logits: logits.argmax(dim=-1)
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    return lambda logits: torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
-
-
-def decode_tokens(model: DiffusionGemma, cache: KVCache, logits: torch.Tensor, pick, settings, timings: ARTimings,
-                  t_start: float) -> tuple[torch.Tensor, int]:
-    """One token per forward pass from the prefill's `logits` on: the tokens [B, n] (pad after a row's
-    EOS) and the passes run; fills the first token's and first canvas's timings."""
-    device, pad, n_new = model.device, settings.pad_token_id, settings.max_new_tokens
     eos = torch.tensor(settings.eos_token_ids, device=device) if settings.eos_token_ids else None
-    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
     forwards, t0 = 0, time.perf_counter()
-    for i in range(n_new):
+    for i in range(n_new):  # one token per forward pass; a finished row writes pad
         token = torch.where(finished, pad, pick(logits))
         out.append(token)
         if eos is not None:
@@ -129,7 +104,25 @@ def decode_tokens(model: DiffusionGemma, cache: KVCache, logits: torch.Tensor, p
     timings.decode_s = time.perf_counter() - t0
     if not timings.first_canvas_s:  # fewer tokens than a canvas: the whole output is the first chunk
         timings.first_canvas_s = time.perf_counter() - t_start
-    return torch.stack(out, dim=1).cpu(), forwards
+    tokens = torch.stack(out, dim=1).cpu()
+    texts = [decode(model.tokenizer, [t for t in row if t != pad]) for row in tokens.tolist()]
+    timings.total_s = time.perf_counter() - t_start
+    return ARResult(token_ids=tokens, texts=texts, prompt_ids=prompt_ids, num_forwards=forwards, timings=timings)
+
+
+def token_picker(temperature: float, seed: int | None, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Greedy at temperature 0; above it, samples from softmax(logits / temperature) with a private
+    generator (seeded, or fresh entropy: the global RNG stays untouched)."""
+    if not is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"temperature must be a finite number >= 0, 0 meaning greedy (got {temperature!r}).")
+    if temperature == 0:
+        return lambda logits: logits.argmax(dim=-1)
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return lambda logits: torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
 
 
 @torch.inference_mode()
