@@ -100,11 +100,9 @@ def add_serve_parser(sub) -> None:
     s = sub.add_parser("vllm-serve", help="start vLLM's OpenAI-compatible server for a checkpoint with the kit's settings")
     s.add_argument("--model", required=True, help="checkpoint directory")
     s.add_argument("--steps", type=int, help="max denoising steps per canvas (also vLLM's temperature schedule)")
-    s.add_argument("--entropy-bound", type=float)
-    s.add_argument("--t-min", type=float)
-    s.add_argument("--t-max", type=float)
-    s.add_argument("--stability-threshold", type=int)
-    s.add_argument("--confidence-threshold", type=float)
+    for flag, kind in (("--entropy-bound", float), ("--t-min", float), ("--t-max", float),
+                       ("--stability-threshold", int), ("--confidence-threshold", float)):
+        s.add_argument(flag, type=kind)
     s.add_argument("--no-early-stop", action="store_true", help="run every denoising step")
     s.add_argument("--host", default=LOOPBACK, help="address to bind (default %(default)s: this machine only)")
     s.add_argument("--port", type=int, help="port (default: a free one)")
