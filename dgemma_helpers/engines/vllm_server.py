@@ -16,20 +16,16 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..errors import EngineError, InputError, MissingToolError
 from ..generation import Timings
 from ..signals import deferred, end_group, start_group
 from .vllm import Request, StartSettings, VLLMBase, counter_deltas, counter_totals
-from .vllm_setup import START_SETTINGS, engine_args, vllm_status
+from .vllm_setup import START_SETTINGS, vllm_status
 
 LOOPBACK = "127.0.0.1"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -61,13 +57,8 @@ class VLLMServer(StartSettings):
     VLLMEngine. `python` is the interpreter that has vLLM (default: this one)."""
 
     def __init__(self, model_path: str | Path, *, host: str = LOOPBACK, port: int | None = None,
-                 python: str | Path | None = None, max_denoising_steps: int | None = None,
-                 entropy_bound: float | None = None, t_min: float | None = None, t_max: float | None = None,
-                 stability_threshold: int | None = None, confidence_threshold: float | None = None,
-                 eos_token_ids: Sequence[int] | None = None, **engine_kwargs: Any) -> None:
-        super().__init__(model_path, dict(max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound,
-                                          t_min=t_min, t_max=t_max, stability_threshold=stability_threshold,
-                                          confidence_threshold=confidence_threshold, eos_token_ids=eos_token_ids))
+                 python: str | Path | None = None, **engine_kwargs: Any) -> None:
+        super().__init__(model_path, {k: engine_kwargs.pop(k) for k in START_SETTINGS if k in engine_kwargs})
         self.python = str(python or sys.executable)
         if python is None:
             usable, why = vllm_status()
@@ -82,11 +73,9 @@ class VLLMServer(StartSettings):
 
     def command(self) -> list[str]:
         """The server's command line (this writes the generation_config directory it reads)."""
-        gen_dir = self.new_generation_dir()
-        args = engine_args(self.path, self.config, self.settings, gen_dir, cpu=not torch.cuda.is_available(),
-                           **self.engine_kwargs)
-        return [self.python, "-m", SERVER_MODULE, "--host", self.host, "--port", str(self.port), *cli_flags(args),
-                "--middleware", f"{__name__}.{PublishedSettings.__name__}"]
+        return [self.python, "-m", SERVER_MODULE, "--host", self.host, "--port", str(self.port),
+                *cli_flags(self.start_args(**self.engine_kwargs)), "--middleware",
+                f"{__name__}.{PublishedSettings.__name__}"]
 
     def published(self) -> dict[str, Any]:
         """What GET /dgemma/settings answers, by the kit's names."""
@@ -100,29 +89,26 @@ class VLLMServer(StartSettings):
         if self.process is not None:
             raise EngineError(f"this server is already running at {self.url}.")
         try:
-            self._start(timeout_s)
+            cmd = self.cmd = self.command()
+            self.log_path = self._tmp / "server.log"
+            env = dict(os.environ, **{SETTINGS_ENV: json.dumps(self.published())})
+            with open(self.log_path, "wb") as logf:  # a file, not a pipe: a full pipe would stall the server
+                self.process = start_group(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    raise EngineError(f"the vLLM server exited with code {code} while starting "
+                                      f"({' '.join(cmd)}); the end of its log:\n{self.log_tail()}")
+                if _get(self.url + "/health", timeout=2) is not None:
+                    return self
+                time.sleep(1.0)
+            raise EngineError(f"the vLLM server did not answer at {self.url} within {timeout_s:.0f} s; "
+                              f"its log ended:\n{self.log_tail()}")
         except BaseException:
             self.stop()
             raise
-        return self
-
-    def _start(self, timeout_s: float) -> None:
-        cmd = self.cmd = self.command()
-        self.log_path = self._tmp / "server.log"
-        env = dict(os.environ, **{SETTINGS_ENV: json.dumps(self.published())})
-        with open(self.log_path, "wb") as logf:  # a file, not a pipe: a full pipe would stall the server
-            self.process = start_group(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise EngineError(f"the vLLM server exited with code {code} while starting "
-                                  f"({' '.join(cmd)}); the end of its log:\n{self.log_tail()}")
-            if _get(self.url + "/health", timeout=2) is not None:
-                return
-            time.sleep(1.0)
-        raise EngineError(f"the vLLM server did not answer at {self.url} within {timeout_s:.0f} s; "
-                          f"its log ended:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 25) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -179,27 +165,22 @@ class VLLMServerClient(VLLMBase):
             assumed = "the given ones" if any(v is not None for v in start_settings.values()) else "the checkpoint's"
             self.settings_unknown = (
                 f"{self.url} is a plain vLLM server (not started by `python -m dgemma_helpers vllm-serve`): vLLM does "
-                "not tell a client the settings it started with, so this result assumes "
-                f"{assumed} ({s.max_denoising_steps} "
-                f"steps, entropy bound {s.entropy_bound:g}, t {s.t_min:g}-{s.t_max:g}), and a max_denoising_steps "
-                "above the server's own would be capped without a word")
+                f"not tell a client the settings it started with, so this result assumes {assumed} "
+                f"({s.max_denoising_steps} steps, entropy bound {s.entropy_bound:g}, t {s.t_min:g}-{s.t_max:g}), and a "
+                "max_denoising_steps above the server's own would be capped without a word")
         elif served["canvas_length"] != self.config.canvas_length:
             raise InputError(f"the server at {self.url} runs {served['model']} (canvas {served['canvas_length']}), "
                              f"not a checkpoint like {self.path} (canvas {self.config.canvas_length}): give its "
                              "checkpoint as the model.")
-        else:
-            self._check_given(start_settings)
+        else:  # a server the kit started: what the caller gives must be what it runs
+            for name, value in start_settings.items():
+                runs = getattr(self.settings, name)
+                if value is not None and (tuple(value) if name == "eos_token_ids" else value) != runs:
+                    raise InputError(f"{name}={value!r}, but the server at {self.url} runs with {runs!r} (its "
+                                     f"{SETTINGS_PATH}): leave {name} out, or {self.restart_hint(name, value)}.")
         card = json.loads(models)["data"][0]
         self.model_name, self.max_model_len = card["id"], card.get("max_model_len")
         self.api = openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
-
-    def _check_given(self, given: dict[str, Any]) -> None:
-        for name, value in given.items():
-            served = getattr(self.settings, name)
-            if value is not None and (tuple(value) if name == "eos_token_ids" else value) != served:
-                raise InputError(f"{name}={value!r}, but the server at {self.url} runs with {served!r} (its "
-                                 f"{SETTINGS_PATH}): leave {name} out, or "
-                                 f"{self.restart_hint(name, value)}.")
 
     def restart_hint(self, name: str, value: Any) -> str:
         flag = {"max_denoising_steps": "--steps"}.get(name, "--" + name.replace("_", "-"))
@@ -270,10 +251,7 @@ class PublishedSettings:
 
 
 def _token_ids(choice: Any) -> list[int]:
-    ids = getattr(choice, "token_ids", None)
-    if ids is None:
-        ids = (getattr(choice, "model_extra", None) or {}).get("token_ids")
-    return list(ids or [])
+    return list(getattr(choice, "token_ids", None) or [])  # vLLM's extra field (return_token_ids): openai keeps it
 
 
 def _get(url: str, timeout: float) -> str | None:
@@ -281,5 +259,5 @@ def _get(url: str, timeout: float) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own server's URL
             return r.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    except OSError:  # URLError, refused or reset connections, timeouts
         return None
