@@ -10,17 +10,17 @@ from .vllm import VLLMEngine
 from .vllm_server import LOOPBACK, SETTINGS_PATH, VLLMServer, VLLMServerClient
 
 ENGINES = ("kit", "vllm", "vllm-server")
-# Engine arguments a user may pass for scale and precision, with their types.
+# Engine arguments a user may pass for scale and precision, with their types (bool: a bare flag).
 ENGINE_FLAGS = {"tensor_parallel_size": int, "quantization": str, "max_num_seqs": int,
-                "gpu_memory_utilization": float, "max_model_len": int, "dtype": str}
+                "gpu_memory_utilization": float, "max_model_len": int, "dtype": str, "enable_expert_parallel": bool}
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, serving: bool = False) -> None:
     """vLLM's engine arguments (--dtype is the kit's own flag on `generate`)."""
     for name, kind in ENGINE_FLAGS.items():
         if name != "dtype" or serving:
-            p.add_argument("--" + name.replace("_", "-"), type=kind, help="vLLM engine argument")
-    p.add_argument("--enable-expert-parallel", action="store_true", default=None, help="vLLM engine argument")
+            how = dict(action="store_true", default=None) if kind is bool else dict(type=kind)
+            p.add_argument("--" + name.replace("_", "-"), **how, help="vLLM engine argument")
 
 
 def add_generate_arguments(g: argparse.ArgumentParser) -> None:
@@ -32,28 +32,13 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
-    names = list(ENGINE_FLAGS) + ["enable_expert_parallel"]
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ENGINE_FLAGS if getattr(args, k, None) is not None}
 
 
 def _start_settings(args: argparse.Namespace) -> dict:
     return dict(max_denoising_steps=args.steps, entropy_bound=args.entropy_bound, t_min=args.t_min,
                 t_max=args.t_max, stability_threshold=args.stability_threshold,
                 confidence_threshold=0.0 if args.no_early_stop else args.confidence_threshold)
-
-
-def _refuse_kit_flags(args: argparse.Namespace) -> None:
-    """The kit's own flags that vLLM has no use for."""
-    if args.device is not None:
-        raise InputError("--device is the kit's: vLLM places the model itself (GPUs when it has them; "
-                         "--tensor-parallel-size spreads it): leave --device out.")
-    if args.seed is not None:
-        raise InputError("--seed is not available with vLLM (it rejects per-request seeds): leave it out, or use "
-                         "--engine kit, which takes it.")
-    for flag, value, default in (("--rng", args.rng, "counter"), ("--path", args.path, "auto")):
-        if value != default:
-            raise InputError(f"{flag} {value} chooses among the kit's own samplers and steps; vLLM has its own: "
-                             f"leave {flag} out, or use --engine kit.")
 
 
 def _open_engine(args: argparse.Namespace) -> tuple[VLLMEngine | VLLMServerClient, dict]:
@@ -78,7 +63,17 @@ def _open_engine(args: argparse.Namespace) -> tuple[VLLMEngine | VLLMServerClien
 
 def generate(args: argparse.Namespace) -> None:
     """`generate --engine vllm|vllm-server`: the same prompt flags, the text, then vLLM's figures."""
-    _refuse_kit_flags(args)
+    # The kit's own flags, which vLLM has no use for.
+    if args.device is not None:
+        raise InputError("--device is the kit's: vLLM places the model itself (GPUs when it has them; "
+                         "--tensor-parallel-size spreads it): leave --device out.")
+    if args.seed is not None:
+        raise InputError("--seed is not available with vLLM (it rejects per-request seeds): leave it out, or use "
+                         "--engine kit, which takes it.")
+    for flag, value, default in (("--rng", args.rng, "counter"), ("--path", args.path, "auto")):
+        if value != default:
+            raise InputError(f"{flag} {value} chooses among the kit's own samplers and steps; vLLM has its own: "
+                             f"leave {flag} out, or use --engine kit.")
     engine, per_call = _open_engine(args)
     try:
         prompt = dict(messages=[{"role": "user", "content": args.chat}], thinking=args.thinking) if args.chat else \

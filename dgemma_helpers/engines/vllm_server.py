@@ -78,10 +78,9 @@ class VLLMServer(StartSettings):
                 f"{__name__}.{PublishedSettings.__name__}"]
 
     def published(self) -> dict[str, Any]:
-        """What GET /dgemma/settings answers, by the kit's names."""
-        published = {name: getattr(self.settings, name) for name in START_SETTINGS}
-        return dict(published, model=str(self.path), canvas_length=self.config.canvas_length,
-                    eos_token_ids=list(self.settings.eos_token_ids))
+        """What GET /dgemma/settings answers (as JSON), by the kit's names."""
+        return dict({name: getattr(self.settings, name) for name in START_SETTINGS}, model=str(self.path),
+                    canvas_length=self.config.canvas_length)
 
     def start(self, timeout_s: float = 900.0) -> VLLMServer:
         """Return once the server answers; on a failure or stop signal meanwhile, its process group and
