@@ -255,8 +255,7 @@ class VLLMEngine(VLLMBase):
         usable, why = vllm_status()
         if not usable:
             raise MissingToolError(why)
-        problem = shared_layer_scalar_problem(self.path)
-        if problem:
+        if problem := shared_layer_scalar_problem(self.path):
             log.warning("%s", problem)
         import vllm  # optional and heavy (seconds to import): only when an engine starts
 
