@@ -33,10 +33,6 @@ class Example:
     ids: list[int]  # the rendered conversation (without anything after the reply's end of turn)
     reply_start: int  # first supervised token: right after the assistant header
 
-    @property
-    def reply_end(self) -> int:
-        return len(self.ids)
-
 
 def read_conversations(data: str | os.PathLike | list) -> list[tuple[str, Conversation]]:
     """(where, messages) per example, from a JSONL file (one {"messages": [...]} per line) or a list of
@@ -129,7 +125,7 @@ def encode_examples(conversations: list[tuple[str, Conversation]], tokenizer, co
 
 
 def canvases(example: Example, canvas: int) -> int:
-    return math.ceil((example.reply_end - example.reply_start) / canvas)
+    return math.ceil((len(example.ids) - example.reply_start) / canvas)
 
 
 def padded_length(example: Example, canvas: int) -> int:
@@ -151,7 +147,7 @@ def make_batch(examples: list[Example], canvas: int, pad: int, generator: torch.
         k = canvas_index[i] if canvas_index is not None else \
             int(torch.randint(canvases(e, canvas), (1,), generator=generator))
         block_start[i] = e.reply_start + k * canvas
-        lm_mask[i, e.reply_start - 1: e.reply_end - 1] = 1  # targets at reply_start .. reply_end - 1
-        block_mask[i, : max(0, min(canvas, e.reply_end - int(block_start[i])))] = 1
+        lm_mask[i, e.reply_start - 1: len(e.ids) - 1] = 1  # targets at reply_start .. the reply's end of turn
+        block_mask[i, : max(0, min(canvas, len(e.ids) - int(block_start[i])))] = 1
     return Batch(tokens, block_start, lm_mask, block_mask)
 

@@ -21,16 +21,7 @@ from ..model import DiffusionGemma
 from ..train.objective import batch_loss
 from ..train.trainer import FinetuneConfig, load_state, optimizer_step, run_steps, save_state, seeded_generators
 from .data import Example, encode_examples, make_batch, padded_length, read_conversations
-from .lora import (
-    add_lora,
-    checkpoint_layers,
-    has_lora,
-    load_adapter,
-    lora_config,
-    merge,
-    save_adapter,
-    train_everything,
-)
+from .lora import add_lora, checkpoint_layers, has_lora, load_adapter, lora_config, merge, save_adapter
 
 
 def finetune(model: DiffusionGemma | str | os.PathLike, data, *, heldout=None, config: FinetuneConfig | None = None,
@@ -91,8 +82,9 @@ def _prepare(model: DiffusionGemma, examples: list[Example], config: FinetuneCon
                            training="full" if config.full else ("lora+experts" if config.experts else "lora"),
                            rank=config.rank)
     check_fits(need, model.device, "this fine-tuning run")
-    if config.full:
-        train_everything(model)
+    if config.full:  # every weight trains but the router's (frozen, as in the model's own recipe)
+        for name, p in model.named_parameters():
+            p.requires_grad_(".router." not in name)
     elif not has_lora(model):
         add_lora(model, lora_config(config.rank, config.alpha, config.experts), seed=config.seed)
     if config.gradient_checkpointing:

@@ -52,13 +52,6 @@ def add_lora(model: DiffusionGemma, config: LoraConfig, seed: int = 0) -> Diffus
     return model
 
 
-def train_everything(model: DiffusionGemma) -> DiffusionGemma:
-    """Full fine-tuning: every weight trains but the router's (frozen, as in the model's own recipe)."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(".router." not in name)
-    return model
-
-
 def has_lora(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
@@ -111,13 +104,10 @@ def merge(model: DiffusionGemma) -> DiffusionGemma:
     tuned = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     for _, module in tuned:
         module.merge()
-    for name, module in tuned:  # outermost first: a wrapped wrapper goes in one step
+    for name, module in tuned:  # outermost first: get_base_layer unwraps a wrapped wrapper in one step
         parent, _, child = name.rpartition(".")
-        base = module.get_base_layer()
-        while isinstance(base, BaseTunerLayer):
-            base = base.get_base_layer()
-        setattr(model.get_submodule(parent) if parent else model, child, base)
-    if hasattr(model, "peft_config"):
+        setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    if has_lora(model):
         del model.peft_config
     for p in model.parameters():
         p.requires_grad_(False)

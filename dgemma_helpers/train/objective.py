@@ -38,9 +38,8 @@ class TrainingContext:
         self._seq_len = 0
 
     def begin_encode(self, n: int, valid: torch.Tensor | None = None):
-        device = self.block_start.device
         self._mode, self._seq_len = "encode", n
-        pos = torch.arange(n, device=device)
+        pos = torch.arange(n, device=self.block_start.device)
         causal = pos[None, :] <= pos[:, None]
         sliding = causal & (pos[None, :] > pos[:, None] - self.config.sliding_window)
         return pos, {FULL: causal[None, None], SLIDING: sliding[None, None]}
@@ -88,7 +87,6 @@ class LossParts:
     total: torch.Tensor
     diffusion: torch.Tensor  # mean cross-entropy over the block
     lm: torch.Tensor  # encoder causal-LM cross-entropy
-    noise_level: torch.Tensor  # [B] the t drawn per example
 
 
 def corrupt(block: torch.Tensor, t: torch.Tensor, vocab: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -120,12 +118,10 @@ def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: tor
     lm_terms = F.cross_entropy(lm_logits.reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none")
     lm = lm_terms.mean() if lm_mask is None else (lm_terms * lm_mask.reshape(-1)).sum() / lm_mask.sum().clamp(min=1)
 
-    index = block_start[:, None] + torch.arange(C, device=device)
-    clean = tokens.gather(1, index)
+    clean = tokens.gather(1, block_start[:, None] + torch.arange(C, device=device))
     noisy = corrupt(clean, t, V, generator)
     with torch.no_grad():
-        first = model.logits(model.denoise(noisy, ctx))
-        soft = model.soft_embedding(first)
+        soft = model.soft_embedding(model.logits(model.denoise(noisy, ctx)))
     use_sc = torch.rand(B, generator=generator, device=device) < self_conditioning_p
     logits = model.logits(model.denoise(noisy, ctx, soft, soft_mask=use_sc))
     if block_mask is None:
@@ -133,7 +129,7 @@ def diffusion_loss(model: DiffusionGemma, tokens: torch.Tensor, block_start: tor
     else:
         terms = F.cross_entropy(logits.reshape(-1, V), clean.reshape(-1), reduction="none")
         diffusion = (terms * block_mask.reshape(-1)).sum() / block_mask.sum().clamp(min=1)
-    return LossParts(total=diffusion + lm_weight * lm, diffusion=diffusion, lm=lm, noise_level=t)
+    return LossParts(total=diffusion + lm_weight * lm, diffusion=diffusion, lm=lm)
 
 
 def batch_loss(model: DiffusionGemma, batch: Batch, **kwargs) -> LossParts:

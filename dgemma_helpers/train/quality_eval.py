@@ -42,8 +42,8 @@ class QualityReport:
 
     def table(self) -> str:
         rows = ["| measure | value |", "|---|---:|"]
-        for t, ce in self.heldout_ce.items():
-            rows.append(f"| held-out denoising cross-entropy, noise t={t} (nats/token) | {ce:.3f} |")
+        rows += [f"| held-out denoising cross-entropy, noise t={t} (nats/token) | {ce:.3f} |"
+                 for t, ce in self.heldout_ce.items()]
         rows += [
             f"| unigram baseline cross-entropy (nats/token) | {self.unigram_ce:.3f} |",
             f"| held-out encoder causal-LM cross-entropy (nats/token) | {self.lm_ce:.3f} |",
@@ -62,11 +62,9 @@ class QualityReport:
         return "\n".join(rows)
 
 
-def heldout_prompts(n: int, cache: Path = DEFAULT_CACHE, words_per_prompt: int = 24, offset: int = 0,
-                    corpus: Corpus | None = None) -> list[str]:
+def heldout_prompts(n: int, corpus: Corpus, words_per_prompt: int = 24, offset: int = 0) -> list[str]:
     """Openings from the held-out plays: a speech's first words, evenly spread through the works.
     `offset` shifts the choice: the sampler sweep tunes on other speeches than the evaluation uses."""
-    corpus = corpus or load_corpus(cache)
     pool = [s for w in corpus.heldout for s in speeches(w.text) if len(s.split()) >= words_per_prompt]
     step = max(1, len(pool) // n)
     return [" ".join(s.split()[:words_per_prompt]) for s in pool[offset % step::step][:n]]
@@ -103,7 +101,7 @@ def sampler_table(model_dir: str | Path, grid: list[dict], *, prompts: int = 16,
     in `grid`, on held-out prompts other than measure_quality's (how the tiny model's defaults were chosen)."""
     model = load_model(model_dir, device="cpu", dtype="float32")
     vocabulary = load_vocabulary(model_dir)
-    texts = heldout_prompts(prompts, cache, offset=1, corpus=corpus)
+    texts = heldout_prompts(prompts, corpus or load_corpus(cache), offset=1)
     rows = []
     for settings in grid:
         c = continuations(model, texts, max_new_tokens=max_new_tokens, seed=seed, **settings)
@@ -121,7 +119,7 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     model = load_model(model_dir, device="cpu", dtype="float32")
     vocabulary = load_vocabulary(model_dir)
     corpus = corpus or load_corpus(cache)
-    texts = heldout_prompts(prompts, corpus=corpus)
+    texts = heldout_prompts(prompts, corpus)
 
     data = TokenData(corpus, model.tokenizer, seq_len=256, canvas=model.config.canvas_length, chat_fraction=0.0)
     g = torch.Generator().manual_seed(seed)
@@ -137,18 +135,14 @@ def measure_quality(model_dir: str | Path, *, prompts: int = 16, max_new_tokens:
     untrained.tokenizer, untrained.generation_settings = model.tokenizer, model.generation_settings
     outs_untrained = continuations(untrained, texts, max_new_tokens=max_new_tokens, seed=seed).texts
 
-    validity_hf = None
-    if with_transformers:
-        validity_hf = word_validity(_transformers_continuations(model_dir, model, texts, max_new_tokens, seed),
-                                    vocabulary)
+    hf = _transformers_continuations(model_dir, model, texts, max_new_tokens, seed) if with_transformers else None
     return QualityReport(
-        heldout_ce=ce, unigram_ce=unigram, lm_ce=lm,
-        validity=word_validity(trained.texts, vocabulary),
+        heldout_ce=ce, unigram_ce=unigram, lm_ce=lm, validity=word_validity(trained.texts, vocabulary),
         validity_other_seeds=word_validity(reseeded.texts, vocabulary), words_per_token=trained.words_per_token(),
         heldout_words_per_token=sum(len(words(w.text)) for w in corpus.heldout) / len(data.heldout),
         validity_untrained=word_validity(outs_untrained, vocabulary),
-        validity_transformers=validity_hf, tokens_per_forward=trained.tokens_per_forward,
-        mean_steps_per_canvas=trained.steps_per_canvas,
+        validity_transformers=None if hf is None else word_validity(hf, vocabulary),
+        tokens_per_forward=trained.tokens_per_forward, mean_steps_per_canvas=trained.steps_per_canvas,
         max_denoising_steps=model.generation_settings.max_denoising_steps,
         samples=list(zip(texts[:3], trained.texts[:3])), seconds=time.perf_counter() - t0)
 

@@ -93,9 +93,8 @@ def make_random_checkpoint(path: str | os.PathLike, preset: str = "test", *, see
         settings = GenerationSettings(eos_token_ids=tuple(text["eos_token_id"]), pad_token_id=0)
         (tmp / "generation_config.json").write_text(json.dumps(generation_json(settings), indent=2) + "\n")
         if tokenizer:
-            tok = train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(text["vocab_size"], 400),
-                                  image_tokens=vision_config is not None)
-            tok.save_pretrained(tmp)
+            train_tokenizer([_SAMPLE_TEXT] * 4, vocab_size=min(text["vocab_size"], 400),
+                            image_tokens=vision_config is not None).save_pretrained(tmp)
         if vision_config is not None:
             (tmp / "processor_config.json").write_text(json.dumps(processor_json(vision_config, max_soft_tokens),
                                                                   indent=2) + "\n")

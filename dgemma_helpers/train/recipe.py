@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
@@ -121,8 +122,8 @@ tokens; seed {config.seed}.
 - Hardware: {hardware} ({precision}). Wall time: {minutes:.0f} minutes.
   {origin}
 - Final training loss: {last[loss]:.3f} (diffusion {last[diffusion]:.3f} + LM {last[lm]:.3f}).
-- Final held-out: LM {eval_lm:.3f}; diffusion at t=0.5
-  {eval_t05:.3f}, at t=1.0 {eval_t10:.3f} (nats/token).
+- Final held-out: LM {heldout[heldout_lm]:.3f}; diffusion at t=0.5
+  {heldout[heldout_diffusion_t0.5]:.3f}, at t=1.0 {heldout[heldout_diffusion_t1.0]:.3f} (nats/token).
 - Reproduce: `make train-tiny` (same seed; resumable: it picks up from `runs/dgemma-tiny/` if interrupted).
 
 ## Quality (held-out prompts, default sampler settings)
@@ -159,7 +160,7 @@ accepts it; the kit recognises it, skips it, and refuses images (the official ch
 def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, sampler_sweep: str = "") -> str:
     """The MODEL_CARD.md text; `sampler_sweep` is the table `bench/tiny_quality.py --sweep` prints."""
     m, c = result.model, result.model.config
-    final_eval = next((r for r in reversed(result.log) if "heldout_lm" in r), {})
+    heldout = defaultdict(lambda: float("nan"), next((r for r in reversed(result.log) if "heldout_lm" in r), {}))
     on_cpu = "CPU" in hardware
     fence = "`" * 3  # a code block keeps the continuation's line breaks and blank lines as they are
     pairs = report.samples if report is not None else []
@@ -169,7 +170,7 @@ def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, 
         sweep = ("The sweep behind them (`python bench/tiny_quality.py --sweep`: 16 held-out prompts other than the "
                  f"evaluation's, 128 new tokens each):\n\n{sampler_sweep}")
     return MODEL_CARD.format(
-        c=c, config=config, last=result.log[-1], hardware=hardware, minutes=result.seconds / 60,
+        c=c, config=config, last=result.log[-1], heldout=heldout, hardware=hardware, minutes=result.seconds / 60,
         origin="This is the CPU recipe itself: the shipped weights are this run's; there is no GPU-trained variant."
         if on_cpu else "On a 2-core CPU the same command takes about 70 minutes (float32).",
         precision="float32" if on_cpu else "bf16 autocast",
@@ -177,9 +178,4 @@ def model_card(result: TrainResult, config: TrainConfig, report, hardware: str, 
         samples="\n\n".join(samples), sweep_text=sweep, SDIST=SDIST, sdist_sha=SDIST_SHA256[:16],
         held_out=", ".join(HELD_OUT), VOCABULARY_FILE=VOCABULARY_FILE, SAMPLER_NOTE=SAMPLER_NOTE,
         params_m=m.num_parameters() / 1e6, active_m=m.num_parameters(active=True) / 1e6,
-        n_sliding=c.layer_types.count(SLIDING), n_full=c.layer_types.count(FULL),
-        eval_lm=final_eval.get("heldout_lm", float("nan")),
-        eval_t05=final_eval.get("heldout_diffusion_t0.5", float("nan")),
-        eval_t10=final_eval.get("heldout_diffusion_t1.0", float("nan")),
-        today=date.today().isoformat(),
-    )
+        n_sliding=c.layer_types.count(SLIDING), n_full=c.layer_types.count(FULL), today=date.today().isoformat())

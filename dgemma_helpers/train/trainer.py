@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -137,9 +138,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, device: str | None = None
     start, seconds, log = load_state(run_dir, model, opt, generators) if resume else (0, 0.0, [])
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
-    def save(step: int, seconds: float) -> None:
-        save_state(run_dir, model, opt, generators, step, seconds, log)
-
+    save = functools.partial(save_state, run_dir, model, opt, generators, log=log)
     seconds = run_steps(config, lambda step: _train_step(model, opt, data, config, step, generators), log,
                         generators, start=start, seconds=seconds, save=save, desc="train", progress=progress,
                         stop_note=f"the state is saved in {run_dir / 'state'} (run again to resume)")
@@ -195,12 +194,10 @@ def run_steps(config: TrainConfig | FinetuneConfig, one_step: Callable[[int], di
               generators: list[torch.Generator], *, start: int, seconds: float,
               save: Callable[[int, float], None] | None, desc: str, progress: bool, stop_note: str) -> float:
     """Steps start..config.steps, each `one_step(step)` adding its row to `log`, with `save(step, seconds)`
-    every save_every steps and at the end; returns the run's seconds.
-
-    A stop signal (Ctrl-C, SIGTERM, SIGHUP) waits for the step under way to finish; a KeyboardInterrupt
-    raised by a step's own code undoes the step's random draws. Either way the state is then saved as it
-    stands (atomically: the previous one stays whole until the new one is), so that a resumed run equals
-    an uninterrupted one bit for bit, and the interrupt goes on."""
+    every save_every steps and at the end; returns the run's seconds. A stop signal (Ctrl-C, SIGTERM,
+    SIGHUP) waits for the step under way; a KeyboardInterrupt raised inside a step undoes its random
+    draws. Either way the state is saved as it stands (atomically), so that a resumed run equals an
+    uninterrupted one bit for bit, and the interrupt goes on."""
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc=desc)
     t0 = time.perf_counter() - seconds
     done = saved = start
@@ -261,7 +258,7 @@ def load_state(run_dir: Path, model, opt, generators: list[torch.Generator]) -> 
         return 0, 0.0, []
     meta = json.loads((state_dir / "state.json").read_text())
     tensors = load_file(state_dir / "state.safetensors")
-    saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     fix = "resume with the model and settings that wrote it, or use another run directory"
     try:
         unexpected = model.load_state_dict(saved, strict=False).unexpected_keys

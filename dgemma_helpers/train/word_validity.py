@@ -22,12 +22,8 @@ def words(text: str) -> list[str]:
 
 def word_validity(texts: Iterable[str], vocabulary: set[str]) -> float:
     """Share of the words in `texts` found in `vocabulary` (nan when there are no words)."""
-    found = total = 0
-    for text in texts:
-        for word in words(text or ""):
-            total += 1
-            found += word in vocabulary
-    return found / total if total else float("nan")
+    found = [w in vocabulary for text in texts for w in words(text or "")]
+    return sum(found) / len(found) if found else float("nan")
 
 
 def distinct_ngrams(texts: Iterable[str], n: int = 3) -> float:
