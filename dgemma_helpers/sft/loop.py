@@ -1,9 +1,6 @@
-"""dg.finetune: supervised fine-tuning of a trained DiffusionGemma on chat data, with the model's own
-diffusion objective (train/objective.py) over the supervised reply, in training's loop (train/trainer.py).
-
-A run directory (`out`) holds the adapter in peft's format (adapter/), the resumable state (state/:
-the adapters, AdamW's moments and the generators) and the settings.
-"""
+"""dg.finetune, in training's loop (train/trainer.py). A run directory (`out`) holds the adapter in peft's
+format (adapter/), the resumable state (state/: the adapters, AdamW's moments and the generators) and the
+settings."""
 
 from __future__ import annotations
 
