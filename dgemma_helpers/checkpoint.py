@@ -67,32 +67,20 @@ def kit_to_hf(name: str) -> str:
 
 
 # ---- files inside the checkpoint ----------------------------------------------------------------
-def _allowed_roots(root: Path) -> tuple[Path, ...]:
-    """Where a checkpoint's files may resolve to: the directory itself and, for a Hugging Face cache
-    snapshot (models--ORG--NAME/snapshots/REV, whose files are symlinks into the cached repo's
-    blobs/), that one repo's blob store, which is where its files really are."""
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
-        return root, root.parent.parent / "blobs"
-    return (root,)
-
-
 def inside_checkpoint(path: Path, name: str, what: str) -> Path:
     """path/name, refused unless it resolves (symlinks followed) inside the checkpoint directory:
     a name like '../elsewhere/x' or a link out of the directory would read someone else's file."""
     root = path.resolve()
     target = (root / name).resolve()
-    check(any(target.is_relative_to(r) for r in _allowed_roots(root)), CheckpointError,
+    roots = [root]
+    # A Hugging Face cache snapshot (models--ORG--NAME/snapshots/REV) holds symlinks into that one
+    # repo's blobs/, which is where its files really are.
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        roots.append(root.parent.parent / "blobs")
+    check(any(target.is_relative_to(r) for r in roots), CheckpointError,
           f"{what} {name!r} of {path} resolves to {target}, outside the checkpoint directory: this kit never reads a "
           "file outside the checkpoint. Copy the file into the directory (in place of the link), or fix the name.")
     return path / name
-
-
-def check_links(path: Path) -> None:
-    """Every symlink at the top of the checkpoint directory must stay inside it, because loaders
-    (the tokenizer's included) read files there by name. Model cards (*.md) are never read."""
-    for entry in sorted(path.iterdir()):
-        if entry.is_symlink() and entry.suffix != ".md":
-            inside_checkpoint(path, entry.name, "the link")
 
 
 def index_checkpoint(path: Path) -> dict[str, TensorEntry]:
@@ -152,7 +140,10 @@ def read_config(path: str | os.PathLike, *, revision: str | None = None,
           "holds config.json and the safetensors files.")
     check((path / "config.json").exists(), CheckpointError,
           f"{path} has no config.json: it is not a checkpoint directory. {GET_MODEL_HINT}")
-    check_links(path)
+    # Loaders (the tokenizer's too) read the directory's files by name: no link may lead out of it.
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() and entry.suffix != ".md":  # model cards are never read
+            inside_checkpoint(path, entry.name, "the link")
     return path, ModelConfig.from_hf(read_json(path / "config.json", "model config"), source=str(path / "config.json"))
 
 
@@ -249,17 +240,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     """
     check(vision in (None, True, False), InputError, "vision must be None (load a trained vision tower if there is "
           f"one), True (require one) or False (skip it), got {shown(vision)}.")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     model_id = hub_model(path, revision)
     if model_id is not None:  # its config first (a few KB): a device without room is refused before the weights
-        device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
         _, head = read_config(path, revision=revision, local_files_only=local_files_only)
         check_room(str(model_id), head, dtype, device)
         path = snapshot(model_id, KIT_FILES, local_files_only=local_files_only)
     path, config = read_config(path)
     settings = read_generation_settings(path, config)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
     # Map and check names, dtypes and shapes before allocating anything.
     plan, vision_entries = plan_tensors(path, index_checkpoint(path), config)
     raw_config = read_json(path / "config.json", "model config")

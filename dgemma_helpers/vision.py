@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ import torch
 from .config import TINY_VISION_CONFIG, ModelConfig, read_json
 from .errors import CheckpointError, InputError
 from .shards import load_tensors
+from .validate import check
 
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
 OFFICIAL = "google/diffusiongemma-26B-A4B-it"
@@ -99,15 +101,13 @@ class VisionTower:
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """The tower's and the embedder's weights under their checkpoint names (what load_vision reads)."""
-        return {prefix + name: t.detach().to("cpu").contiguous()
-                for prefix, module in zip(VISION_PREFIXES, (self.tower, self.embed))
-                for name, t in module.state_dict().items()}
+        return {name: t.detach().to("cpu").contiguous() for name, t in _named(self.tower, self.embed).items()}
 
     def vision_config(self) -> dict[str, Any]:
         return self.tower.config.to_dict()
 
 
-def _build(vision_config: dict[str, Any], text_hidden: int):
+def _build(vision_config: dict[str, Any], text_hidden: int) -> tuple[Any, Any]:
     """transformers' tower and embedder for a vision_config, as DiffusionGemmaEncoderModel.__init__ builds them."""
     from transformers import AutoConfig, AutoModel
     from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
@@ -118,38 +118,28 @@ def _build(vision_config: dict[str, Any], text_hidden: int):
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"config.json's vision_config is not a valid {vc.get('model_type')!r} config ({e}): "
                               "re-download the checkpoint's config.json.") from e
-    return AutoModel.from_config(config), DiffusionGemmaMultimodalEmbedder(config, _TextDims(text_hidden)), config
+    tower = AutoModel.from_config(config)
+    return tower, DiffusionGemmaMultimodalEmbedder(config, SimpleNamespace(hidden_size=text_hidden))
 
 
-@dataclass
-class _TextDims:
-    hidden_size: int
+def _named(tower, embed) -> dict[str, torch.Tensor]:
+    """The tower's and the embedder's tensors under their checkpoint names."""
+    return {prefix + n: t for prefix, m in zip(VISION_PREFIXES, (tower, embed)) for n, t in m.state_dict().items()}
 
 
 def placeholder_tensors(text_hidden: int) -> dict[str, torch.Tensor]:
     """The kit's minimal untrained tower (TINY_VISION_CONFIG) under its checkpoint names, so that
     transformers loads a saved checkpoint without missing weights: matrices normal(0, 0.02) from a
     fixed seed, the rest as transformers initialises them."""
-    tower, embed, _ = _build(TINY_VISION_CONFIG, text_hidden)
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
-        for name, t in module.state_dict().items():
-            t = t.detach().clone()
-            if t.is_floating_point() and t.ndim >= 2:
-                t = torch.randn(t.shape, generator=g) * 0.02
-            out[prefix + name] = t.contiguous()
-    return out
+    tensors, g = _named(*_build(TINY_VISION_CONFIG, text_hidden)), torch.Generator().manual_seed(0)
+    return {name: torch.randn(t.shape, generator=g) * 0.02 if t.is_floating_point() and t.ndim >= 2
+            else t.detach().clone().contiguous() for name, t in tensors.items()}
 
 
 def expected_vision_tensors(vision_config: dict[str, Any], text_hidden: int) -> dict[str, tuple[int, ...]]:
     """Checkpoint name -> shape of every vision tensor, from weightless (meta) transformers modules."""
     with torch.device("meta"):
-        tower, embed, _ = _build(vision_config, text_hidden)
-    out = {}
-    for prefix, module in zip(VISION_PREFIXES, (tower, embed)):
-        out.update({prefix + n: tuple(t.shape) for n, t in module.state_dict().items()})
-    return out
+        return {name: tuple(t.shape) for name, t in _named(*_build(vision_config, text_hidden)).items()}
 
 
 def vision_parameters(vision_config: dict[str, Any], text_hidden: int) -> int:
@@ -162,18 +152,16 @@ def check_vision_tensors(path: Path, entries: dict[str, Any], vision_config: dic
     """Names and shapes of the checkpoint's vision tensors against its vision_config (headers only)."""
     expected = expected_vision_tensors(vision_config, text_hidden)
     unknown = sorted(n for n in entries if n not in expected)
-    if unknown:
-        raise CheckpointError(f"checkpoint {path} has {len(unknown)} vision tensor(s) that its vision_config does "
-                              f"not have, e.g. {unknown[:3]}: the weights and config.json do not match; use the "
-                              "config.json that came with these weights, or load with vision=False.")
+    check(not unknown, CheckpointError, f"checkpoint {path} has {len(unknown)} vision tensor(s) that its vision_config "
+          f"does not have, e.g. {unknown[:3]}: the weights and config.json do not match; use the config.json that came "
+          "with these weights, or load with vision=False.")
     missing = sorted(n for n in expected if n not in entries)
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} vision tensor(s), e.g. {missing[:3]}: the "
-                              "download is incomplete; re-download it, or load with vision=False.")
+    check(not missing, CheckpointError, f"checkpoint {path} lacks {len(missing)} vision tensor(s), e.g. {missing[:3]}: "
+          "the download is incomplete; re-download it, or load with vision=False.")
     for name, entry in entries.items():
-        if tuple(entry.shape) != expected[name]:
-            raise CheckpointError(f"vision tensor {name!r} has shape {list(entry.shape)} but vision_config implies "
-                                  f"{list(expected[name])}: the weights and config.json do not match.")
+        check(tuple(entry.shape) == expected[name], CheckpointError, f"vision tensor {name!r} has shape "
+              f"{list(entry.shape)} but vision_config implies {list(expected[name])}: the weights and config.json do "
+              "not match.")
     return expected
 
 
@@ -206,10 +194,9 @@ def load_vision(path: Path, raw_config: dict[str, Any], entries: dict[str, Any],
     weights (names and shapes already checked by check_vision_tensors)."""
     vision_config = raw_config["vision_config"]
     with torch.device("meta"):
-        tower, embed, _ = _build(vision_config, config.hidden_size)
-    tower, embed = tower.to(dtype).to_empty(device=device), embed.to(dtype).to_empty(device=device)
-    load_tensors(entries, {prefix + n: t for prefix, m in zip(VISION_PREFIXES, (tower, embed))
-                           for n, t in m.state_dict().items()})
+        built = _build(vision_config, config.hidden_size)
+    tower, embed = (m.to(dtype).to_empty(device=device) for m in built)
+    load_tensors(entries, _named(tower, embed))
     # Non-persistent buffers (the rotary tables) are not in the checkpoint and were left empty by the
     # meta build: take them from a freshly built copy of their module, in its own dtype (float32), as
     # from_pretrained leaves them.
