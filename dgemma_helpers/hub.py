@@ -89,16 +89,6 @@ def _parse(path: object, revision: str | None) -> HubModel | None:
     return HubModel(path, revision, spelled=path)
 
 
-def missing_files(folder: Path, weights: bool) -> list[str]:
-    """What the kit needs that `folder` lacks: config.json, and with `weights` the safetensors (one
-    file or the shard index). Only names are looked up: missing shards are huggingface_hub's to see
-    (its file list of the repo) or checkpoint.index_checkpoint's, which names them."""
-    lacking = [] if (folder / "config.json").exists() else ["config.json"]
-    if weights and not any((folder / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
-        lacking.append("model.safetensors (or model.safetensors.index.json)")
-    return lacking
-
-
 def _in_cache(model: HubModel, files: tuple[str, ...]) -> tuple[Path | None, str]:
     """The cached snapshot of `model` that holds `files`, found by huggingface_hub without the
     network, or None and why not."""
@@ -109,7 +99,12 @@ def _in_cache(model: HubModel, files: tuple[str, ...]) -> tuple[Path | None, str
         return None, f"is only partly in the local Hugging Face cache ({e})"
     except LocalEntryNotFoundError:
         return None, f"is not in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
-    lacking = missing_files(folder, weights="*.safetensors" in files)
+    # Only names are looked up: a missing shard is huggingface_hub's to see (its file list of the repo)
+    # or checkpoint.index_checkpoint's, which names it.
+    lacking = [] if (folder / "config.json").exists() else ["config.json"]
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    if "*.safetensors" in files and not any((folder / f).exists() for f in weights):
+        lacking.append("model.safetensors (or model.safetensors.index.json)")
     if lacking:
         return None, f"is only partly in the local Hugging Face cache: {folder} lacks {', '.join(lacking[:3])}"
     return folder, ""

@@ -16,15 +16,10 @@ def prompt_batch(model, prompt, messages, input_ids, thinking: bool | None,
                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     """Left-padded ids [B, P], the validity mask [B, P] (False on pads) and each row's own ids.
     Text only: callers other than generate() (introspection, the benchmark engines) take no images."""
-    if messages is not None:
-        chats = check_chats(messages)
-        if any(next(_image_parts(chat, c, len(chats)), None) for c, chat in enumerate(chats)):
-            raise InputError("this function takes text prompts only: give images to dg.generate(messages=...).")
-    ids, valid, rows, _ = prompt_inputs(model, prompt, messages, input_ids, thinking, pad_id)
-    return ids, valid, rows
+    return prompt_inputs(model, prompt, messages, input_ids, thinking, pad_id, text_only=True)[:3]
 
 
-def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad_id: int
+def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad_id: int, text_only: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], ImageBatch | None]:
     """prompt_batch's tensors, plus the image features when the chats hold images (None otherwise):
     each image is expanded into its soft tokens in the ids (dgemma_helpers/vision.py)."""
@@ -44,8 +39,10 @@ def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad
     elif messages is not None:
         chats = check_chats(messages)
         parts = [list(_image_parts(chat, c, len(chats))) for c, chat in enumerate(chats)]
-        if any(parts):
-            require_vision(model)  # before reading any file: the model decides whether images can be read
+        if any(parts):  # before reading any file: the caller and the model decide whether images can be read
+            check(not text_only, InputError, "this function takes text prompts only: give images to "
+                  "dg.generate(messages=...).")
+            require_vision(model)
         images = [[load_image(part["image"], where) for where, part in row] for row in parts]
         rows = encode_prompts(model.tokenizer, None, [_for_template(chat) for chat in chats], thinking)
         if any(images):

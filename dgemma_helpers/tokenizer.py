@@ -34,7 +34,7 @@ CHAT_TEMPLATE = (
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096, image_tokens: bool = False):
     """A byte-level BPE tokenizer with the kit's special tokens, as a transformers fast tokenizer.
     `image_tokens` adds IMAGE_TOKENS right after them (ids 8, 9, 10), for image prompts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -44,9 +44,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>", model_max_length=model_max_length)
     fast.chat_template = CHAT_TEMPLATE
@@ -88,7 +86,7 @@ def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[lis
         out = []
         for messages in conversations:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
+            if hasattr(ids, "keys"):  # a dict or a BatchEncoding
                 ids = ids["input_ids"]
             out.append(list(ids))
         return out

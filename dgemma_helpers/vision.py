@@ -30,12 +30,12 @@ import torch
 
 from .config import TINY_VISION_CONFIG, ModelConfig, read_json
 from .errors import CheckpointError, InputError
+from .hub import OFFICIAL_REPO
 from .shards import load_tensors
 from .validate import check
 
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
-OFFICIAL = "google/diffusiongemma-26B-A4B-it"
-NO_VISION_FIX = (f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL}, or load it "
+NO_VISION_FIX = (f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL_REPO}, or load it "
                  "without vision=False")
 # transformers sets no limit on images per prompt (only the context does). The kit runs the tower
 # one image at a time, so its activations stay one image's; it still refuses more than this many per
@@ -245,7 +245,7 @@ def require_vision(model) -> VisionTower:
         return model.vision
     why = getattr(model, "vision_note", None) or "this checkpoint has no vision tower"
     fix = ("load it again without vision=False" if "vision=False" in why else
-           f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL}")
+           f"use a checkpoint with a trained vision tower, such as the official {OFFICIAL_REPO}")
     raise InputError(f"an image was given, but {why}: {fix}.")
 
 
