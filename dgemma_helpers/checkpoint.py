@@ -165,9 +165,8 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def weights_bytes(config: ModelConfig, dtype: torch.dtype, vision: dict[str, tuple[int, ...]] | None = None) -> int:
     """The text model's weights, plus the vision tower's (name -> shape) when it is loaded."""
-    size = torch.empty((), dtype=dtype).element_size()
     shapes = list(expected_tensors(config).values()) + list((vision or {}).values())
-    return sum(math.prod(shape) for shape in shapes) * size
+    return sum(math.prod(shape) for shape in shapes) * dtype.itemsize
 
 
 def runtime_bytes(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", batch_size: int = 1,

@@ -27,6 +27,7 @@ from .signals import Stopped, exit_code, stop_on_signals
 from .train.random_checkpoint import make_random_checkpoint
 from .train.recipe import train_tiny
 from .train.trainer import TrainConfig
+from .validate import check
 from .vision import expected_vision_tensors, is_placeholder
 
 EXAMPLES = """examples:
@@ -45,7 +46,6 @@ EXAMPLES = """examples:
 MODEL_HELP = ("checkpoint directory (e.g. models/dgemma-tiny), or a Hugging Face Hub id such as "
               "google/diffusiongemma-26B-A4B-it (hf://ORG/NAME@REVISION pins a revision): read from the local "
               "Hugging Face cache, else downloaded unless HF_HUB_OFFLINE=1")
-PUBLISHED = GenerationSettings()
 
 
 # ---- generate -----------------------------------------------------------------------------------------
@@ -74,10 +74,9 @@ class CanvasBars:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    if args.image and not args.chat:
-        raise InputError("--image goes with --chat (the image is part of a chat message), not --prompt.")
-    if args.image and args.engine != "kit":
-        raise InputError("--image runs on the kit's engine only (--engine kit).")
+    check(not args.image or args.chat, InputError, "--image goes with --chat (the image is part of a chat message), "
+          "not --prompt.")
+    check(not args.image or args.engine == "kit", InputError, "--image runs on the kit's engine only (--engine kit).")
     if args.engine != "kit":
         return vllm_cli.generate(args)
 
@@ -122,7 +121,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     s = g.add_argument_group("sampler settings", "A setting left out takes the checkpoint's generation_config.json "
                              "value where it has one (models/dgemma-tiny has its own: `info` prints them), else the "
                              "published default shown here.")
-    p = PUBLISHED
+    p = GenerationSettings()  # the published defaults
     s.add_argument("--max-new-tokens", type=int, help=f"tokens to generate (default {p.max_new_tokens})")
     s.add_argument("--steps", type=int, help=f"max denoising steps per canvas (default {p.max_denoising_steps})")
     s.add_argument("--entropy-bound", type=float, help=f"nats of entropy accepted per round (default {p.entropy_bound})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, InputError
+from .validate import check
 
 log = logging.getLogger("dgemma_helpers")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -72,17 +73,14 @@ def supports_thinking(tokenizer) -> bool:
 def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[list[dict[str, Any]]] | None,
                    thinking: bool | None) -> list[list[int]]:
     """Token ids of each prompt; chat conversations go through the checkpoint's chat template."""
-    if tokenizer is None:
-        raise InputError("this checkpoint ships no tokenizer, so it cannot read text: pass token ids with "
-                         "input_ids=..., or add tokenizer.json to the checkpoint directory.")
+    check(tokenizer is not None, InputError, "this checkpoint ships no tokenizer, so it cannot read text: pass token "
+          "ids with input_ids=..., or add tokenizer.json to the checkpoint directory.")
     if conversations is not None:
-        if not getattr(tokenizer, "chat_template", None):
-            raise InputError("this checkpoint's tokenizer has no chat template: pass a plain prompt instead of messages.")
-        kwargs: dict[str, Any] = {}
-        if thinking is not None:
-            if not supports_thinking(tokenizer):
-                raise InputError("this checkpoint's chat template has no thinking switch: leave thinking=None.")
-            kwargs["enable_thinking"] = thinking
+        check(getattr(tokenizer, "chat_template", None), InputError, "this checkpoint's tokenizer has no chat "
+              "template: pass a plain prompt instead of messages.")
+        check(thinking is None or supports_thinking(tokenizer), InputError, "this checkpoint's chat template has no "
+              "thinking switch: leave thinking=None.")
+        kwargs = {} if thinking is None else {"enable_thinking": thinking}
         out = []
         for messages in conversations:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)

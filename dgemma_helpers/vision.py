@@ -97,7 +97,7 @@ class VisionTower:
         return self.embed(out)
 
     def num_parameters(self) -> int:
-        return sum(t.numel() for m in (self.tower, self.embed) for t in m.state_dict().values())
+        return sum(t.numel() for t in _named(self.tower, self.embed).values())
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """The tower's and the embedder's weights under their checkpoint names (what load_vision reads)."""
@@ -174,16 +174,15 @@ def processor_settings(path: Path, vision_config: dict[str, Any]) -> dict[str, A
         if (path / name).exists():
             data = read_json(path / name, "processor config")
             data = data.get(key, {}) if key else data
-            if not isinstance(data, dict):
-                raise CheckpointError(f"{path / name}: {key} must be an object of image processor settings.")
+            check(isinstance(data, dict), CheckpointError, f"{path / name}: {key} must be an object of image processor "
+                  "settings.")
             settings = {k: v for k, v in data.items() if k in PROCESSOR_KEYS}
             break
     for k in ("patch_size", "pooling_kernel_size"):
         want = vision_config.get(k, 16 if k == "patch_size" else 3)
-        if settings.setdefault(k, want) != want:
-            raise CheckpointError(f"{path}: the processor config's {k}={settings[k]!r} differs from "
-                                  f"vision_config.{k}={want!r}; the tower would read wrongly cut patches. Correct it "
-                                  "in the processor config, or delete that file to use vision_config's.")
+        check(settings.setdefault(k, want) == want, CheckpointError, f"{path}: the processor config's "
+              f"{k}={settings[k]!r} differs from vision_config.{k}={want!r}; the tower would read wrongly cut patches. "
+              "Correct it in the processor config, or delete that file to use vision_config's.")
     settings.setdefault("max_soft_tokens", DEFAULT_MAX_SOFT_TOKENS)
     return settings
 
@@ -221,13 +220,11 @@ def load_image(value: Any, where: str):
         return value
     if isinstance(value, (str, os.PathLike)):
         text = str(value)
-        if _URL.match(text):
-            raise InputError(f"{where} is the URL {text[:80]!r}: the kit never downloads (no network at run time). "
-                             "Download the image first and give its local file path, or a PIL image.")
+        check(not _URL.match(text), InputError, f"{where} is the URL {text[:80]!r}: the kit never downloads (no "
+              "network at run time). Download the image first and give its local file path, or a PIL image.")
         file = Path(text).expanduser()
-        if not file.is_file():
-            raise InputError(f"{where}: image file {text!r} does not exist (or is not a file): give the path of a "
-                             "local image file (PNG, JPEG, ...), or a PIL image.")
+        check(file.is_file(), InputError, f"{where}: image file {text!r} does not exist (or is not a file): give the "
+              "path of a local image file (PNG, JPEG, ...), or a PIL image.")
         try:
             with Image.open(file) as im:
                 im.load()
@@ -264,16 +261,14 @@ def expand_images(model, rows: list[list[int]], images: list[list]) -> tuple[lis
     c = model.config
     for tok, name in ((c.image_token_id, "image_token_id"), (c.boi_token_id, "boi_token_id"),
                       (c.eoi_token_id, "eoi_token_id")):
-        if not 0 <= tok < c.vocab_size:
-            raise InputError(f"config.json's {name}={tok} is outside the vocabulary 0..{c.vocab_size - 1}: the "
-                             f"checkpoint cannot take images; {NO_VISION_FIX}.")
+        check(0 <= tok < c.vocab_size, InputError, f"config.json's {name}={tok} is outside the vocabulary "
+              f"0..{c.vocab_size - 1}: the checkpoint cannot take images; {NO_VISION_FIX}.")
     out_rows, features = [], []
     for r, (row, imgs) in enumerate(zip(rows, images)):
         n_marks = sum(1 for t in row if t == c.image_token_id)
-        if n_marks != len(imgs):
-            raise InputError(f"chat {r} holds {len(imgs)} image(s) but its chat template wrote {n_marks} image "
-                             "placeholder(s): the checkpoint's chat template must render each {'type': 'image'} "
-                             "part as the image token (Gemma's template does); use the checkpoint's own template.")
+        check(n_marks == len(imgs), InputError, f"chat {r} holds {len(imgs)} image(s) but its chat template wrote "
+              f"{n_marks} image placeholder(s): the checkpoint's chat template must render each {{'type': 'image'}} "
+              "part as the image token (Gemma's template does); use the checkpoint's own template.")
         if not imgs:
             out_rows.append(list(row))
             features.append(torch.zeros(0, c.hidden_size, device=model.device, dtype=model.dtype))
@@ -295,9 +290,8 @@ def expand_images(model, rows: list[list[int]], images: list[list]) -> tuple[lis
         # are then one image's, whatever the number of images in the chat.
         pixels, positions = data["pixel_values"], data["image_position_ids"]
         feats = torch.cat([vision.features(pixels[i:i + 1], positions[i:i + 1]) for i in range(len(imgs))])
-        if feats.shape[0] != sum(counts):
-            raise InputError(f"the vision tower gave {feats.shape[0]} soft tokens for chat {r} but the image "
-                             f"processor counted {sum(counts)}: its settings do not fit this vision_config.")
+        check(feats.shape[0] == sum(counts), InputError, f"the vision tower gave {feats.shape[0]} soft tokens for "
+              f"chat {r} but the image processor counted {sum(counts)}: its settings do not fit this vision_config.")
         out_rows.append(expanded)
         features.append(feats.to(model.device, model.dtype))
     return out_rows, ImageBatch(features)
