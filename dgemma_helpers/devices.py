@@ -116,11 +116,9 @@ def has_fp8(device: torch.device) -> bool:
 def select_path(path: str | None, device: torch.device, rng: str, record_topk: int,
                 fp8: bool = False) -> tuple[str, str | None]:
     """('torch' or 'fast', why auto did not pick 'fast') for this call (`fp8`: the model's experts are
-    quantized). Auto picks 'fast' only where it is known to work: a CUDA GPU of compute capability 8.0+
-    with Triton, the counter-based RNG (the fused head draws with that hash) and no top-k recording
-    (the fused head never holds full probabilities). A forced path='fast' that cannot run is refused
-    with the fix; on a CPU it runs the same round without a graph (kernels under TRITON_INTERPRET=1,
-    else their PyTorch references): slow, for tests."""
+    quantized). Auto picks 'fast' only where it is known to work; a forced path='fast' that cannot run
+    is refused with the fix, and on a CPU runs the same round without a graph (kernels under
+    TRITON_INTERPRET=1, else their PyTorch references): slow, for tests."""
     if path is None or path == "auto":
         if device.type != "cuda":
             return "torch", f"the fast path needs a CUDA GPU; the model is on {device.type!r}"

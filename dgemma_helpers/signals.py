@@ -126,22 +126,16 @@ def end_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
-        while _group_alive(group) and time.monotonic() < deadline:
+        while _signal_group(group, 0) and time.monotonic() < deadline:  # signal 0: is anyone left?
             time.sleep(0.1)
         _signal_group(group, signal.SIGKILL)
         process.wait()
 
 
-def _signal_group(group: int, sig: int) -> None:
+def _signal_group(group: int, sig: int) -> bool:
+    """Send `sig` to the group; False when the group is gone already."""
     try:
         os.killpg(group, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False

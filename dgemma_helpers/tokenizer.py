@@ -66,8 +66,7 @@ def load_tokenizer(path: Path):
 
 
 def supports_thinking(tokenizer) -> bool:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return "enable_thinking" in template
+    return "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "")
 
 
 def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[list[dict[str, Any]]] | None,
@@ -94,9 +93,7 @@ def encode_prompts(tokenizer, prompts: list[str] | None, conversations: list[lis
 
 
 def decode(tokenizer, ids: list[int]) -> str | None:
-    if tokenizer is None:
-        return None
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    return None if tokenizer is None else tokenizer.decode(ids, skip_special_tokens=True)
 
 
 # A byte-fallback token (SentencePiece tokenizers such as Gemma's) names one raw byte.

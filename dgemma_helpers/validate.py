@@ -1,10 +1,6 @@
-"""The kit's checking vocabulary, used by config, inputs, checkpoint, trace files and the CLI: the value
-tests (`is_int`, `is_number`), `check` (one rule, one line), how a bad value is shown in a message
-(`shown`: as JSON writes it, for files; `described`: type and repr, for arguments given in code;
-`short_repr`: bounded, for values that may be huge), and `Fields`, typed reads of one JSON object
-of a checkpoint's files, whose every problem is a CheckpointError naming the file, the field (dotted,
-as the file writes it), the value as JSON spells it, what it must be, and the fix.
-"""
+"""The kit's checking vocabulary, one for the whole package: value tests, `check` (one rule, one
+line), how a bad value is shown in a message, and `Fields`, typed reads of one JSON object of a
+checkpoint's files, each problem a CheckpointError naming the file, the field, the value and the fix."""
 
 from __future__ import annotations
 
