@@ -28,7 +28,7 @@ from .model import DiffusionGemma
 from .shards import FLOAT_DTYPES, TensorEntry, load_tensors, read_safetensors_header
 from .tokenizer import load_tokenizer
 from .validate import check, shown
-from .vision import VISION_PREFIXES, check_vision_tensors, load_vision, placeholder_tensors, vision_status
+from .vision import VISION_PREFIXES, check_vision_tensors, is_placeholder, load_vision, placeholder_tensors
 
 log = logging.getLogger("dgemma_helpers")
 
@@ -251,7 +251,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     # Map and check names, dtypes and shapes before allocating anything.
     plan, vision_entries = plan_tensors(path, index_checkpoint(path), config)
     raw_config = read_json(path / "config.json", "model config")
-    status = vision_status(raw_config, list(vision_entries))
+    vc = raw_config.get("vision_config")  # the tower is absent, the kit's untrained placeholder, or real
+    status = "absent" if not isinstance(vc, dict) or not vision_entries else "placeholder" if is_placeholder(vc) \
+        else "real"
     vision_shapes, note = None, None
     what = "an untrained placeholder vision tower (the kit's TINY_VISION_CONFIG)" if status == "placeholder" \
         else "no vision tower"
@@ -259,7 +261,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
           "a checkpoint with a trained vision tower, such as the official google/diffusiongemma-26B-A4B-it, or load "
           "without vision=True for text only.")
     if status == "real" and vision is not False:
-        vision_shapes = check_vision_tensors(path, vision_entries, raw_config["vision_config"], config.hidden_size)
+        vision_shapes = check_vision_tensors(path, vision_entries, vc, config.hidden_size)
     elif status == "placeholder" and vision is None:
         note = "its vision tower is an untrained placeholder"
         # Every kit-trained checkpoint carries one (transformers needs it): on each load that is no news, so

@@ -59,8 +59,7 @@ def prompt_inputs(model, prompt, messages, input_ids, thinking: bool | None, pad
     for i, r in enumerate(rows):
         ids[i, P - len(r):] = torch.tensor(r)
         valid[i, P - len(r):] = True
-    device = model.device
-    return ids.to(device), valid.to(device), rows, image_batch
+    return ids.to(model.device), valid.to(model.device), rows, image_batch
 
 
 ROLES = ("system", "user", "assistant")

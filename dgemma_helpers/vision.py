@@ -66,14 +66,6 @@ def is_placeholder(vision_config: dict[str, Any]) -> bool:
     return all(vision_config.get(k) == v for k, v in TINY_VISION_CONFIG.items())
 
 
-def vision_status(raw_config: dict[str, Any], names: list[str]) -> str:
-    """'absent' (no tower), 'placeholder' (the kit's untrained stand-in) or 'real'."""
-    vc = raw_config.get("vision_config")
-    if not isinstance(vc, dict) or not names:
-        return "absent"
-    return "placeholder" if is_placeholder(vc) else "real"
-
-
 @dataclass
 class VisionTower:
     """transformers' vision tower and embedder, with the image processor's settings."""
