@@ -327,7 +327,7 @@ def save_checkpoint(model: DiffusionGemma, path: str | os.PathLike, *, tokenizer
         settings = generation_settings or model.generation_settings or GenerationSettings()
         files = {"config.json": config, "generation_config.json": generation_json(settings)}
         if vision is not None:
-            config["vision_config"] = vision.vision_config()
+            config["vision_config"] = vision.tower.config.to_dict()
             files["processor_config.json"] = {"image_processor": vision.processor}
         for name, data in files.items():
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")

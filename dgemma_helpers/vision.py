@@ -95,9 +95,6 @@ class VisionTower:
         """The tower's and the embedder's weights under their checkpoint names (what load_vision reads)."""
         return {name: t.detach().to("cpu").contiguous() for name, t in _named(self.tower, self.embed).items()}
 
-    def vision_config(self) -> dict[str, Any]:
-        return self.tower.config.to_dict()
-
 
 def _build(vision_config: dict[str, Any], text_hidden: int) -> tuple[Any, Any]:
     """transformers' tower and embedder for a vision_config, as DiffusionGemmaEncoderModel.__init__ builds them."""
