@@ -26,16 +26,12 @@ def _ok(results: dict[str, Any], kind: str | None = None) -> Rows:
 def _empty(ax, message: str, title: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.4",
             fontsize=style.FONT)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     style.label(ax, title, "", "")
 
 
 def _setting_label(n: int, batch: int, steps: int | None, entropy_bound: float) -> str:
-    label = f"{n} tok, b{batch}"
-    if steps is not None:
-        label += f"\n{steps} steps, H<={entropy_bound:g}"
-    return label
+    return f"{n} tok, b{batch}" + ("" if steps is None else f"\n{steps} steps, H<={entropy_bound:g}")
 
 
 def _diffusion_settings(results: dict[str, Any]) -> list[tuple]:
@@ -50,11 +46,8 @@ def _subtitle(results: dict[str, Any]) -> str:
 
 
 def _find(rows: Rows, engine: str, n, b, s, e) -> dict[str, Any] | None:
-    for r in rows:
-        if r["engine"] == engine and r["max_new_tokens"] == n and r["batch"] == b and (
-                r["kind"] == AUTOREGRESSIVE or (r["steps"] == s and r["entropy_bound"] == e)):
-            return r
-    return None
+    return next((r for r in rows if r["engine"] == engine and r["max_new_tokens"] == n and r["batch"] == b and (
+        r["kind"] == AUTOREGRESSIVE or (r["steps"] == s and r["entropy_bound"] == e))), None)
 
 
 def _bars_per_setting(results: dict[str, Any], rows: Rows, value: str, title: str, more: str, ylabel: str, empty: str,
@@ -97,20 +90,18 @@ def plot_speedup_vs_ar(results: dict[str, Any]):
     rows = [r for r in _ok(results, "diffusion") if r["speedup_vs_baseline"] is not None]
     baseline = results["sweep"]["baseline"]
     lengths = sorted({r["max_new_tokens"] for r in rows}) or [None]
-    fig, axes = figure(5.5 * len(lengths) + 3, 1.5 + 0.42 * max(1, len(rows) // len(lengths)), 1, len(lengths))
-    axes = list(axes) if len(lengths) > 1 else [axes]
+    fig, (axes,) = figure(5.5 * len(lengths) + 3, 1.5 + 0.42 * max(1, len(rows) // len(lengths)), 1, len(lengths),
+                          squeeze=False)
     if not rows:
         _empty(axes[0], f"no diffusion run with the autoregressive baseline '{baseline}' beside it",
                "Block diffusion vs autoregressive")
         return fig
     bounds = sorted({r["entropy_bound"] for r in rows})
-    keys = sorted({(r["engine"], r["batch"], r["steps"], r["entropy_bound"]) for r in rows},
-                  key=lambda k: (k[0], k[1], k[3], k[2]))
+    found = {(r["max_new_tokens"], r["engine"], r["batch"], r["steps"], r["entropy_bound"]): r for r in rows}
+    keys = sorted({k[1:] for k in found}, key=lambda k: (k[0], k[1], k[3], k[2]))  # engine, batch, bound, steps
     for ax, n in zip(axes, lengths):
         for y, key in enumerate(keys):
-            r = next((r for r in rows if r["max_new_tokens"] == n
-                      and (r["engine"], r["batch"], r["steps"], r["entropy_bound"]) == key), None)
-            if r is not None:
+            if (r := found.get((n, *key))) is not None:
                 ax.barh(y, r["speedup_vs_baseline"], color=style.color(bounds.index(key[3])), height=0.7,
                         label=f"entropy bound {key[3]:g}")
                 ax.annotate(f"{r['speedup_vs_baseline']:.2g}x", (r["speedup_vs_baseline"], y), xytext=(3, 0),
@@ -122,10 +113,7 @@ def plot_speedup_vs_ar(results: dict[str, Any]):
         ax.margins(x=0.25)
         style.label(ax, f"{n} output tokens", f"speed-up over {baseline} (tokens/s ratio, log)",
                     "engine, batch, steps" if ax is axes[0] else "")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axes[-1].legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                    fontsize=style.FONT)
+    style.legend_outside(axes[-1])
     fig.suptitle("Block diffusion vs autoregressive decoding, same weights\n" + _subtitle(results),
                  fontsize=style.TITLE)
     return fig
@@ -159,8 +147,7 @@ def plot_quality_tradeoff(results: dict[str, Any]):
         for i, s in enumerate(sorted({r["steps"] for r in mine})):
             pts = sorted((r["entropy_bound"], r.get(key)) for r in mine if r["steps"] == s and r.get(key) is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=style.color(i),
-                        label=f"{engine}, {s} steps")
+                ax.plot(*zip(*pts), marker="o", color=style.color(i), label=f"{engine}, {s} steps")
         for r in ar:
             if r.get(key) is not None:
                 ax.axhline(r[key], ls="--", color=style.REFERENCE, lw=1.2, label=f"{r['engine']} (greedy)")
@@ -172,7 +159,7 @@ def plot_quality_tradeoff(results: dict[str, Any]):
         pts = [(r["tokens_per_s"], r["quality"]) for r in _ok(results) if r["engine"] == name
                and r["max_new_tokens"] == n and r["batch"] == b and r["quality"] is not None]
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, color=style.color(i), s=40)
+            ax.scatter(*zip(*pts), label=name, color=style.color(i), s=40)
     style.label(ax, "Speed vs quality, every setting", "tokens / s", quality_label(metric))
     style.legend_below(ax)
     fig.suptitle("The speed-quality trade-off: entropy bound and step count\n" + _subtitle(results),

@@ -21,6 +21,7 @@ from matplotlib.text import Text
 
 from ..atomic import atomic_file
 from ..errors import InputError, MissingToolError
+from ..validate import check
 from . import style
 from .style import STATE_COLORS
 
@@ -35,8 +36,7 @@ def _axes(trace: DenoisingTrace, ax: Axes | None, size: tuple[float, float]) -> 
 
 
 def _need_rounds(trace: DenoisingTrace) -> None:
-    if len(trace) == 0:
-        raise InputError("this trace has no rounds yet: record a generation first (on_step=trace.record).")
+    check(len(trace), InputError, "this trace has no rounds yet: record a generation first (on_step=trace.record).")
 
 
 def _canvas_boundaries(trace: DenoisingTrace, ax: Axes) -> None:
@@ -127,16 +127,13 @@ def animate(trace: DenoisingTrace, path: str | os.PathLike, *, fps: float = 4.0,
     if writer == "ffmpeg" and not animation.writers.is_available("ffmpeg"):
         raise MissingToolError("MP4 export needs ffmpeg, which is not installed: `apt-get install ffmpeg` "
                                "(or `conda install ffmpeg`, `brew install ffmpeg`), or save a GIF with save_gif().")
-    if writer not in ("pillow", "ffmpeg"):
-        raise InputError(f"writer must be 'pillow' (GIF) or 'ffmpeg' (MP4), got {writer!r}.")
-    if fps <= 0:
-        raise InputError(f"fps must be > 0 (got {fps}).")
+    check(writer in ("pillow", "ffmpeg"), InputError,
+          f"writer must be 'pillow' (GIF) or 'ffmpeg' (MP4), got {writer!r}.")
+    check(fps > 0, InputError, f"fps must be > 0 (got {fps}).")
     frames = [i for i, rd in enumerate(trace.rounds) if canvases is None or rd.canvas_index in canvases]
-    if not frames:
-        raise InputError(f"no recorded rounds belong to canvases {canvases}: the trace has canvases "
-                         f"{[c for c, _, _ in trace.canvas_ranges()]}.")
-    fig = Figure(figsize=_grid_size(trace, 1), dpi=100)
-    FigureCanvasAgg(fig)
+    check(frames, InputError, f"no recorded rounds belong to canvases {canvases}: the trace has canvases "
+          f"{[c for c, _, _ in trace.canvas_ranges()]}.")
+    fig = _grid_figure(trace, 1, dpi=100)
     draw = _round_grid(trace, fig.add_axes((0.01, 0.01, 0.98, 0.86)), fig.suptitle("", fontsize=style.FONT))
     anim = animation.FuncAnimation(fig, draw, frames=frames, interval=1000 / fps, blit=False, repeat=False)
     out = Path(path)
@@ -151,8 +148,7 @@ def final_rounds_png(trace: DenoisingTrace, *, dpi: int = 80) -> bytes:
     player's still image, for where its JavaScript does not run (nbconvert's HTML, GitHub)."""
     _need_rounds(trace)
     last = [end - 1 for _, _, end in trace.canvas_ranges()]
-    fig = Figure(figsize=_grid_size(trace, len(last)), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = _grid_figure(trace, len(last), dpi)
     share = 1 / len(last)  # each canvas's band of the figure: its grid, with its title above it
     for row, i in enumerate(last):
         ax = fig.add_axes((0.01, 1 - (row + 1) * share + 0.02 * share, 0.98, 0.84 * share))
@@ -167,9 +163,11 @@ def _grid_shape(trace: DenoisingTrace) -> tuple[int, int]:  # (rows, columns) of
     return -(-trace.canvas_length // cols), cols
 
 
-def _grid_size(trace: DenoisingTrace, panels: int) -> tuple[float, float]:
+def _grid_figure(trace: DenoisingTrace, panels: int, dpi: int) -> Figure:
     rows, cols = _grid_shape(trace)
-    return cols * 0.9, panels * (rows * 0.32 + 0.8)
+    fig = Figure(figsize=(cols * 0.9, panels * (rows * 0.32 + 0.8)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _round_grid(trace: DenoisingTrace, ax: Axes, title: Text) -> Callable[[int], list]:

@@ -30,17 +30,17 @@ def color(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
 
-def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, Any]:
+def figure(width: float, height: float, nrows: int = 1, ncols: int = 1, squeeze: bool = True) -> tuple[Figure, Any]:
     """A Figure with its own Agg canvas (no pyplot: no global state, nothing leaks in loops) and its axes
-    (one Axes, or an array of them); constrained layout keeps outside legends and colour bars in the figure."""
+    (one Axes, or an array of them: always 2-D with squeeze=False); constrained layout keeps outside legends
+    and colour bars in the figure."""
     # Imported here, not at the top: this module is imported with the benchmark, which runs without matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols) if nrows * ncols > 1 else fig.add_subplot()
-    return fig, axes
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def label(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
@@ -53,10 +53,15 @@ def label(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
 
 def legend_outside(ax: Axes, **kwargs: Any) -> None:
     """The legend to the right of the axes, where it cannot cover a line or a bar."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, fontsize=FONT,
-              **kwargs)
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def legend_below(ax: Axes, ncols: int = 2, **kwargs: Any) -> None:
     """The legend under the axes (for wide figures whose right edge is taken)."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize=FONT, ncols=ncols, **kwargs)
+    _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=ncols, **kwargs)
+
+
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # a label given to several bars (one per setting) is listed once
+    ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=FONT, **kwargs)

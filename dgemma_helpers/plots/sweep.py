@@ -20,11 +20,11 @@ def plot_sweep(rows: Sequence[SweepRow]) -> Figure:
                   ("accepted per round", lambda r: r.accepted_per_round)]
     if any(r.word_validity is not None for r in rows):
         quantities.append(("word validity", lambda r: math.nan if r.word_validity is None else r.word_validity))
-    fig, axes = figure(3.4 * len(knobs), 1.4 + 2.3 * len(quantities), len(quantities), len(knobs))
-    axes = axes.reshape(len(quantities), len(knobs))
+    fig, axes = figure(3.4 * len(knobs), 1.4 + 2.3 * len(quantities), len(quantities), len(knobs), squeeze=False)
     for row, (name, value) in enumerate(quantities):
-        for col, knob in enumerate(knobs):
-            ax, group = axes[row][col], [r for r in rows if r.knob == knob]
+        top = max((h for r in rows if not math.isnan(h := value(r))), default=1.0)
+        for ax, knob in zip(axes[row], knobs):
+            group = [r for r in rows if r.knob == knob]
             x, heights = list(range(len(group))), [value(r) for r in group]
             ax.bar(x, heights, color=color(row), width=0.6)
             for xi, h in zip(x, heights):
@@ -33,10 +33,8 @@ def plot_sweep(rows: Sequence[SweepRow]) -> Figure:
                                 xytext=(0, 2), textcoords="offset points")
             ax.set_xticks(x, [r.label for r in group])
             label(ax, knob.replace("_", " ") if row == 0 else "", knob.replace("_", " "), name)
-            ax.margins(y=0.2)
             ax.grid(axis="y", alpha=0.3)
-        top = max((h for r in rows if not math.isnan(h := value(r))), default=1.0)
-        for ax in axes[row]:  # one scale per quantity; a share keeps its whole 0..1 scale
+            # One scale per quantity, not per panel (a share keeps its whole 0..1 scale).
             ax.set_ylim(0, 1.15 if name == "word validity" else 1.2 * top)
     fig.suptitle("The sampler's settings, one at a time (same prompt and seed)", fontsize=TITLE)
     return fig
