@@ -108,14 +108,10 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def list_gpus() -> list[GPU]:
-    if not torch.cuda.is_available():
-        return []
     gpus = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         free, total = torch.cuda.mem_get_info(i)
-        gpus.append(GPU(index=i, name=props.name, capability=(props.major, props.minor), total_bytes=total,
-                        free_bytes=free))
+        gpus.append(GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), total, free))
     return gpus
 
 
@@ -174,7 +170,10 @@ def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_pa
     found = next((d for d in official_dirs if d.exists()), official_dirs[0])
     models.append(describe_model("official", found, gpus, ram_free))
     for p in model_paths:  # more directories, unless one is the tiny or official model already listed
-        where = find_or_keep(p)
+        try:
+            where = find_model(p, local_files_only=True)  # a Hub id counts where it is cached: a report never downloads
+        except CheckpointError:
+            where = Path(p).expanduser()
         if all(where.resolve() != m.path.resolve() for m in models):
             models.append(describe_model("given", where, gpus, ram_free))
     report = EnvironmentReport(
@@ -185,34 +184,21 @@ def environment_report(model_paths: Sequence[str | os.PathLike] = (), *, tiny_pa
     return report
 
 
-def find_or_keep(path: str | os.PathLike) -> Path:
-    try:
-        return find_model(path, local_files_only=True)  # a Hub id counts where it is cached: a report never downloads
-    except CheckpointError:
-        return Path(path).expanduser()
-
-
 # ---- the checks ---------------------------------------------------------------------------------------
 def run_checks(r: EnvironmentReport) -> list[Check]:
-    checks = [Check("torch", True, f"torch {r.versions['torch']} "
-                    + (f"(CUDA {r.torch_cuda} build)" if r.torch_cuda else "(CPU-only build)"))]
-    checks.append(gpu_check(r))
-    for gpu in r.gpus:
-        if not gpu.bf16:
-            checks.append(Check(f"bfloat16 on cuda:{gpu.index}", False,
-                                f"{gpu.name} is sm{gpu.capability[0]}{gpu.capability[1]}: no bfloat16 matmuls",
-                                "load with dtype='float16' (or 'float32' for small models)."))
-    checks += [model_check(m) for m in r.models]
     missing = [n for n in NOTEBOOK_PACKAGES if r.versions.get(n) is None]
-    checks.append(Check("notebook packages", not missing,
-                        "all installed" if not missing else f"missing: {', '.join(missing)}",
-                        f"install them: {INSTALL_COMMAND}" if missing else ""))
-    checks.append(path_check(r))
-    triton = r.versions.get("triton")
-    if r.gpus:
-        checks.append(Check("triton", triton is not None, f"triton {triton}" if triton else "not installed",
-                            "" if triton else "pip install triton (the fused GPU kernels need it)."))
-    return checks
+    return [
+        Check("torch", True, f"torch {r.versions['torch']} "
+              + (f"(CUDA {r.torch_cuda} build)" if r.torch_cuda else "(CPU-only build)")),
+        gpu_check(r),
+        *(Check(f"bfloat16 on cuda:{gpu.index}", False,
+                f"{gpu.name} is sm{gpu.capability[0]}{gpu.capability[1]}: no bfloat16 matmuls",
+                "load with dtype='float16' (or 'float32' for small models).") for gpu in r.gpus if not gpu.bf16),
+        *(model_check(m) for m in r.models),
+        Check("notebook packages", not missing, "all installed" if not missing else f"missing: {', '.join(missing)}",
+              f"install them: {INSTALL_COMMAND}" if missing else ""),
+        path_check(r),  # (no triton check: the installed versions list it, and this one names it where it is missing)
+    ]
 
 
 def path_check(r: EnvironmentReport) -> Check:
