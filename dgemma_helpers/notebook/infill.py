@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..generation import GenerationResult
 from ..model import DiffusionGemma
 from ..tokenizer import decode
+from ..validate import check
 
 
 @dataclass
@@ -47,29 +48,23 @@ def infill_canvas(model: DiffusionGemma, prefix: str | Sequence[int], suffix: st
     encoded with the model's tokenizer, without special tokens; or pass token ids)."""
     L, V = model.config.canvas_length, model.config.vocab_size
     pre, suf = _ids(model, prefix, "prefix"), _ids(model, suffix, "suffix")
-    if len(pre) + len(suf) >= L:
-        raise InputError(f"prefix ({len(pre)} tokens) and suffix ({len(suf)} tokens) leave no room to fill in a canvas "
-                         f"of {L} tokens: shorten them to fewer than {L} tokens together.")
+    check(len(pre) + len(suf) < L, InputError, f"prefix ({len(pre)} tokens) and suffix ({len(suf)} tokens) leave no "
+          f"room to fill in a canvas of {L} tokens: shorten them to fewer than {L} tokens together.")
     bad = [t for t in pre + suf if not 0 <= t < V]
-    if bad:
-        raise InputError(f"token id(s) {bad[:5]} are outside the vocabulary 0..{V - 1}.")
-    g = torch.Generator().manual_seed(seed)
-    canvas = torch.randint(0, V, (L,), generator=g)
-    canvas[:len(pre)] = torch.tensor(pre, dtype=torch.long)
-    canvas[L - len(suf):] = torch.tensor(suf, dtype=torch.long)
-    pinned = torch.zeros(L, dtype=torch.bool)
-    pinned[:len(pre)] = True
-    pinned[L - len(suf):] = True
+    check(not bad, InputError, f"token id(s) {bad[:5]} are outside the vocabulary 0..{V - 1}.")
+    position = torch.arange(L)
+    pinned = (position < len(pre)) | (position >= L - len(suf))
+    canvas = torch.randint(0, V, (L,), generator=torch.Generator().manual_seed(seed))
+    canvas[pinned] = torch.tensor(pre + suf, dtype=torch.long)
     return InfillCanvas(canvas=canvas, pinned=pinned, prefix_len=len(pre), suffix_len=len(suf))
 
 
 def _ids(model: DiffusionGemma, part: str | Sequence[int], name: str) -> list[int]:
     if isinstance(part, str):
-        if model.tokenizer is None:
-            raise InputError(f"this checkpoint ships no tokenizer: give the {name} as token ids.")
+        check(model.tokenizer is not None, InputError,
+              f"this checkpoint ships no tokenizer: give the {name} as token ids.")
         return list(model.tokenizer.encode(part, add_special_tokens=False))
     if isinstance(part, torch.Tensor):
         part = part.tolist()
-    if not all(isinstance(t, int) for t in part):
-        raise InputError(f"the {name} must be text or a list of token ids.")
+    check(all(isinstance(t, int) for t in part), InputError, f"the {name} must be text or a list of token ids.")
     return list(part)

@@ -19,6 +19,7 @@ from ..config import SLIDING, ModelConfig
 from ..errors import InputError
 from ..inputs import prompt_batch
 from ..model import DiffusionGemma
+from ..validate import check
 from ..vision import OFFICIAL_VISION_CONFIG, VISION_PREFIXES, vision_parameters
 
 # Parameter groups, in the order a token meets them.
@@ -235,15 +236,9 @@ def expert_routing(model: DiffusionGemma, prompt: str | None = None, *, messages
                    input_ids: Sequence[int] | None = None, thinking: bool | None = None) -> RoutingTrace:
     """Run the encoder over one prompt and record every layer's router decisions (forward hooks
     on the Router modules; the model is left as it was)."""
-    if prompt is not None and not isinstance(prompt, str):
-        raise InputError("expert_routing traces one prompt: pass a single string (or one chat, or one list of ids).")
-    if messages is not None and (not messages or not isinstance(messages[0], dict)):
-        raise InputError("expert_routing traces one chat: pass messages=[{'role': 'user', 'content': '...'}].")
-    if input_ids is not None and (isinstance(input_ids, torch.Tensor) and input_ids.ndim > 1
-                                  or not isinstance(input_ids, torch.Tensor) and input_ids
-                                  and not isinstance(input_ids[0], int)):
-        raise InputError("expert_routing traces one prompt: pass input_ids as one list of token ids.")
     ids, _, rows = prompt_batch(model, prompt, messages, input_ids, thinking, model.config.pad_token_id)
+    check(len(rows) == 1, InputError,  # prompt_batch takes a batch of any of the three
+          "expert_routing traces one prompt: pass a single string (or one chat, or one list of ids).")
     decisions: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def record(_module, _inputs, output) -> None:

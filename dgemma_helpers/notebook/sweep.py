@@ -18,6 +18,7 @@ from ..generation import GenerationResult, StepRecord, generate, resolve_setting
 from ..model import DiffusionGemma
 from ..tokenizer import decode
 from ..train.word_validity import VOCABULARY_FILE, load_vocabulary, word_validity
+from ..validate import check
 from .tables import format_table
 
 
@@ -112,17 +113,14 @@ def sampler_sweep(model: DiffusionGemma, prompt: str, *, grid: dict[str, Sequenc
     """Run `generate` once per value in `grid` (default DEFAULT_GRID), changing one setting at a
     time; every other setting stays at `base` (generate() keywords) or the model's defaults."""
     grid = DEFAULT_GRID if grid is None else grid
-    if not isinstance(prompt, str):
-        raise InputError("sweep runs one prompt: pass a single string.")
+    check(isinstance(prompt, str), InputError, "sweep runs one prompt: pass a single string.")
     unknown = [k for k in grid if k not in KNOBS]
-    if unknown:
-        raise InputError(f"unknown sweep setting(s) {unknown}; choose from {list(KNOBS)}.")
+    check(not unknown, InputError, f"unknown sweep setting(s) {unknown}; choose from {list(KNOBS)}.")
     # Plan and check every point before running any, so a bad value fails at once, not after minutes.
     setting_names = {f.name for f in dataclasses.fields(GenerationSettings)}
     plan = []
     for knob, values in grid.items():
-        if not values:
-            raise InputError(f"the sweep grid gives no values for {knob!r}: give at least one.")
+        check(values, InputError, f"the sweep grid gives no values for {knob!r}: give at least one.")
         for value in values:
             kwargs = dict(base, max_new_tokens=max_new_tokens, seed=seed)
             kwargs.update(knob_settings(knob, value))
