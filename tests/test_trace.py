@@ -243,6 +243,9 @@ def test_a_trace_refuses_settings_it_could_not_save_and_load():
         DenoisingTrace(4, settings={"pad_token_id": "0"})
     with pytest.raises(dg.InputError, match="canvas_length must be a positive integer"):
         DenoisingTrace("16")
+    with pytest.raises(dg.InputError, match="canvas_length must be a positive integer"):
+        DenoisingTrace(2**31)  # the file stores positions as int32: it could be saved but never loaded
+    DenoisingTrace(2**31 - 1, vocab_size=2**31)  # the largest the file holds
     with pytest.raises(dg.InputError, match="row must be"):
         DenoisingTrace(4, row=True)
 

@@ -57,8 +57,10 @@ class DenoisingTrace:
                  prompt: str | None = None, prompt_ids: list[int] | None = None,
                  settings: dict[str, Any] | Any = None, row: int = 0, title: str | None = None) -> None:
         check(type(row) is int and row >= 0, InputError, f"row must be a batch row index >= 0 (got {row!r}).")
-        for name, value in (("canvas_length", canvas_length), ("vocab_size", vocab_size)):
-            check(value is None or (type(value) is int and 1 <= value <= INT32_MAX + 1), InputError,
+        # The file's limits: positions and ids are int32, so a vocabulary may hold 2**31 ids.
+        limits = (("canvas_length", canvas_length, INT32_MAX), ("vocab_size", vocab_size, INT32_MAX + 1))
+        for name, value, top in limits:
+            check(value is None or (type(value) is int and 1 <= value <= top), InputError,
                   f"{name} must be a positive integer or None (got {value!r}): take it from the model "
                   "(DenoisingTrace.from_model(model)).")
         if prompt_ids is not None and (not isinstance(prompt_ids, (list, tuple)) or any(
