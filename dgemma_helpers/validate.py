@@ -1,6 +1,8 @@
-"""The kit's checking vocabulary, one for the whole package: value tests, `check` (one rule, one
-line), how a bad value is shown in a message, and `Fields`, typed reads of one JSON object of a
-checkpoint's files, each problem a CheckpointError naming the file, the field, the value and the fix."""
+"""The kit's checking vocabulary, one for the whole package: value tests (`is_int`, `is_number`),
+`check` (one rule, one line), how a bad value is shown in a message (`shown`: as JSON writes it, for
+files; `described`: type and repr, for arguments given in code; `short_repr`: bounded, for values that
+may be huge), and `Fields`, typed reads of one JSON object of a checkpoint's files, each problem a
+CheckpointError naming the file, the field, the value and the fix."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def _parse(doc: Mapping[str, Any]) -> Parsed:
     _required(meta, "meta.", ("canvas_length",))
     rounds = _mapping(doc["rounds"], "rounds")
     _required(rounds, "rounds.", SCALAR_FIELDS)
-    columns = {name: _list(rounds[name], f"rounds.{name}", check) for name, check in (
+    columns = {name: _list(rounds[name], f"rounds.{name}", read) for name, read in (
         ("canvas_index", _int), ("step", lambda v, f: _int(v, f, low=1)), ("remaining", _int),
         ("temperature", _number))}
     no_rounds = not columns["canvas_index"]
